@@ -1,0 +1,125 @@
+"""Model construction and weight loading (own checkpoints and the official release layout)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from rpnr.checkpoint import CheckpointError, load_checkpoint
+from rpnr.models.agw import AGW, l2_normalize
+
+__all__ = ["AGW", "build_model", "load_weights", "convert_official_state_dict", "l2_normalize"]
+
+IMAGENET_HINT = (
+    "download torchvision's ResNet-50 ImageNet weights (resnet50-0676ba61.pth or resnet50-19c8e357.pth) "
+    "and pass the file with --imagenet PATH, or pass --no-imagenet to start from random weights"
+)
+
+# official prefix -> our prefix. Keys of the official model that our model does not
+# hold (the unused layers/fc of the three ResNets, the classifier) are dropped.
+_OFFICIAL_PREFIXES = (
+    ("visible_module.visible.conv1.", "visible_stem.conv1."),
+    ("visible_module.visible.bn1.", "visible_stem.bn1."),
+    ("thermal_module.thermal.conv1.", "infrared_stem.conv1."),
+    ("thermal_module.thermal.bn1.", "infrared_stem.bn1."),
+    ("base_resnet.base.layer1.", "layer1."),
+    ("base_resnet.base.layer2.", "layer2."),
+    ("base_resnet.base.layer3.", "layer3."),
+    ("base_resnet.base.layer4.", "layer4."),
+    ("NL_2.", "nl2."),
+    ("NL_3.", "nl3."),
+    ("bottleneck.", "bottleneck."),
+)
+_OFFICIAL_UNUSED = (
+    "visible_module.",
+    "thermal_module.",
+    "base_resnet.base.conv1.",
+    "base_resnet.base.bn1.",
+    "base_resnet.base.fc.",
+    "classifier.",
+    "NL_1.",
+    "NL_4.",
+)
+
+
+def build_model(arch: str = "agw", pretrained: str | None = None) -> nn.Module:
+    """Build the two-stream AGW ResNet-50; ``pretrained`` is a local torchvision ResNet-50 weight file."""
+    if arch != "agw":
+        raise ValueError(f"unknown architecture {arch!r} (available: 'agw')")
+    model = AGW()
+    if pretrained is not None:
+        load_imagenet(model, pretrained)
+    return model
+
+
+def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
+    """Initialise both stems and the shared layers from a torchvision ResNet-50 state dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ImageNet ResNet-50 weights not found at {path}: {IMAGENET_HINT}")
+    state = load_checkpoint(path)
+    state = state.get("state_dict", state)
+    needed = [k for k in model.state_dict() if k.startswith(("layer1.", "layer2.", "layer3.", "layer4."))]
+    missing = [k for k in needed + ["conv1.weight", "bn1.weight"] if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a torchvision ResNet-50 state dict (missing e.g. {missing[:3]}): {IMAGENET_HINT}"
+        )
+    mapped: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(("conv1.", "bn1.")):
+            mapped["visible_stem." + key] = value
+            mapped["infrared_stem." + key] = value
+        elif key.startswith(("layer1.", "layer2.", "layer3.", "layer4.")):
+            mapped[key] = value
+    model.load_state_dict(mapped, strict=False)
+
+
+def convert_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map the official release's keys (``module.visible_module.visible.*``, ...) to this model's."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        k = key[len("module.") :] if key.startswith("module.") else key
+        for old, new in _OFFICIAL_PREFIXES:
+            if k.startswith(old):
+                out[new + k[len(old) :]] = value
+                break
+        else:
+            if not k.startswith(_OFFICIAL_UNUSED):
+                out[k] = value  # reported as unexpected by load_weights
+    return out
+
+
+def _is_official_layout(state: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith(("module.base_resnet.", "base_resnet.")) for k in state)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load weights into ``model`` from this project's checkpoints or an official release checkpoint.
+
+    Accepts a file holding a bare state dict, ``{"state_dict": ...}`` (official and ours)
+    or ``{"model": ...}``. Raises :class:`CheckpointError` naming missing/unexpected keys.
+    """
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt.get("state_dict", ckpt))
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no model state dict")
+    if _is_official_layout(state):
+        state = convert_official_state_dict(state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} keys of the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
+        raise CheckpointError(f"{path} does not fit the AGW model: " + "; ".join(parts))
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)

@@ -1,0 +1,142 @@
+"""Two-stream AGW ResNet-50 (Ye et al., TPAMI 2021) as used by the RPNR release.
+
+Modality-specific stems (conv1, bn1, relu, maxpool) for visible and infrared
+images; shared layer1-4 (last stride 1) with non-local blocks; GeM pooling; a
+BatchNorm1d neck.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet50
+
+FEATURE_DIM = 2048
+NL2_INDICES = (2, 3)  # the last 2 blocks of layer2 (0-based)
+NL3_INDICES = (3, 4, 5)  # the last 3 blocks of layer3
+
+
+class NonLocalBlock(nn.Module):
+    """Non-local block of the AGW release.
+
+    Quirk kept from the release: the inner width is ``reduc_ratio // reduc_ratio``,
+    i.e. ONE channel; attention is ``theta . phi / N`` without softmax; the output
+    BatchNorm starts at zero so the block is the identity at initialisation.
+    Submodule names (``g.0``, ``W.0``, ``W.1``, ``theta``, ``phi``) match the release.
+    """
+
+    def __init__(self, in_channels: int, reduc_ratio: int = 2):
+        super().__init__()
+        self.inter_channels = reduc_ratio // reduc_ratio  # = 1 (official quirk)
+        self.g = nn.Sequential(nn.Conv2d(in_channels, self.inter_channels, 1))
+        self.W = nn.Sequential(nn.Conv2d(self.inter_channels, in_channels, 1), nn.BatchNorm2d(in_channels))
+        nn.init.constant_(self.W[1].weight, 0.0)
+        nn.init.constant_(self.W[1].bias, 0.0)
+        self.theta = nn.Conv2d(in_channels, self.inter_channels, 1)
+        self.phi = nn.Conv2d(in_channels, self.inter_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.size(0)
+        g_x = self.g(x).view(b, self.inter_channels, -1).permute(0, 2, 1)  # [B, HW, c]
+        theta_x = self.theta(x).view(b, self.inter_channels, -1).permute(0, 2, 1)  # [B, HW, c]
+        phi_x = self.phi(x).view(b, self.inter_channels, -1)  # [B, c, HW]
+        f = torch.matmul(theta_x, phi_x)  # [B, HW, HW]
+        f = f / f.size(-1)
+        y = torch.matmul(f, g_x).permute(0, 2, 1).contiguous()  # [B, c, HW]
+        y = y.view(b, self.inter_channels, *x.shape[2:])
+        return self.W(y) + x
+
+
+class Stem(nn.Module):
+    """conv1 -> bn1 -> relu -> maxpool of a ResNet-50."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+
+def gem_pool(x: Tensor, p: float = 3.0) -> Tensor:
+    """Generalised-mean pooling over the spatial map: ``(mean(x**p) + 1e-12) ** (1/p)``."""
+    b, c = x.shape[:2]
+    x = x.reshape(b, c, -1)  # [B, C, HW]
+    return (torch.mean(x**p, dim=-1) + 1e-12) ** (1.0 / p)  # [B, C]
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """Row-wise L2 normalisation as the release's ``Normalize`` module (no epsilon)."""
+    return x.div(x.pow(2).sum(1, keepdim=True).pow(0.5))
+
+
+class AGW(nn.Module):
+    """Two-stream AGW network.
+
+    ``model(x_rgb, x_ir)`` runs both modalities as one joint batch through the
+    shared layers (so batch-norm statistics cover both) and returns
+    ``(f_rgb, f_ir)``: BN-neck outputs in train mode, L2-normalised in eval mode.
+    ``model.embed(x, modal)`` runs one modality.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.num_features = FEATURE_DIM
+        self.visible_stem = Stem()
+        self.infrared_stem = Stem()
+        trunk = resnet50()
+        # last stride 1, as the release's resnet50(last_conv_stride=1)
+        trunk.layer4[0].conv2.stride = (1, 1)
+        trunk.layer4[0].downsample[0].stride = (1, 1)
+        self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        self.nl2 = nn.ModuleList([NonLocalBlock(512) for _ in NL2_INDICES])
+        self.nl3 = nn.ModuleList([NonLocalBlock(1024) for _ in NL3_INDICES])
+        self.bottleneck = nn.BatchNorm1d(FEATURE_DIM)
+        nn.init.normal_(self.bottleneck.weight, 1.0, 0.01)
+        nn.init.zeros_(self.bottleneck.bias)
+        self.bottleneck.bias.requires_grad_(False)  # no shift (release)
+
+    def stem(self, x: Tensor, modal: str) -> Tensor:
+        if modal == "visible":
+            return self.visible_stem(x)
+        if modal == "infrared":
+            return self.infrared_stem(x)
+        raise ValueError(f"modal must be 'visible' or 'infrared', got {modal!r}")
+
+    def shared(self, x: Tensor) -> Tensor:
+        """Shared layers, pooling and BN neck: [B, 64, h, w] -> [B, 2048] (not normalised)."""
+        x = self.layer1(x)
+        x = _run_with_non_local(self.layer2, self.nl2, NL2_INDICES, x)
+        x = _run_with_non_local(self.layer3, self.nl3, NL3_INDICES, x)
+        x = self.layer4(x)
+        return self.bottleneck(gem_pool(x))
+
+    def embed(self, x: Tensor, modal: str) -> Tensor:
+        """One modality: [B, 3, H, W] -> [B, 2048]; L2-normalised in eval mode."""
+        feat = self.shared(self.stem(x, modal))
+        return feat if self.training else l2_normalize(feat)
+
+    def forward(self, x_rgb: Tensor, x_ir: Tensor) -> tuple[Tensor, Tensor]:
+        n_rgb = x_rgb.size(0)
+        x = torch.cat((self.visible_stem(x_rgb), self.infrared_stem(x_ir)), 0)  # RGB first, then IR
+        feat = self.shared(x)  # [B_rgb + B_ir, 2048]
+        if not self.training:
+            feat = l2_normalize(feat)
+        return feat[:n_rgb], feat[n_rgb:]
+
+
+def _run_with_non_local(layer: nn.Sequential, blocks: nn.ModuleList, indices, x: Tensor) -> Tensor:
+    it = iter(zip(indices, blocks))
+    nxt = next(it, None)
+    for i, block in enumerate(layer):
+        x = block(x)
+        if nxt is not None and i == nxt[0]:
+            x = nxt[1](x)
+            nxt = next(it, None)
+    return x
+
+
+__all__ = ["AGW", "NonLocalBlock", "Stem", "gem_pool", "l2_normalize"]
