@@ -1,0 +1,391 @@
+"""Pseudo labels: k-reciprocal Jaccard distance, DBSCAN, cluster centres and
+Noisy Pseudo-label Calibration (NPC), DESIGN.md section 3.
+
+The Jaccard distance is the one of Zhong et al. (CVPR 2017) as computed by the
+ClusterContrast/RPNR release (``compute_jaccard_distance``), rewritten on sparse
+structures: the encoding matrix V has a few dozen non-zeros per row, so the
+min-sums that make the distance are accumulated over pairs that share a column
+instead of over dense N x N arrays. Everything runs in torch on the features'
+device (CUDA or CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.cluster import DBSCAN
+from torch import Tensor
+
+# rows per block in the blocked kernels; bounds the temporary memory
+_KNN_BLOCK = 2048
+_PAIR_BUDGET = 24_000_000  # pairs materialised at once in the min-sum accumulation
+
+
+# ----------------------------------------------------------------------------- kNN
+def knn(features: Tensor, k: int) -> Tensor:
+    """Exact k nearest neighbours by squared L2, self included: [N, d] -> [N, k] int64, nearest first."""
+    return _knn_with_gram(features, k)[0]
+
+
+def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(indices [N, k] int64, dot products f_i.f_j [N, k] float32) of the k nearest neighbours.
+
+    Each block product serves both row blocks it touches (the Gram matrix is
+    symmetric), so the cost is about half of one X.X^T.
+    """
+    x = features.float()
+    n = x.size(0)
+    k = min(k, n)
+    sq = (x * x).sum(1)  # [N]
+    best = (torch.full((n, k), float("inf"), device=x.device),  # squared distances
+            torch.zeros((n, k), dtype=torch.long, device=x.device),  # indices
+            torch.zeros((n, k), device=x.device))  # dot products
+    starts = list(range(0, n, _KNN_BLOCK))
+    for bi, s0 in enumerate(starts):
+        e0 = min(s0 + _KNN_BLOCK, n)
+        for s1 in starts[bi:]:
+            e1 = min(s1 + _KNN_BLOCK, n)
+            gram = x[s0:e0] @ x[s1:e1].T  # [B0, B1]
+            d = sq[s0:e0, None] + sq[None, s1:e1] - 2 * gram  # squared L2
+            _merge_topk(best, s0, e0, d, gram, s1)
+            if s1 != s0:
+                _merge_topk(best, s1, e1, d.T.contiguous(), gram.T.contiguous(), s0)
+    return best[1], best[2]
+
+
+def _merge_topk(best: tuple[Tensor, Tensor, Tensor], r0: int, r1: int, d: Tensor, gram: Tensor, c0: int) -> None:
+    best_d, best_i, best_g = best
+    k = best_d.size(1)
+    kk = min(k, d.size(1))
+    cand_d, cand_i = torch.topk(d, kk, dim=1, largest=False)  # [B, kk]
+    all_d = torch.cat([best_d[r0:r1], cand_d], 1)
+    all_i = torch.cat([best_i[r0:r1], cand_i + c0], 1)
+    all_g = torch.cat([best_g[r0:r1], torch.gather(gram, 1, cand_i)], 1)
+    top_d, pos = torch.topk(all_d, k, dim=1, largest=False)  # sorted ascending
+    best_d[r0:r1] = top_d
+    best_i[r0:r1] = torch.gather(all_i, 1, pos)
+    best_g[r0:r1] = torch.gather(all_g, 1, pos)
+
+
+# ----------------------------------------------------------------- k-reciprocal sets
+def _reciprocal_mask(rank: Tensor, k: int) -> Tensor:
+    """mask[i, j]: rank[i, j] (j < k) has i among its own first k neighbours. [N, k] bool."""
+    n = rank.size(0)
+    fwd = rank[:, :k]  # [N, k]
+    mask = torch.empty(fwd.shape, dtype=torch.bool, device=rank.device)
+    ids = torch.arange(n, device=rank.device)
+    step = max(1, 4_000_000 // (k * k))
+    for s in range(0, n, step):
+        back = fwd[fwd[s:s + step]]  # [b, k, k]
+        mask[s:s + step] = (back == ids[s:s + step, None, None]).any(-1)
+    return mask
+
+
+def _expanded_pairs(rank: Tensor, k1: int) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of the expanded k-reciprocal sets E(i), sorted by (row, col), unique."""
+    n = rank.size(0)
+    k1 = min(k1, rank.size(1))
+    kh = min(int(np.around(k1 / 2)) + 1, rank.size(1))  # the release's k_reciprocal_neigh(.., k1/2) keeps k+1
+    r_mask = _reciprocal_mask(rank, k1)  # [N, k1]
+    h_mask = _reciprocal_mask(rank, kh)  # [N, kh]
+    r_pad = torch.where(r_mask, rank[:, :k1], torch.full_like(rank[:, :k1], -1))  # R(i), -1 = none
+    h_pad = torch.where(h_mask, rank[:, :kh], torch.full_like(rank[:, :kh], -1))  # R_half(i)
+    h_size = h_mask.sum(1)  # [N]
+
+    rows_out, cols_out = [], []
+    step = max(1, 3_000_000 // (k1 * kh * k1))
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        r_blk = r_pad[s:e]  # [b, k1]
+        cand = r_blk.clamp(min=0)
+        hc = h_pad[cand]  # [b, k1, kh]   R_half of each candidate
+        inside = (hc[..., None] == r_blk[:, None, None, :]).any(-1) & (hc >= 0)  # [b, k1, kh]
+        inter = inside.sum(-1)  # [b, k1]
+        # |R_half(c) n R(i)| > 2/3 |R_half(c)|, for real candidates only
+        accept = (r_blk >= 0) & (inter.double() > (2.0 / 3.0) * h_size[cand].double())  # [b, k1]
+        blk_rows = torch.arange(s, e, device=rank.device)
+        take = hc[accept]  # [a, kh]
+        acc_rows = blk_rows[:, None].expand(-1, k1)[accept]  # [a]
+        rows_cat = torch.cat([blk_rows[:, None].expand(-1, k1).reshape(-1),
+                              acc_rows[:, None].expand(-1, kh).reshape(-1)])
+        cols_cat = torch.cat([r_blk.reshape(-1), take.reshape(-1)])
+        keep = cols_cat >= 0
+        key = torch.unique(rows_cat[keep] * n + cols_cat[keep])  # sorted
+        rows_out.append(key // n)
+        cols_out.append(key % n)
+    return torch.cat(rows_out), torch.cat(cols_out)
+
+
+# ---------------------------------------------------------------- encoding matrix V
+class _SparseRows:
+    """A sparse N x N matrix in CSR form (sorted columns) with a CSC view."""
+
+    def __init__(self, rows: Tensor, cols: Tensor, vals: Tensor, n: int):
+        self.n = n
+        self.rows, self.cols, self.vals = rows, cols, vals
+        counts = torch.bincount(rows, minlength=n)
+        self.indptr = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+        self.indptr[1:] = torch.cumsum(counts, 0)
+        order = torch.argsort(cols * n + rows)  # column-major
+        self.c_rows = rows[order]
+        self.c_vals = vals[order]
+        c_counts = torch.bincount(cols, minlength=n)
+        self.c_indptr = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
+        self.c_indptr[1:] = torch.cumsum(c_counts, 0)
+        self.c_counts = c_counts
+
+
+def _pair_dots(x: Tensor, rank: Tensor, gram: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """f_i.f_j for the (row, col) pairs: taken from the kNN products when j is among i's
+    neighbours (nearly always), computed otherwise."""
+    n, k = rank.shape
+    knn_key = (torch.arange(n, device=x.device)[:, None] * n + rank).reshape(-1)  # [N*k]
+    key_sorted, order = torch.sort(knn_key)
+    key = rows * n + cols
+    pos = torch.searchsorted(key_sorted, key).clamp_(max=key_sorted.numel() - 1)
+    found = key_sorted[pos] == key
+    dots = torch.empty(key.numel(), device=x.device)
+    dots[found] = gram.reshape(-1)[order[pos[found]]]
+    miss = torch.nonzero(~found).view(-1)
+    step = max(1, 8_000_000 // x.size(1))
+    for s in range(0, miss.numel(), step):
+        m = miss[s:s + step]
+        dots[m] = (x[rows[m]] * x[cols[m]]).sum(1)
+    return dots
+
+
+def _encoding(features: Tensor, rank: Tensor, gram: Tensor, k1: int, k2: int) -> _SparseRows:
+    """V (softmax over each expanded set of -(2 - 2 f_i.f_j)), then query expansion over k2 neighbours."""
+    x = features.float()
+    n = x.size(0)
+    rows, cols = _expanded_pairs(rank, k1)
+    sims = _pair_dots(x, rank, gram, rows, cols)
+    logits = -(2 - 2 * sims)  # in [-4, 0]: exp cannot overflow, no max shift needed
+    ex = torch.exp(logits)
+    denom = torch.zeros(n, device=x.device).index_add_(0, rows, ex)
+    vals = ex / denom[rows]  # softmax within each row
+
+    k2 = min(k2, rank.size(1))
+    if k2 != 1:
+        # V_qe[i] = mean of V rows of i's k2 nearest neighbours
+        counts = torch.bincount(rows, minlength=n)
+        indptr = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        indptr[1:] = torch.cumsum(counts, 0)
+        src = rank[:, :k2].reshape(-1)  # [N*k2] neighbour rows
+        dst = torch.arange(n, device=x.device).repeat_interleave(k2)
+        lens = counts[src]
+        dst_e = dst.repeat_interleave(lens)
+        start = indptr[src].repeat_interleave(lens)
+        offs = torch.arange(dst_e.numel(), device=x.device) - (torch.cumsum(lens, 0) - lens).repeat_interleave(lens)
+        ent = start + offs
+        key = dst_e * n + cols[ent]
+        ukey, inv = torch.unique(key, return_inverse=True)
+        summed = torch.zeros(ukey.numel(), device=x.device).index_add_(0, inv, vals[ent])
+        rows, cols, vals = ukey // n, ukey % n, summed / k2
+        nz = vals != 0
+        rows, cols, vals = rows[nz], cols[nz], vals[nz]
+    return _SparseRows(rows, cols, vals, n)
+
+
+# ---------------------------------------------------------------- Jaccard min-sums
+def _min_sum_blocks(v: _SparseRows, out: np.ndarray | None = None) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield (r0, r1, s) with s[i - r0, j] = sum_c min(V[i, c], V[j, c]) for rows r0 <= i < r1.
+
+    With ``out`` (a float32 [N, N] array on the CPU) the blocks are views of its rows.
+    """
+    n = v.n
+    dev = v.vals.device
+    # pairs generated by each CSR entry = size of its column
+    per_entry = v.c_counts[v.cols]  # [nnz]
+    per_row = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, v.rows, per_entry)
+    per_row_cpu = per_row.cpu().numpy()
+    max_rows = max(1, min(n, _PAIR_BUDGET // max(1, n)))
+    r0 = 0
+    while r0 < n:
+        # grow the block while the pair count stays within budget
+        r1 = r0 + 1
+        budget = int(per_row_cpu[r0])
+        while r1 < n and r1 - r0 < max_rows and budget + per_row_cpu[r1] <= _PAIR_BUDGET:
+            budget += int(per_row_cpu[r1])
+            r1 += 1
+        e0, e1 = int(v.indptr[r0]), int(v.indptr[r1])
+        if out is not None and dev.type == "cpu":
+            s = torch.from_numpy(out[r0:r1]).view(-1)
+            s.zero_()
+        else:
+            s = torch.zeros((r1 - r0) * n, device=dev)
+        if e1 > e0:
+            rows = v.rows[e0:e1]
+            cols = v.cols[e0:e1]
+            vals = v.vals[e0:e1]
+            lens = per_entry[e0:e1]
+            total = int(lens.sum())
+            e_idx = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), lens)
+            offs = torch.arange(total, device=dev) - (torch.cumsum(lens, 0) - lens)[e_idx]
+            other = v.c_indptr[cols][e_idx] + offs  # index into the CSC arrays
+            pair_val = torch.minimum(vals[e_idx], v.c_vals[other])
+            target = (rows[e_idx] - r0) * n + v.c_rows[other]
+            s.index_add_(0, target, pair_val)
+        yield r0, r1, s.view(r1 - r0, n)
+        r0 = r1
+
+
+def _jaccard_from_min_sum(s: Tensor) -> Tensor:
+    """d = 1 - s / (2 - s), clipped at 0, in place over ``s``."""
+    step = max(1, 4_000_000 // max(1, s.size(1)))
+    for r in range(0, s.size(0), step):
+        blk = s[r:r + step]
+        t = blk / (2 - blk)
+        torch.sub(1, t, out=blk)
+        blk.clamp_(min=0)
+    return s
+
+
+def _prepare(features) -> Tensor:
+    x = torch.as_tensor(features)
+    if x.dim() != 2:
+        raise ValueError(f"features must be [N, d], got shape {tuple(x.shape)}")
+    return x.detach().float()
+
+
+def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6) -> np.ndarray:
+    """k-reciprocal Jaccard distance (Zhong et al. 2017) as the release computes it: [N, d] -> [N, N] float32.
+
+    Features are used as given (the flip-averaged embeddings are not re-normalised).
+    """
+    x = _prepare(features)
+    n = x.size(0)
+    rank, gram = _knn_with_gram(x, k1)
+    v = _encoding(x, rank, gram, k1, k2)
+    out = np.empty((n, n), dtype=np.float32)
+    for r0, r1, s in _min_sum_blocks(v, out):
+        d = _jaccard_from_min_sum(s)
+        if d.device.type != "cpu":
+            out[r0:r1] = d.cpu().numpy()
+    return out
+
+
+def _eps_graph_from_blocks(blocks, n: int, eps: float) -> sp.csr_matrix:
+    """CSR of the pairs with distance <= eps (diagonal included), from (r0, r1, dist_block) blocks."""
+    indptr = [np.zeros(1, dtype=np.int64)]
+    indices, data = [], []
+    offset = 0
+    for r0, r1, d in blocks:
+        d = torch.as_tensor(d)
+        rr, cc = torch.nonzero(d <= eps, as_tuple=True)
+        counts = torch.bincount(rr, minlength=r1 - r0).cpu().numpy()
+        indptr.append(offset + np.cumsum(counts))
+        offset += int(counts.sum())
+        indices.append(cc.cpu().numpy())
+        data.append(d[rr, cc].cpu().numpy().astype(np.float64))
+    graph = sp.csr_matrix((np.concatenate(data) if data else np.zeros(0),
+                           np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
+                           np.concatenate(indptr)), shape=(n, n))
+    return graph
+
+
+def _dbscan_sparse(graph: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:
+    # sklearn's DBSCAN on a sparse precomputed graph: stored entries with distance <= eps
+    # are the neighbours, exactly as with the dense matrix.
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(graph)
+    return labels.astype(np.int64)
+
+
+def dbscan(dist: np.ndarray, eps: float, min_samples: int = 4) -> np.ndarray:
+    """DBSCAN on a precomputed distance matrix: labels [N] int64, -1 = outlier.
+
+    Same labels as sklearn ``DBSCAN(eps, min_samples, metric="precomputed").fit_predict(dist)``;
+    only the pairs within ``eps`` are handed to it, as a sparse graph.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    dist = np.asarray(dist)
+    n = dist.shape[0]
+    step = max(1, 16_000_000 // max(1, n))
+    blocks = ((r0, min(r0 + step, n), torch.from_numpy(dist[r0:r0 + step])) for r0 in range(0, n, step))
+    return _dbscan_sparse(_eps_graph_from_blocks(blocks, n, eps), eps, min_samples)
+
+
+def cluster_features(features: Tensor, eps: float, k1: int = 30, k2: int = 6, min_samples: int = 4) -> np.ndarray:
+    """Labels of ``dbscan(jaccard_distance(features, k1, k2), eps, min_samples)`` without the dense matrix."""
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    x = _prepare(features)
+    n = x.size(0)
+    rank, gram = _knn_with_gram(x, k1)
+    v = _encoding(x, rank, gram, k1, k2)
+    blocks = ((r0, r1, _jaccard_from_min_sum(s)) for r0, r1, s in _min_sum_blocks(v))
+    return _dbscan_sparse(_eps_graph_from_blocks(blocks, n, eps), eps, min_samples)
+
+
+# ------------------------------------------------------------------ centres and NPC
+def _cluster_ids(labels) -> np.ndarray:
+    labels = np.asarray(labels).astype(np.int64)
+    return np.unique(labels[labels >= 0])
+
+
+def cluster_centers(features: Tensor, labels) -> Tensor:
+    """Mean feature of each cluster, rows in increasing label order (outliers ignored): [K, d]."""
+    x = _prepare(features)
+    labels = np.asarray(labels).astype(np.int64)
+    ids = _cluster_ids(labels)
+    if ids.size == 0:
+        return x.new_zeros((0, x.size(1)))
+    # row of each sample in the output (labels may have gaps: rows follow sorted labels)
+    row = np.full(labels.shape, -1, dtype=np.int64)
+    keep = labels >= 0
+    row[keep] = np.searchsorted(ids, labels[keep])
+    row_t = torch.as_tensor(row[keep], device=x.device)
+    sums = x.new_zeros((ids.size, x.size(1))).index_add_(0, row_t, x[torch.as_tensor(keep, device=x.device)])
+    counts = torch.bincount(row_t, minlength=ids.size).to(x.dtype)
+    return sums / counts[:, None]
+
+
+def npc_prototypes(features: Tensor, labels, top_k: int = 20) -> Tensor:
+    """Density prototypes of NPC (RPNR section 3.1): [K, d], rows in increasing label order.
+
+    Within a cluster, rho_j = sum_k sign(cos(f_j, f_k) - 0.5) (self included); the
+    prototype is the mean of the raw features of the top_k members by rho (ties: the
+    earlier member in dataset order, as ``heapq.nlargest`` in the release).
+    """
+    x = _prepare(features)
+    labels = np.asarray(labels).astype(np.int64)
+    ids = _cluster_ids(labels)
+    protos = x.new_zeros((ids.size, x.size(1)))
+    order = np.argsort(labels, kind="stable")  # members grouped by label, dataset order inside
+    sorted_labels = labels[order]
+    bounds = np.searchsorted(sorted_labels, np.concatenate([ids, [np.iinfo(np.int64).max]]))
+    normed = x / x.norm(dim=1, keepdim=True)
+    for c in range(ids.size):
+        members = torch.as_tensor(order[bounds[c]:bounds[c + 1]], device=x.device)
+        f = normed[members]  # [n_c, d]
+        rho = torch.sign(f @ f.T - 0.5).sum(1)  # [n_c]
+        # stable descending order by rho: earlier member first on ties
+        top = torch.as_tensor(np.argsort(-rho.cpu().numpy(), kind="stable")[:top_k], device=x.device)
+        protos[c] = x[members[top]].mean(0)
+    return protos
+
+
+def calibrate_labels(features: Tensor, labels, top_k: int = 20) -> np.ndarray:
+    """NPC: relabel every non-outlier to its most cosine-similar density prototype: [N] int64.
+
+    The new label is the prototype's row index (clusters in increasing label order).
+    Outliers stay -1. Cluster count, centres and memories keep the DBSCAN labels.
+    """
+    x = _prepare(features)
+    labels = np.asarray(labels).astype(np.int64)
+    out = labels.copy()
+    if _cluster_ids(labels).size == 0:
+        return out
+    protos = npc_prototypes(x, labels, top_k)
+    protos_n = protos / protos.norm(dim=1, keepdim=True)  # [K, d]
+    idx = np.nonzero(labels >= 0)[0]
+    step = 8192
+    for s in range(0, idx.size, step):
+        sel = torch.as_tensor(idx[s:s + step], device=x.device)
+        sims = x[sel] @ protos_n.T  # [b, K]; |f_i| does not change the argmax
+        out[idx[s:s + step]] = sims.argmax(1).cpu().numpy()
+    return out
