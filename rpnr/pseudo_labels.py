@@ -21,7 +21,7 @@ from torch import Tensor
 
 # rows per block in the blocked kernels; bounds the temporary memory
 _KNN_BLOCK = 2048
-_PAIR_BUDGET = 24_000_000  # pairs materialised at once in the min-sum accumulation
+_PAIR_BUDGET = 8_000_000  # pairs materialised at once in the min-sum accumulation (~50 bytes each)
 
 
 # ----------------------------------------------------------------------------- kNN

@@ -1,0 +1,113 @@
+"""Hand-computed cases for the SYSU-MM01 / RegDB metrics and the test-feature extraction."""
+
+import numpy as np
+import pytest
+import torch
+
+from rpnr.evaluation import eval_regdb, eval_sysu, extract_features
+from rpnr.models import build_model
+
+
+def _distmat_from_orders(orders, num_g):
+    """Distances that rank gallery index orders[q][r] at position r for query q."""
+    dist = np.zeros((len(orders), num_g), dtype=np.float32)
+    for q, order in enumerate(orders):
+        dist[q, order] = np.arange(num_g, dtype=np.float32)
+    return dist
+
+
+# gallery index:        0  1  2  3  4  5  6
+SYSU_G_PIDS = np.array([1, 2, 1, 3, 2, 4, 3])
+SYSU_G_CAMS = np.array([2, 1, 1, 4, 5, 2, 5])
+SYSU_Q_PIDS = np.array([1, 1, 2, 5, 4])
+SYSU_Q_CAMS = np.array([3, 6, 6, 6, 3])
+SYSU_ORDERS = [
+    [0, 1, 3, 2, 4, 5, 6],  # q0 pid 1 cam 3
+    [0, 1, 3, 2, 4, 5, 6],  # q1 pid 1 cam 6
+    [3, 6, 2, 1, 4, 0, 5],  # q2 pid 2 cam 6
+    [0, 1, 2, 3, 4, 5, 6],  # q3 pid 5: no match in the gallery
+    [5, 0, 1, 2, 3, 4, 6],  # q4 pid 4 cam 3: its only match is in camera 2
+]
+
+
+def test_eval_sysu_hand_computed():
+    # q0 (cam 3): gallery 0 and 5 (camera 2) are dropped; kept pids [2, 3, 1, 2, 3], match at 3rd place
+    #     AP = 1/3, INP = 1/3; distinct identities [2, 3, 1] -> first-position CMC hit at rank 3
+    # q1 (cam 6): nothing dropped; pids [1, 2, 3, 1, 2, 4, 3], matches at 1 and 4
+    #     AP = (1/1 + 2/4) / 2 = 0.75, INP = 2/4 = 0.5, CMC hit at rank 1
+    # q2 (cam 6): pids [3, 3, 1, 2, 2, 1, 4], matches at 4 and 5
+    #     AP = (1/4 + 2/5) / 2 = 0.325, INP = 2/5 = 0.4; distinct [3, 1, 2, 4] -> rank 3 (standard CMC: 4)
+    # q3: pid 5 absent -> not valid; q4 (cam 3): only pid-4 image is camera 2 -> not valid
+    # valid queries = 3: CMC@1..3 = [1/3, 1/3, 3/3]
+    # mAP = (1/3 + 0.75 + 0.325) / 3 = 0.4694444, mINP = (1/3 + 0.5 + 0.4) / 3 = 0.4111111
+    dist = _distmat_from_orders(SYSU_ORDERS, len(SYSU_G_PIDS))
+    cmc, m_ap, m_inp = eval_sysu(dist, SYSU_Q_PIDS, SYSU_G_PIDS, SYSU_Q_CAMS, SYSU_G_CAMS, max_rank=3)
+    np.testing.assert_allclose(cmc, [1 / 3, 1 / 3, 1.0], atol=1e-6)
+    assert m_ap == pytest.approx((1 / 3 + 0.75 + 0.325) / 3, abs=1e-6)
+    assert m_inp == pytest.approx((1 / 3 + 0.5 + 0.4) / 3, abs=1e-6)
+
+
+def test_eval_sysu_camera_rule_only_for_camera_3():
+    # Same rankings with every query moved to camera 6: nothing is dropped.
+    # q0 = q1: AP 0.75, INP 0.5, rank 1; q2 as before; q4 (pid 4 at the top) becomes valid: AP = INP = 1.
+    # valid = 4: CMC = [3/4, 3/4, 4/4]; mAP = (0.75 + 0.75 + 0.325 + 1) / 4; mINP = (0.5 + 0.5 + 0.4 + 1) / 4
+    dist = _distmat_from_orders(SYSU_ORDERS, len(SYSU_G_PIDS))
+    cams6 = np.full_like(SYSU_Q_CAMS, 6)
+    cmc, m_ap, m_inp = eval_sysu(dist, SYSU_Q_PIDS, SYSU_G_PIDS, cams6, SYSU_G_CAMS, max_rank=3)
+    np.testing.assert_allclose(cmc, [0.75, 0.75, 1.0], atol=1e-6)
+    assert m_ap == pytest.approx((0.75 + 0.75 + 0.325 + 1.0) / 4, abs=1e-6)
+    assert m_inp == pytest.approx((0.5 + 0.5 + 0.4 + 1.0) / 4, abs=1e-6)
+
+
+def test_eval_sysu_first_position_cmc_differs_from_standard():
+    # Only q2: pids [3, 3, 1, 2, 2, 1, 4]; standard CMC would hit at rank 4, the release's
+    # identity-deduplicated CMC hits at rank 3 (distinct identities [3, 1, 2, 4]).
+    dist = _distmat_from_orders(SYSU_ORDERS[2:3], len(SYSU_G_PIDS))
+    cmc, m_ap, _ = eval_sysu(dist, SYSU_Q_PIDS[2:3], SYSU_G_PIDS, SYSU_Q_CAMS[2:3], SYSU_G_CAMS, max_rank=4)
+    np.testing.assert_allclose(cmc, [0.0, 0.0, 1.0, 1.0], atol=1e-6)
+    assert m_ap == pytest.approx(0.325, abs=1e-6)
+
+
+def test_eval_sysu_all_queries_invalid_is_an_error():
+    dist = _distmat_from_orders(SYSU_ORDERS[3:4], len(SYSU_G_PIDS))
+    with pytest.raises((ValueError, AssertionError)):
+        eval_sysu(dist, SYSU_Q_PIDS[3:4], SYSU_G_PIDS, SYSU_Q_CAMS[3:4], SYSU_G_CAMS, max_rank=3)
+
+
+def test_eval_regdb_standard_cmc():
+    # gallery pids [1, 1, 2, 2]
+    # q0 pid 1, ranked pids [2, 2, 1, 1]: first hit rank 3 (standard CMC, no deduplication)
+    #     AP = (1/3 + 2/4) / 2 = 0.4166667, INP = 2/4 = 0.5
+    # q1 pid 2, ranked pids [2, 1, 1, 2]: rank 1, AP = (1/1 + 2/4) / 2 = 0.75, INP = 2/4 = 0.5
+    # q2 pid 3: absent, not valid. valid = 2: CMC = [1/2, 1/2, 2/2, 2/2]
+    g_pids = np.array([1, 1, 2, 2])
+    q_pids = np.array([1, 2, 3])
+    dist = _distmat_from_orders([[2, 3, 0, 1], [2, 0, 1, 3], [0, 1, 2, 3]], 4)
+    cmc, m_ap, m_inp = eval_regdb(dist, q_pids, g_pids, max_rank=4)
+    np.testing.assert_allclose(cmc, [0.5, 0.5, 1.0, 1.0], atol=1e-6)
+    assert m_ap == pytest.approx((5 / 12 + 0.75) / 2, abs=1e-6)
+    assert m_inp == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def eval_model():
+    torch.manual_seed(0)
+    return build_model().eval()
+
+
+def test_extract_features_flip_average(eval_model):
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 32, 16)
+    with torch.no_grad():
+        e = eval_model.embed(x, "infrared")  # [3, 2048]
+        e_flip = eval_model.embed(torch.flip(x, dims=[3]), "infrared")
+    mean = (e + e_flip) / 2
+    plain = extract_features(eval_model, x, "infrared", batch_size=2, flip=False)
+    flipped = extract_features(eval_model, x, "infrared", batch_size=2, flip=True)
+    unnormed = extract_features(eval_model, x, "infrared", batch_size=2, flip=True, normalize=False)
+    torch.testing.assert_close(plain, e, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flipped, mean / mean.norm(dim=1, keepdim=True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unnormed, mean, atol=1e-5, rtol=1e-5)
+    assert flipped.shape == (3, 2048)
+    torch.testing.assert_close(flipped.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
+    assert not torch.allclose(flipped, plain, atol=1e-4)  # the flip really changes the embedding
