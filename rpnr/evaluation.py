@@ -136,7 +136,7 @@ def uint8_to_normalized(batch: Tensor) -> Tensor:
 
 def _uint8_batches(images: np.ndarray, batch_size: int, device: torch.device):
     for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+        chunk = torch.from_numpy(np.array(images[start:start + batch_size]))  # copy: memory maps are read-only
         yield uint8_to_normalized(chunk.to(device, non_blocking=True))
 
 

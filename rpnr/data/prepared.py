@@ -1,0 +1,307 @@
+"""Prepared datasets: uint8 image arrays at a fixed size, with identity, camera and source path.
+
+Layout of a prepared folder (all ``.npy``; images are loaded memory-mapped):
+
+- ``manifest.json``: dataset, height, width, format version, source folder, creation
+  time, per-set counts and the statistics table rows;
+- per image set ``<set>_images.npy`` (uint8 [N, H, W, 3]), ``<set>_pids.npy``,
+  ``<set>_cams.npy`` (int64 [N]) and ``<set>_paths.npy`` (str [N], relative to the raw root);
+- index arrays (int64) that select the rows of a set for a trial.
+
+SYSU-MM01 sets: ``train_rgb``, ``train_ir`` (bicubic), ``query`` and ``gallery`` (Lanczos;
+``gallery`` holds the union of the galleries of trials 0-9 of both modes once), with
+``gallery_index_{mode}_{trial}`` giving each official gallery in its official order.
+RegDB sets: ``{visible,thermal}_train`` (bicubic) and ``{visible,thermal}_test`` (Lanczos),
+with ``trial{t}_{train,test}_{visible,thermal}_{index,labels}`` for t = 1..10 (labels as in
+the ``idx`` files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rpnr.data.raw_images import RESAMPLE, read_images_into
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATASETS = ("sysu", "regdb")
+SYSU_MODES = ("all", "indoor")
+SYSU_TRIALS = tuple(range(10))
+REGDB_TRIALS = tuple(range(1, 11))
+PREPARE_SCRIPT = {"sysu": "prepare_sysu.py", "regdb": "prepare_regdb.py"}
+
+
+class PreparedDataError(Exception):
+    """A prepared folder is missing, incomplete, of the other dataset or of another size."""
+
+
+@dataclass
+class ImageSet:
+    """One split of one modality."""
+
+    images: np.ndarray  # uint8 [N, H, W, 3] (memory-mapped when it is a whole stored set)
+    pids: np.ndarray  # int64 [N] identity labels (ground truth, diagnostics and evaluation only)
+    cams: np.ndarray  # int64 [N] camera ids
+    paths: np.ndarray  # str [N] source paths relative to the raw root
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def subset(self, index: np.ndarray, pids: np.ndarray | None = None) -> ImageSet:
+        """The rows ``index`` (images read into memory); ``pids`` replaces the identity labels."""
+        index = np.asarray(index, dtype=np.int64)
+        return ImageSet(images=np.ascontiguousarray(self.images[index]),
+                        pids=np.asarray(self.pids[index] if pids is None else pids, dtype=np.int64),
+                        cams=np.asarray(self.cams[index], dtype=np.int64),
+                        paths=self.paths[index])
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@dataclass
+class SetSpec:
+    """An image set to write: raw files (relative to the raw root) and how to resize them."""
+
+    name: str
+    paths: list[str]
+    pids: np.ndarray
+    cams: np.ndarray
+    resample: str  # "bicubic" (training) or "lanczos" (query/gallery/test)
+
+
+@dataclass
+class PreparePlan:
+    """Everything a prepared folder holds, computed from a raw dataset before any image is read."""
+
+    dataset: str
+    root: str
+    sets: list[SetSpec]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # rows of the statistics table: (split, modality, pids, cams)
+    views: list[tuple[str, str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def _view_stats(split: str, modality: str, pids: np.ndarray, cams: np.ndarray) -> dict:
+    return {"split": split, "modality": modality, "ids": int(len(np.unique(pids))), "images": int(len(pids)),
+            "cameras": [int(c) for c in np.unique(cams)]}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove ``OUT.tmp-<pid>`` folders left by killed runs whose process is gone."""
+    for tmp in out.parent.glob(f"{out.name}.tmp-*"):
+        suffix = tmp.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_output_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise PreparedDataError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PreparedDataError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
+
+
+def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int, width: int,
+                   overwrite: bool = False, workers: int | None = None) -> dict:
+    """Read, resize and write every set of ``plan`` into ``output_dir``; returns the manifest.
+
+    Everything goes to ``OUT.tmp-<pid>`` first and is renamed to ``OUT`` at the end, so an
+    interrupted run leaves no half-written dataset. A non-empty ``OUT`` is replaced only
+    with ``overwrite``.
+    """
+    if height <= 0 or width <= 0:
+        raise PreparedDataError(f"image size must be positive, got {height}x{width}")
+    out = Path(output_dir).absolute()
+    _check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        sets_info = {}
+        for spec in plan.sets:
+            if spec.resample not in RESAMPLE:
+                raise ValueError(f"unknown resample {spec.resample!r}")
+            images = np.lib.format.open_memmap(tmp / f"{spec.name}_images.npy", mode="w+", dtype=np.uint8,
+                                               shape=(len(spec.paths), height, width, 3))
+            abs_paths = [os.path.join(plan.root, p) for p in spec.paths]
+            read_images_into(abs_paths, images, height, width, spec.resample, desc=f"{spec.name} ({spec.resample})",
+                             workers=workers)
+            images.flush()
+            del images
+            np.save(tmp / f"{spec.name}_pids.npy", np.asarray(spec.pids, dtype=np.int64))
+            np.save(tmp / f"{spec.name}_cams.npy", np.asarray(spec.cams, dtype=np.int64))
+            np.save(tmp / f"{spec.name}_paths.npy", np.asarray(spec.paths, dtype=str))
+            sets_info[spec.name] = {"count": len(spec.paths), "resample": spec.resample}
+        for name, arr in plan.arrays.items():
+            np.save(tmp / f"{name}.npy", np.asarray(arr, dtype=np.int64))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dataset": plan.dataset,
+            "height": int(height),
+            "width": int(width),
+            "source": str(Path(plan.root).absolute()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "sets": sets_info,
+            "arrays": sorted(plan.arrays),
+            "stats": [_view_stats(*view) for view in plan.views],
+            **plan.info,
+        }
+        with open(tmp / MANIFEST, "w") as fh:
+            json.dump(manifest, fh, indent=1)
+        old = None
+        if out.exists():
+            old = out.parent / f"{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def format_stats(manifest: dict) -> str:
+    """The statistics table (ids, images, cameras per split and modality) of a manifest."""
+    rows = [("split", "modality", "ids", "images", "cameras")]
+    for s in manifest["stats"]:
+        rows.append((s["split"], s["modality"], str(s["ids"]), str(s["images"]),
+                     ",".join(str(c) for c in s["cameras"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [f"{manifest['dataset']} prepared at {manifest['height']}x{manifest['width']} (HxW)"]
+    for k, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """The manifest of a prepared folder (``{"dataset", "height", "width", ...}``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PreparedDataError(f"prepared data folder not found: {root}")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_sysu.py or "
+                                f"prepare_regdb.py first)")
+    try:
+        with open(path) as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise PreparedDataError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise PreparedDataError(f"{path} is not a prepared-data manifest of format version {FORMAT_VERSION} "
+                                f"(prepare the data again)")
+    return manifest
+
+
+def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = None,
+                   width: int | None = None) -> dict:
+    """The manifest, after checking that ``root`` is a complete prepared ``dataset`` of that size."""
+    if dataset not in DATASETS:
+        raise PreparedDataError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+    manifest = read_manifest(root)
+    if manifest.get("dataset") != dataset:
+        raise PreparedDataError(f"{root} holds prepared {manifest.get('dataset')} data, not {dataset} "
+                                f"(run {PREPARE_SCRIPT[dataset]})")
+    size = (manifest.get("height"), manifest.get("width"))
+    if (height is not None and height != size[0]) or (width is not None and width != size[1]):
+        raise PreparedDataError(f"{root} was prepared at {size[0]}x{size[1]} (HxW), not {height or size[0]}x"
+                                f"{width or size[1]}; prepare it again with --height/--width or pass the "
+                                f"matching size")
+    names = [f"{s}_{part}.npy" for s in manifest.get("sets", {}) for part in ("images", "pids", "cams", "paths")]
+    names += [f"{a}.npy" for a in manifest.get("arrays", [])]
+    missing = [n for n in names if not (Path(root) / n).is_file()]
+    if missing:
+        raise PreparedDataError(f"{root} is incomplete: missing {missing[0]} (prepare it again)")
+    return manifest
+
+
+def _load_npy(root: Path, name: str, mmap: bool = False) -> np.ndarray:
+    path = root / f"{name}.npy"
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PreparedDataError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
+
+
+def load_set(root: str | os.PathLike, name: str) -> ImageSet:
+    """A whole stored image set (images memory-mapped)."""
+    root = Path(root)
+    return ImageSet(images=_load_npy(root, f"{name}_images", mmap=True), pids=_load_npy(root, f"{name}_pids"),
+                    cams=_load_npy(root, f"{name}_cams"), paths=_load_npy(root, f"{name}_paths"))
+
+
+def load_array(root: str | os.PathLike, name: str) -> np.ndarray:
+    """A stored index/label array (e.g. ``gallery_index_all_0``)."""
+    return _load_npy(Path(root), name)
+
+
+def _check_trial(trial: int, valid: tuple[int, ...], what: str) -> None:
+    if trial not in valid:
+        raise PreparedDataError(f"{what} trial must be in {valid[0]}..{valid[-1]}, got {trial}")
+
+
+def regdb_trial(root: str | os.PathLike, split: str, modality: str, trial: int) -> ImageSet:
+    """The ``split`` ("train"|"test") images of ``modality`` ("visible"|"thermal") for a RegDB trial
+    (in the order of its idx file; pids = the idx-file labels; images read into memory)."""
+    _check_trial(trial, REGDB_TRIALS, "RegDB")
+    base = load_set(root, f"{modality}_{split}")
+    index = load_array(root, f"trial{trial}_{split}_{modality}_index")
+    labels = load_array(root, f"trial{trial}_{split}_{modality}_labels")
+    return base.subset(index, pids=labels)
+
+
+def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
+    """Training sets ``(rgb, ir)``; ``trial`` (1..10) only for RegDB. SYSU images are memory-mapped."""
+    check_prepared(root, dataset)
+    if dataset == "sysu":
+        return load_set(root, "train_rgb"), load_set(root, "train_ir")
+    return regdb_trial(root, "train", "visible", trial), regdb_trial(root, "train", "thermal", trial)
+
+
+def sysu_gallery_index(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> np.ndarray:
+    """Rows of the stored ``gallery`` set that form the official gallery of ``mode``/``trial``."""
+    if mode not in SYSU_MODES:
+        raise PreparedDataError(f"SYSU mode must be 'all' or 'indoor', got {mode!r}")
+    _check_trial(trial, SYSU_TRIALS, "SYSU gallery")
+    return load_array(root, f"gallery_index_{mode}_{trial}")
+
+
+def load_sysu_test(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> tuple[ImageSet, ImageSet]:
+    """``(query IR, gallery RGB of that trial)``; the query is memory-mapped."""
+    check_prepared(root, "sysu")
+    index = sysu_gallery_index(root, mode, trial)
+    return load_set(root, "query"), load_set(root, "gallery").subset(index)
+
+
+def load_regdb_test(root: str | os.PathLike, trial: int = 1) -> tuple[ImageSet, ImageSet]:
+    """``(visible, thermal)`` test sets of a RegDB trial."""
+    check_prepared(root, "regdb")
+    return regdb_trial(root, "test", "visible", trial), regdb_trial(root, "test", "thermal", trial)

@@ -1,0 +1,87 @@
+"""RegDB raw layout: ``Visible/``, ``Thermal/`` and ``idx/{train,test}_{visible,thermal}_{1..10}.txt``.
+
+Each idx line is ``relative/path.bmp label``; trial t trains on the ``train_*_t`` lists and tests
+on the ``test_*_t`` lists. Camera ids: visible = 1, thermal = 2.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from rpnr.data.prepared import REGDB_TRIALS, PreparePlan, SetSpec
+from rpnr.data.raw_images import RawDataError
+
+MODALITIES = ("visible", "thermal")
+SPLITS = ("train", "test")
+CAMERA = {"visible": 1, "thermal": 2}
+SPLIT_RESAMPLE = {"train": "bicubic", "test": "lanczos"}  # official train / test loaders
+
+
+def idx_path(root: str, split: str, modality: str, trial: int) -> str:
+    """``root/idx/<split>_<modality>_<trial>.txt``."""
+    return os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt")
+
+
+def read_idx(root: str, split: str, modality: str, trial: int) -> tuple[list[str], np.ndarray]:
+    """``(relative paths, labels int64)`` of one idx file, in file order; every file must exist."""
+    path = idx_path(root, split, modality, trial)
+    if not os.path.isfile(path):
+        raise RawDataError(f"missing {path} (expected the RegDB layout with idx/{{train,test}}_"
+                           f"{{visible,thermal}}_{{1..10}}.txt)")
+    paths, labels = [], []
+    with open(path) as fh:
+        for number, line in enumerate(fh.read().splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            try:
+                if len(fields) != 2:
+                    raise ValueError
+                labels.append(int(fields[1]))
+            except ValueError:
+                raise RawDataError(f"{path} line {number}: expected 'relative/path.bmp label', "
+                                   f"got {line.strip()!r}") from None
+            if not os.path.isfile(os.path.join(root, fields[0])):
+                raise RawDataError(f"image {os.path.join(root, fields[0])} listed in {path} line {number} "
+                                   f"does not exist")
+            paths.append(fields[0])
+    if not paths:
+        raise RawDataError(f"{path} lists no images")
+    return paths, np.array(labels, dtype=np.int64)
+
+
+def plan_regdb(root: str) -> PreparePlan:
+    """What ``prepare_regdb.py`` writes: each image listed by a train file once (bicubic) and each
+    image listed by a test file once (Lanczos), with per-trial index and label arrays."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise RawDataError(f"RegDB folder not found: {root}")
+    if not os.path.isdir(os.path.join(root, "idx")):
+        raise RawDataError(f"missing folder {os.path.join(root, 'idx')} (expected the RegDB layout "
+                           f"Visible/, Thermal/, idx/)")
+    lists = {(split, modality, t): read_idx(root, split, modality, t)
+             for t in REGDB_TRIALS for split in SPLITS for modality in MODALITIES}
+    sets, arrays, views = [], {}, []
+    for split in SPLITS:
+        for modality in MODALITIES:
+            union = sorted({p for t in REGDB_TRIALS for p in lists[split, modality, t][0]})
+            row = {p: i for i, p in enumerate(union)}
+            cams = np.full(len(union), CAMERA[modality], dtype=np.int64)
+            # identity labels differ per trial (idx files number ids 0..n-1); the set keeps -1
+            pids = np.full(len(union), -1, dtype=np.int64)
+            sets.append(SetSpec(f"{modality}_{split}", union, pids, cams, SPLIT_RESAMPLE[split]))
+            for t in REGDB_TRIALS:
+                paths, labels = lists[split, modality, t]
+                arrays[f"trial{t}_{split}_{modality}_index"] = np.array([row[p] for p in paths], dtype=np.int64)
+                arrays[f"trial{t}_{split}_{modality}_labels"] = labels
+            paths, labels = lists[split, modality, REGDB_TRIALS[0]]
+            views.append((f"{split} (trial {REGDB_TRIALS[0]})", modality, labels,
+                          np.full(len(paths), CAMERA[modality])))
+    for split in SPLITS:
+        for modality in MODALITIES:
+            spec = next(s for s in sets if s.name == f"{modality}_{split}")
+            folders = np.array([os.path.dirname(p) for p in spec.paths])  # ids counted as image folders
+            views.append((f"{split} (stored, trials 1-10)", modality, folders, spec.cams))
+    return PreparePlan("regdb", root, sets, arrays, views, {"trials": list(REGDB_TRIALS)})

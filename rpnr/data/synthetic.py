@@ -1,0 +1,248 @@
+"""Small synthetic raw SYSU-MM01 and RegDB trees with real image files (tests and the demo).
+
+Each identity is a drawn pedestrian with its own shape (head, torso, legs, arms, bag) and
+its own torso/leg textures (stripe orientation and frequency, patterns). Visible images
+show them in the identity's colours; infrared/thermal images show the same shape and
+texture as grey-ish intensities (3-channel, no colour), so identity is recognisable across
+modalities. Pose jitter, scale, flips, camera-specific backgrounds, lighting and noise
+vary per image. Output is deterministic given the seed.
+
+    python -m rpnr.data.synthetic --dataset sysu --out data/sysu_synth
+    python -m rpnr.data.synthetic --dataset regdb --out data/regdb_synth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SYSU_RGB_CAMS = (1, 2, 4, 5)
+SYSU_IR_CAMS = (3, 6)
+REGDB_TRIALS = range(1, 11)
+
+
+@dataclass
+class Identity:
+    """Appearance parameters of one synthetic person."""
+
+    head: float  # head radius (fraction of the width)
+    torso_w: float  # half width of the torso (fraction of the width)
+    torso_end: float  # bottom of the torso (fraction of the height)
+    leg_gap: float
+    arm_w: float
+    bag: int  # -1 left, 0 none, 1 right
+    up_angle: float  # torso stripe orientation (radians)
+    up_freq: float  # torso stripe frequency (cycles over the image)
+    up_kind: int  # 0 stripes, 1 checker, 2 solid with a logo patch
+    low_freq: float  # leg stripe frequency (0 = plain)
+    colors: np.ndarray  # [5, 3] visible colours: torso a, torso b, legs, hair, bag
+    ir_levels: np.ndarray  # [5] infrared intensities of the same parts
+
+
+def make_identity(rng: np.random.Generator) -> Identity:
+    """Draw one identity's appearance."""
+    return Identity(
+        head=float(rng.uniform(0.09, 0.15)),
+        torso_w=float(rng.uniform(0.16, 0.28)),
+        torso_end=float(rng.uniform(0.48, 0.62)),
+        leg_gap=float(rng.uniform(0.01, 0.06)),
+        arm_w=float(rng.uniform(0.04, 0.08)),
+        bag=int(rng.integers(-1, 2)),
+        up_angle=float(rng.choice([0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4])),
+        up_freq=float(rng.uniform(3.0, 9.0)),
+        up_kind=int(rng.integers(0, 3)),
+        low_freq=float(rng.choice([0.0, 0.0, 6.0, 10.0])),
+        colors=rng.uniform(0.05, 0.95, size=(5, 3)),
+        ir_levels=rng.uniform(0.25, 0.95, size=5),
+    )
+
+
+def render(person: Identity, rng: np.random.Generator, height: int, width: int, infrared: bool,
+           background: np.ndarray) -> np.ndarray:
+    """One image of ``person`` -> uint8 [height, width, 3]; ``background`` is the camera's RGB base colour."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y, x = y / height, x / width  # [H, W] in [0, 1)
+    scale = rng.uniform(0.88, 1.05)
+    cx = 0.5 + rng.uniform(-0.08, 0.08)
+    top = 0.04 + rng.uniform(-0.03, 0.04)
+    if rng.random() < 0.5:
+        x = 2 * cx - x  # mirror around the body axis
+    yy = (y - top) / scale  # body coordinates
+    xx = (x - cx) / scale
+    head_cy = person.head * 0.9
+    head = (xx / person.head) ** 2 + ((yy - head_cy) * 2.0 / person.head) ** 2 < 1.0
+    hair = head & (yy < head_cy - person.head * 0.15)
+    neck = head_cy + person.head * 0.5
+    torso = (np.abs(xx) < person.torso_w) & (yy > neck) & (yy < person.torso_end)
+    arms = (np.abs(xx) >= person.torso_w) & (np.abs(xx) < person.torso_w + person.arm_w) \
+        & (yy > neck + 0.02) & (yy < person.torso_end + 0.05)
+    legs = (np.abs(xx) > person.leg_gap) & (np.abs(xx) < person.torso_w * 0.9) \
+        & (yy >= person.torso_end) & (yy < 0.95)
+    bag = np.zeros_like(torso)
+    if person.bag:
+        bx = person.bag * (person.torso_w + person.arm_w + 0.05)
+        bag = (np.abs(xx - bx) < 0.07) & (yy > 0.35) & (yy < 0.55)
+    u = xx * np.cos(person.up_angle) + yy * np.sin(person.up_angle)
+    if person.up_kind == 0:
+        pattern = np.sin(2 * np.pi * person.up_freq * u) > 0
+    elif person.up_kind == 1:
+        pattern = (np.sin(2 * np.pi * person.up_freq * xx) * np.sin(2 * np.pi * person.up_freq * yy)) > 0
+    else:
+        pattern = (np.abs(xx) < person.torso_w * 0.5) & (np.abs(yy - (neck + person.torso_end) / 2) < 0.06)
+    leg_pattern = np.sin(2 * np.pi * person.low_freq * yy) > 0.3 if person.low_freq else np.zeros_like(legs)
+
+    light = rng.uniform(0.75, 1.15)
+    if infrared:
+        lv = person.ir_levels
+        img = np.full((height, width), float(np.mean(background)) * 0.5, dtype=np.float32)
+        img += (y * 0.15).astype(np.float32)  # [H, W] floor gradient
+        img[legs] = lv[2] * np.where(leg_pattern[legs], 0.75, 1.0)
+        img[torso | arms] = np.where(pattern, lv[0], lv[1])[torso | arms]
+        img[bag] = lv[4]
+        img[head] = 0.95
+        img[hair] = lv[3] * 0.6
+        img = img * light
+        img = np.repeat(img[:, :, None], 3, axis=2) * (1.0 + rng.uniform(-0.04, 0.04, size=3))  # grey-ish
+    else:
+        col = person.colors
+        img = np.empty((height, width, 3), dtype=np.float32)
+        img[:] = background
+        img += (y[:, :, None] * 0.2 - 0.1).astype(np.float32)
+        img[legs] = col[2] * np.where(leg_pattern[legs], 0.6, 1.0)[:, None]
+        img[torso | arms] = np.where(pattern[:, :, None], col[0], col[1])[torso | arms]
+        img[bag] = col[4]
+        img[head] = (0.85, 0.65, 0.5)
+        img[hair] = col[3] * 0.5
+        img = img * light * (1.0 + rng.uniform(-0.06, 0.06, size=3))
+    img = img + rng.normal(0.0, 0.03, size=img.shape)
+    return (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _camera_background(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.2, 0.8, size=3)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"output folder {out} exists and is not empty")
+
+
+def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, test_ids: int = 12,
+               per_camera: int = 5, height: int = 128, width: int = 64, seed: int = 0) -> dict:
+    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}.
+
+    Ids are 1..N assigned to train/val/test at random; each id appears in at least two
+    RGB and one IR camera, with ``per_camera`` +-1 images per camera.
+    """
+    out = Path(out)
+    _check_out(out)
+    rng = np.random.default_rng(seed)
+    total = train_ids + val_ids + test_ids
+    ids = rng.permutation(np.arange(1, total + 1))
+    splits = {"train": ids[:train_ids], "val": ids[train_ids:train_ids + val_ids],
+              "test": ids[train_ids + val_ids:]}
+    (out / "exp").mkdir(parents=True, exist_ok=True)
+    for name, members in splits.items():
+        (out / "exp" / f"{name}_id.txt").write_text(",".join(str(int(i)) for i in members) + "\n")
+    backgrounds = {cam: _camera_background(rng) for cam in SYSU_RGB_CAMS + SYSU_IR_CAMS}
+    counts = {"ids": total, "rgb_images": 0, "ir_images": 0}
+    for pid in range(1, total + 1):
+        person_rng = np.random.default_rng([seed, pid])
+        person = make_identity(person_rng)
+        rgb_cams = [c for c in SYSU_RGB_CAMS if person_rng.random() > 0.2] or [1, 2]
+        if len(rgb_cams) < 2:
+            rgb_cams = sorted({rgb_cams[0], 1 if rgb_cams[0] != 1 else 2})
+        ir_cams = [c for c in SYSU_IR_CAMS if person_rng.random() > 0.1] or [3]
+        for cam in sorted(rgb_cams + ir_cams):
+            folder = out / f"cam{cam}" / f"{pid:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            n = max(2, per_camera + int(person_rng.integers(-1, 2)))
+            infrared = cam in SYSU_IR_CAMS
+            for k in range(1, n + 1):
+                img = render(person, person_rng, height, width, infrared, backgrounds[cam])
+                Image.fromarray(img, "RGB").save(folder / f"{k:04d}.jpg", quality=92)
+            counts["ir_images" if infrared else "rgb_images"] += n
+    return counts
+
+
+def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, height: int = 128,
+                width: int = 64, seed: int = 0) -> dict:
+    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts.
+
+    Trial t splits the ids in half at random (train/test, a different split per trial);
+    labels in the idx files are 0..n-1 in id order within each split, as in RegDB.
+    """
+    out = Path(out)
+    _check_out(out)
+    if ids < 2:
+        raise ValueError("RegDB needs at least 2 ids")
+    rng = np.random.default_rng(seed)
+    bg_visible, bg_thermal = _camera_background(rng), _camera_background(rng)
+    files: dict[int, dict[str, list[str]]] = {}
+    for pid in range(1, ids + 1):
+        person_rng = np.random.default_rng([seed, pid])
+        person = make_identity(person_rng)
+        files[pid] = {}
+        for modality, folder, tag, bg in (("visible", "Visible", "v", bg_visible),
+                                          ("thermal", "Thermal", "t", bg_thermal)):
+            (out / folder / str(pid)).mkdir(parents=True, exist_ok=True)
+            names = []
+            for k in range(1, per_modality + 1):
+                img = render(person, person_rng, height, width, modality == "thermal", bg)
+                rel = f"{folder}/{pid}/{tag}_{pid:04d}_{k:02d}.bmp"
+                Image.fromarray(img, "RGB").save(out / rel)
+                names.append(rel)
+            files[pid][modality] = names
+    (out / "idx").mkdir(exist_ok=True)
+    for trial in REGDB_TRIALS:
+        perm = np.random.default_rng([seed, 1000 + trial]).permutation(np.arange(1, ids + 1))
+        half = ids // 2
+        for split, members in (("train", sorted(perm[:half])), ("test", sorted(perm[half:]))):
+            for modality in ("visible", "thermal"):
+                lines = [f"{rel} {label}" for label, pid in enumerate(members) for rel in files[pid][modality]]
+                (out / "idx" / f"{split}_{modality}_{trial}.txt").write_text("\n".join(lines) + "\n")
+    return {"ids": ids, "visible_images": ids * per_modality, "thermal_images": ids * per_modality}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a small synthetic raw SYSU-MM01 or RegDB tree.")
+    parser.add_argument("--dataset", choices=["sysu", "regdb"], required=True)
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int, default=128, help="raw image height")
+    parser.add_argument("--width", type=int, default=64, help="raw image width")
+    parser.add_argument("--train-ids", type=int, default=24, help="SYSU: train ids")
+    parser.add_argument("--val-ids", type=int, default=8, help="SYSU: val ids (also used for training)")
+    parser.add_argument("--test-ids", type=int, default=12, help="SYSU: test ids")
+    parser.add_argument("--per-camera", type=int, default=5, help="SYSU: images per id and camera (+-1)")
+    parser.add_argument("--ids", type=int, default=40, help="RegDB: ids (half train, half test per trial)")
+    parser.add_argument("--per-modality", type=int, default=10, help="RegDB: images per id and modality")
+    args = parser.parse_args(argv)
+    if min(args.height, args.width) < 16:
+        print("error: --height and --width must be at least 16", file=sys.stderr)
+        return 1
+    try:
+        if args.dataset == "sysu":
+            if min(args.train_ids, args.test_ids, args.per_camera) < 1 or args.val_ids < 0:
+                raise ValueError("id and image counts must be positive")
+            counts = write_sysu(args.out, args.train_ids, args.val_ids, args.test_ids, args.per_camera,
+                                args.height, args.width, args.seed)
+        else:
+            if args.per_modality < 1:
+                raise ValueError("--per-modality must be positive")
+            counts = write_regdb(args.out, args.ids, args.per_modality, args.height, args.width, args.seed)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote synthetic {args.dataset} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""SYSU-MM01 raw layout: identity files, the official query/gallery splits and the training split.
+
+Raw layout: ``cam1 ... cam6/<pid as 4 digits>/<file>.jpg`` and ``exp/{train,val,test}_id.txt``
+(one line of comma-separated integer ids). RGB cameras 1, 2, 4, 5; IR cameras 3, 6.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import NamedTuple
+
+import numpy as np
+
+from rpnr.data.prepared import SYSU_MODES, SYSU_TRIALS, PreparePlan, SetSpec
+from rpnr.data.raw_images import RawDataError
+
+RGB_CAMERAS = ("cam1", "cam2", "cam4", "cam5")
+IR_CAMERAS = ("cam3", "cam6")
+QUERY_CAMERAS = ("cam3", "cam6")  # the same for both modes (official)
+GALLERY_CAMERAS = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "cam2")}
+ALL_CAMERAS = tuple(f"cam{i}" for i in range(1, 7))
+
+
+class Split(NamedTuple):
+    """Image paths with their identity and camera ids."""
+
+    paths: list[str]
+    pids: np.ndarray  # int64 [N]
+    cams: np.ndarray  # int64 [N]
+
+
+def read_ids(root: str, split: str) -> list[str]:
+    """Ids of ``exp/<split>_id.txt`` as 4-digit strings, in file order.
+
+    As the official code: only the FIRST line is read, split on ',', each value int()-ed.
+    """
+    path = os.path.join(root, "exp", f"{split}_id.txt")
+    if not os.path.isdir(root):
+        raise RawDataError(f"SYSU-MM01 folder not found: {root}")
+    if not os.path.isfile(path):
+        raise RawDataError(f"missing {path} (expected the SYSU-MM01 layout with exp/train_id.txt, "
+                           f"exp/val_id.txt, exp/test_id.txt)")
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    if not lines or not lines[0].strip():
+        raise RawDataError(f"{path} is empty (expected one line of comma-separated ids)")
+    try:
+        ids = [int(y) for y in lines[0].split(",")]
+    except ValueError:
+        raise RawDataError(f"{path}: first line is not a comma-separated list of integer ids") from None
+    return [f"{x:04d}" for x in ids]  # the official "%04d" % x
+
+
+def _sorted_files(img_dir: str) -> list[str]:
+    """``sorted(img_dir + '/' + name)`` over the folder's entries, as the official code builds them."""
+    return sorted([img_dir + "/" + name for name in os.listdir(img_dir)])
+
+
+def _split_from_paths(paths: list[str]) -> Split:
+    # pid = the id folder name, cam = the digit of the camN folder
+    pids = np.array([int(os.path.basename(os.path.dirname(p))) for p in paths], dtype=np.int64)
+    cams = np.array([int(os.path.basename(os.path.dirname(os.path.dirname(p)))[3:]) for p in paths],
+                    dtype=np.int64)
+    return Split(paths, pids.reshape(-1), cams.reshape(-1))
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in SYSU_MODES:
+        raise ValueError(f"mode must be 'all' or 'indoor', got {mode!r}")
+
+
+def query_split(root: str, mode: str = "all") -> Split:
+    """IR query images of the test ids (cam3 then cam6 per id, ids in sorted order, files sorted)."""
+    _check_mode(mode)
+    files = []
+    for pid in sorted(read_ids(root, "test")):
+        for cam in QUERY_CAMERAS:
+            img_dir = os.path.join(root, cam, pid)
+            if os.path.isdir(img_dir):
+                files.extend(_sorted_files(img_dir))
+    return _split_from_paths(files)
+
+
+def gallery_split(root: str, mode: str = "all", trial: int = 0) -> Split:
+    """RGB gallery of ``trial``: one random image per (test id, RGB camera), as the official code.
+
+    The official ``random.seed(trial)`` followed by ``random.choice`` is reproduced with
+    ``random.Random(trial).choice``, so the global random state is left alone.
+    """
+    _check_mode(mode)
+    rng = random.Random(trial)
+    files = []
+    for pid in sorted(read_ids(root, "test")):
+        for cam in GALLERY_CAMERAS[mode]:
+            img_dir = os.path.join(root, cam, pid)
+            if os.path.isdir(img_dir):
+                candidates = _sorted_files(img_dir)
+                if not candidates:
+                    raise RawDataError(f"empty image folder {img_dir} (a gallery camera folder needs images)")
+                files.append(rng.choice(candidates))
+    return _split_from_paths(files)
+
+
+def train_split(root: str) -> tuple[Split, Split]:
+    """``(rgb, ir)`` training images of train + val ids (official pre-processing order)."""
+    ids = sorted(read_ids(root, "train") + read_ids(root, "val"))
+    out = []
+    for cameras in (RGB_CAMERAS, IR_CAMERAS):
+        files = []
+        for pid in ids:
+            for cam in cameras:
+                img_dir = os.path.join(root, cam, pid)
+                if os.path.isdir(img_dir):
+                    files.extend(_sorted_files(img_dir))
+        out.append(_split_from_paths(files))
+    return out[0], out[1]
+
+
+def check_layout(root: str) -> None:
+    """Raise :class:`RawDataError` for a missing folder/id file or an id of a split file without images."""
+    if not os.path.isdir(root):
+        raise RawDataError(f"SYSU-MM01 folder not found: {root}")
+    for cameras, kind in ((RGB_CAMERAS, "RGB"), (IR_CAMERAS, "IR")):
+        if not any(os.path.isdir(os.path.join(root, cam)) for cam in cameras):
+            raise RawDataError(f"missing folders {', '.join(os.path.join(root, c) for c in cameras)} "
+                               f"({kind} cameras of the SYSU-MM01 layout camN/<id>/<file>.jpg)")
+    for split in ("train", "val", "test"):
+        for pid in read_ids(root, split):
+            dirs = [os.path.join(root, cam, pid) for cam in ALL_CAMERAS]
+            if not any(os.path.isdir(d) and os.listdir(d) for d in dirs):
+                raise RawDataError(f"id {int(pid)} of exp/{split}_id.txt has no images in any of "
+                                   f"{os.path.join(root, 'cam1..cam6', pid)}")
+
+
+def _relative(root: str, paths: list[str]) -> list[str]:
+    return [os.path.relpath(p, root) for p in paths]
+
+
+def plan_sysu(root: str) -> PreparePlan:
+    """What ``prepare_sysu.py`` writes: train sets (bicubic), query and gallery union (Lanczos)."""
+    root = os.fspath(root)
+    check_layout(root)
+    rgb, ir = train_split(root)
+    query = query_split(root, "all")
+    galleries = {(mode, t): gallery_split(root, mode, t) for mode in SYSU_MODES for t in SYSU_TRIALS}
+    union = sorted({p for g in galleries.values() for p in g.paths})
+    row = {p: i for i, p in enumerate(union)}
+    gal = _split_from_paths(union)
+    arrays = {f"gallery_index_{mode}_{t}": np.array([row[p] for p in g.paths], dtype=np.int64)
+              for (mode, t), g in galleries.items()}
+    sets = [
+        SetSpec("train_rgb", _relative(root, rgb.paths), rgb.pids, rgb.cams, "bicubic"),
+        SetSpec("train_ir", _relative(root, ir.paths), ir.pids, ir.cams, "bicubic"),
+        SetSpec("query", _relative(root, query.paths), query.pids, query.cams, "lanczos"),
+        SetSpec("gallery", _relative(root, gal.paths), gal.pids, gal.cams, "lanczos"),
+    ]
+    views = [
+        ("train", "RGB", rgb.pids, rgb.cams),
+        ("train", "IR", ir.pids, ir.cams),
+        ("query", "IR", query.pids, query.cams),
+        ("gallery all (trial 0)", "RGB", galleries["all", 0].pids, galleries["all", 0].cams),
+        ("gallery indoor (trial 0)", "RGB", galleries["indoor", 0].pids, galleries["indoor", 0].cams),
+        ("gallery union (trials 0-9)", "RGB", gal.pids, gal.cams),
+    ]
+    info = {"modes": list(SYSU_MODES), "gallery_trials": list(SYSU_TRIALS)}
+    return PreparePlan("sysu", root, sets, arrays, views, info)

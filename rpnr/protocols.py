@@ -1,0 +1,155 @@
+"""Test protocols on prepared data: SYSU-MM01 (one query set, ten galleries) and RegDB (both directions).
+
+Result dicts (all metrics are fractions in [0, 1]):
+``{"cmc": np.ndarray [20], "mAP": float, "mINP": float, "rank1", "rank5", "rank10", "rank20": float}``
+plus ``"trial"`` for one trial, or ``"per_trial"`` (a list of one-trial dicts) for a mean.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rpnr.data.prepared import check_prepared, load_set, regdb_trial, sysu_gallery_index
+from rpnr.evaluation import eval_regdb, eval_sysu, extract_features_uint8
+
+RANKS = (1, 5, 10, 20)
+DIRECTIONS = ("visible_to_thermal", "thermal_to_visible")
+METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+class _Rows:
+    """Rows ``index`` of an array, read lazily slice by slice (keeps a memory-mapped set on disk)."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.base[self.index[key]]
+
+
+def summarize(cmc: np.ndarray, m_ap: float, m_inp: float) -> dict:
+    """One result dict from a CMC curve, mAP and mINP.
+
+    A curve shorter than 20 (a gallery of fewer than 20 images) is extended with its last value.
+    """
+    cmc = np.asarray(cmc, dtype=np.float64)
+    cmc = np.concatenate([cmc, np.full(max(0, RANKS[-1] - len(cmc)), cmc[-1])])  # [>= 20]
+    out = {"cmc": cmc, "mAP": float(m_ap), "mINP": float(m_inp)}
+    for k in RANKS:
+        out[f"rank{k}"] = float(cmc[k - 1])
+    return out
+
+
+def mean_results(results: Sequence[dict]) -> dict:
+    """The mean of one-trial result dicts (CMC, mAP and mINP averaged), with ``"per_trial"``."""
+    if not results:
+        raise ValueError("no results to average")
+    mean = summarize(np.mean([r["cmc"] for r in results], axis=0), np.mean([r["mAP"] for r in results]),
+                     np.mean([r["mINP"] for r in results]))
+    mean["per_trial"] = list(results)
+    return mean
+
+
+def to_percent(result: dict) -> dict:
+    """``{"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}`` in percent (plain floats)."""
+    return {k: 100.0 * float(result[k]) for k in METRIC_KEYS}
+
+
+def format_result(result: dict, label: str = "") -> str:
+    """One line in the paper's format: ``label Rank-1: 65.49% | Rank-5: ... | mAP: ... | mINP: ...``."""
+    text = " | ".join([f"Rank-{k}: {result[f'rank{k}']:.2%}" for k in RANKS]
+                      + [f"mAP: {result['mAP']:.2%}", f"mINP: {result['mINP']:.2%}"])
+    return f"{label} {text}" if label else text
+
+
+def _features(model: nn.Module, images, modal: str, device: torch.device, batch_size: int,
+              desc: str, progress: bool) -> np.ndarray:
+    """Test embeddings (flip average, L2-normalised) of uint8 images -> float32 [N, 2048]."""
+    with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True,
+              dynamic_ncols=True) as bar:
+        feats = extract_features_uint8(model, images, modal, batch_size=batch_size, flip=True, normalize=True,
+                                       device=device, progress=bar.update)
+    return feats.cpu().numpy()
+
+
+def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return next(model.parameters()).device
+    device = torch.device(device)
+    model.to(device)
+    return device
+
+
+def evaluate_sysu(model: nn.Module, root: str | os.PathLike, mode: str = "all", trials: Iterable[int] = range(10),
+                  device: str | torch.device | None = None, batch_size: int = 64, progress: bool = False) -> dict:
+    """SYSU-MM01 ``mode`` ("all"|"indoor") search over the galleries of ``trials``.
+
+    IR queries (infrared stem) against RGB galleries (visible stem); distance = -(q @ g.T) as
+    the release. Query features are computed once; each gallery image once, however many
+    trials use it. Returns the mean result dict with ``"per_trial"`` (each with ``"trial"``).
+    """
+    check_prepared(root, "sysu")
+    device = _device(model, device)
+    trials = list(trials)
+    indices = {t: sysu_gallery_index(root, mode, t) for t in trials}
+    query, gallery = load_set(root, "query"), load_set(root, "gallery")
+    needed = np.unique(np.concatenate(list(indices.values())))  # gallery rows used by these trials
+    q_feat = _features(model, query.images, "infrared", device, batch_size, "query", progress)  # [Q, 2048]
+    g_all = _features(model, _Rows(gallery.images, needed), "visible", device, batch_size, "gallery",
+                      progress)  # [G_used, 2048]
+    per_trial = []
+    for t, idx in indices.items():
+        g_feat = g_all[np.searchsorted(needed, idx)]  # [G_t, 2048] in the trial's official order
+        distmat = -np.matmul(q_feat, g_feat.T)  # [Q, G_t]
+        cmc, m_ap, m_inp = eval_sysu(distmat, query.pids, gallery.pids[idx], query.cams, gallery.cams[idx])
+        per_trial.append({**summarize(cmc, m_ap, m_inp), "trial": t})
+    return mean_results(per_trial)
+
+
+def evaluate_regdb_directions(model: nn.Module, root: str | os.PathLike, trial: int = 1,
+                              device: str | torch.device | None = None, batch_size: int = 64,
+                              progress: bool = False) -> dict:
+    """Both RegDB directions of one trial: ``{"visible_to_thermal": result, "thermal_to_visible": result}``.
+
+    Each test image is embedded once (visible stem for visible, infrared stem for thermal);
+    each result dict carries ``"trial"``.
+    """
+    check_prepared(root, "regdb")
+    device = _device(model, device)
+    visible = regdb_trial(root, "test", "visible", trial)
+    thermal = regdb_trial(root, "test", "thermal", trial)
+    f_vis = _features(model, visible.images, "visible", device, batch_size, "visible", progress)  # [Nv, 2048]
+    f_th = _features(model, thermal.images, "infrared", device, batch_size, "thermal", progress)  # [Nt, 2048]
+    out = {}
+    for direction, (q, g, q_pids, g_pids) in {
+        "visible_to_thermal": (f_vis, f_th, visible.pids, thermal.pids),
+        "thermal_to_visible": (f_th, f_vis, thermal.pids, visible.pids),
+    }.items():
+        distmat = -np.matmul(q, g.T)  # [Q, G]
+        cmc, m_ap, m_inp = eval_regdb(distmat, q_pids, g_pids)
+        out[direction] = {**summarize(cmc, m_ap, m_inp), "trial": trial}
+    return out
+
+
+def evaluate_regdb(model: nn.Module, root: str | os.PathLike, trial: int = 1,
+                   direction: str = "visible_to_thermal", device: str | torch.device | None = None,
+                   batch_size: int = 64, progress: bool = False) -> dict:
+    """One RegDB direction ("visible_to_thermal"|"thermal_to_visible") of one trial: a result dict
+    with ``"trial"``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    return evaluate_regdb_directions(model, root, trial, device, batch_size, progress)[direction]
+
+
+def trial_checkpoint(template: str, trial: int) -> str:
+    """The checkpoint path of ``trial``: ``{trial}`` in ``template`` replaced by the trial number."""
+    return template.replace("{trial}", str(trial))

@@ -1,0 +1,129 @@
+"""Ten-trial test of a trained model on prepared SYSU-MM01 or RegDB data.
+
+    python test.py --dataset sysu --data-dir data/sysu_288x144 --checkpoint logs/sysu/model_best.pth --mode all
+    python test.py --dataset regdb --data-dir data/regdb_288x144 --checkpoint 'logs/regdb_{trial}/model_best.pth'
+
+SYSU: query features once, galleries of trials 0..N-1, mean reported. RegDB: trials 1..N, each
+with its own checkpoint when ``--checkpoint`` contains ``{trial}``, both directions.
+Official release checkpoints load as they are.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+import torch
+
+from rpnr.checkpoint import CheckpointError
+from rpnr.data.prepared import PreparedDataError, check_prepared
+from rpnr.models import build_model, load_weights
+from rpnr.protocols import (
+    DIRECTIONS,
+    evaluate_regdb_directions,
+    evaluate_sysu,
+    format_result,
+    mean_results,
+    to_percent,
+    trial_checkpoint,
+)
+
+DIRECTION_LABEL = {"visible_to_thermal": "Visible to Thermal", "thermal_to_visible": "Thermal to Visible"}
+
+
+class UsageError(Exception):
+    """A command-line value that cannot work (one-line message)."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["sysu", "regdb"], required=True)
+    parser.add_argument("--data-dir", required=True, help="prepared folder (prepare_sysu.py / prepare_regdb.py)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="model checkpoint (ours or the official release's); RegDB: may contain {trial}")
+    parser.add_argument("--mode", choices=["all", "indoor"], default="all", help="SYSU search mode")
+    parser.add_argument("--trials", type=int, default=10, help="number of trials (SYSU 0..N-1, RegDB 1..N)")
+    parser.add_argument("--height", type=int, default=None, help="expected prepared height (checked)")
+    parser.add_argument("--width", type=int, default=None, help="expected prepared width (checked)")
+    parser.add_argument("--json", default=None, help="write the mean metrics (percent) to this file")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="default: cuda when available, else cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    return parser.parse_args(argv)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_model(path: str, device: torch.device) -> torch.nn.Module:
+    model = build_model("agw")
+    load_weights(model, path)
+    return model.to(device).eval()
+
+
+def run_sysu(args, device: torch.device) -> dict:
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    model = load_model(args.checkpoint, device)
+    print(f"SYSU-MM01 {args.mode}-search, galleries of trials 0-{args.trials - 1}, checkpoint {args.checkpoint}")
+    result = evaluate_sysu(model, args.data_dir, args.mode, range(args.trials), device, args.batch_size,
+                           progress=True)
+    for one in result["per_trial"]:
+        print(format_result(one, f"Trial {one['trial']}:"))
+    print(format_result(result, f"Mean of {args.trials} trials ({args.mode}-search):"))
+    return to_percent(result)
+
+
+def run_regdb(args, device: torch.device) -> dict:
+    trials = range(1, args.trials + 1)
+    paths = {t: trial_checkpoint(args.checkpoint, t) for t in trials}
+    missing = [f"{p} (trial {t})" for t, p in paths.items() if not os.path.isfile(p)]
+    if missing:
+        raise CheckpointError(f"checkpoint not found: {missing[0]}")
+    results = {d: [] for d in DIRECTIONS}
+    for t in trials:
+        model = load_model(paths[t], device)
+        print(f"RegDB trial {t}, checkpoint {paths[t]}")
+        both = evaluate_regdb_directions(model, args.data_dir, t, device, args.batch_size, progress=True)
+        for d in DIRECTIONS:
+            print(format_result(both[d], f"Trial {t} {DIRECTION_LABEL[d]}:"))
+            results[d].append(both[d])
+    out = {}
+    for d in DIRECTIONS:
+        mean = mean_results(results[d])
+        print(format_result(mean, f"Mean of {args.trials} trials {DIRECTION_LABEL[d]}:"))
+        out[d] = to_percent(mean)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if not 1 <= args.trials <= 10:
+            raise UsageError(f"--trials must be between 1 and 10, got {args.trials}")
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+        manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
+        device = resolve_device(args.device)
+        print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, "
+              f"device {device}")
+        metrics = run_sysu(args, device) if args.dataset == "sysu" else run_regdb(args, device)
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as fh:
+                json.dump(metrics, fh, indent=1)
+    except (CheckpointError, PreparedDataError, UsageError, OSError) as exc:
+        print(f"test.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C (temporary files removed)
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Ten-trial RegDB test, both directions; trial t uses the checkpoint of trial t ({trial} is replaced).
+# Prepare the data first: python prepare_regdb.py --data-dir RAW --output-dir "$DATA_DIR"
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DATA_DIR=${DATA_DIR:-data/regdb_288x144}         # prepared folder
+CHECKPOINT=${CHECKPOINT:-'logs/regdb_s2_trial{trial}/model_best.pth'}
+DEVICE=${DEVICE:-cuda}
+HEIGHT=${HEIGHT:-288}
+WIDTH=${WIDTH:-144}
+OUT_DIR=${OUT_DIR:-logs/test_regdb}
+
+mkdir -p "$OUT_DIR"
+python test.py --dataset regdb --data-dir "$DATA_DIR" --checkpoint "$CHECKPOINT" --trials 10 \
+    --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE" --json "$OUT_DIR/regdb.json" \
+    | tee "$OUT_DIR/regdb.log"

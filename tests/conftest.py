@@ -1,0 +1,49 @@
+"""Shared fixtures: small synthetic raw SYSU-MM01 / RegDB trees and their 64x32 prepared folders.
+
+The raw trees are session-scoped and must not be modified by tests (copy them first).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rpnr.data.prepared import write_prepared
+from rpnr.data.regdb import plan_regdb
+from rpnr.data.synthetic import write_regdb, write_sysu
+from rpnr.data.sysu import plan_sysu
+
+PREPARED_HEIGHT, PREPARED_WIDTH = 64, 32
+SYSU_SMALL = {"train_ids": 10, "val_ids": 2, "test_ids": 6, "per_camera": 3, "height": 96, "width": 48, "seed": 0}
+REGDB_SMALL = {"ids": 12, "per_modality": 4, "height": 96, "width": 48, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def synthetic_sysu_raw(tmp_path_factory):
+    """Raw SYSU-MM01-layout tree (JPEG, 96x48): 10 train + 2 val + 6 test ids, ~3 images per camera."""
+    root = tmp_path_factory.mktemp("raw") / "sysu"
+    write_sysu(root, **SYSU_SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_regdb_raw(tmp_path_factory):
+    """Raw RegDB-layout tree (BMP, 96x48): 12 ids, 4 visible + 4 thermal images each, trials 1..10."""
+    root = tmp_path_factory.mktemp("raw") / "regdb"
+    write_regdb(root, **REGDB_SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_sysu(synthetic_sysu_raw, tmp_path_factory):
+    """``synthetic_sysu_raw`` prepared at 64x32 (path of the prepared folder)."""
+    out = tmp_path_factory.mktemp("prepared") / "sysu"
+    write_prepared(plan_sysu(str(synthetic_sysu_raw)), out, PREPARED_HEIGHT, PREPARED_WIDTH, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_regdb(synthetic_regdb_raw, tmp_path_factory):
+    """``synthetic_regdb_raw`` prepared at 64x32 (path of the prepared folder)."""
+    out = tmp_path_factory.mktemp("prepared") / "regdb"
+    write_prepared(plan_regdb(str(synthetic_regdb_raw)), out, PREPARED_HEIGHT, PREPARED_WIDTH, workers=2)
+    return out

@@ -1,0 +1,202 @@
+"""prepare_sysu.py / prepare_regdb.py end to end, the prepared-data loaders, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rpnr.data import prepared
+from rpnr.data.prepared import PreparedDataError, check_prepared, load_regdb_test, load_sysu_test, load_train
+from rpnr.data.regdb import plan_regdb, read_idx
+from rpnr.data.sysu import gallery_split, query_split, train_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def pil_resized(path: str, height: int, width: int, resample) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB").resize((width, height), resample))
+
+
+def test_prepare_sysu_cli(synthetic_sysu_raw, tmp_path):
+    out = tmp_path / "sysu_32x16"
+    res = run_script("prepare_sysu.py", "--data-dir", synthetic_sysu_raw, "--output-dir", out,
+                     "--height", 32, "--width", 16, "--workers", 2)
+    assert res.returncode == 0, res.stderr
+    assert "train" in res.stdout and "gallery all (trial 0)" in res.stdout and "1,2,4,5" in res.stdout
+    assert not list(tmp_path.glob("*.tmp-*"))
+    manifest = check_prepared(out, "sysu", 32, 16)
+    assert manifest["source"] == str(Path(synthetic_sysu_raw).absolute())
+    root = str(synthetic_sysu_raw)
+    rgb, ir = train_split(root)
+    train_rgb, train_ir = load_train(out, "sysu")
+    assert isinstance(train_rgb.images, np.memmap) and train_rgb.images.shape == (len(rgb.paths), 32, 16, 3)
+    assert train_rgb.paths.tolist() == [os.path.relpath(p, root) for p in rgb.paths]
+    np.testing.assert_array_equal(train_ir.pids, ir.pids)
+    np.testing.assert_array_equal(train_ir.cams, ir.cams)
+    for k in (0, len(rgb.paths) - 1):  # training images: bicubic
+        np.testing.assert_array_equal(train_rgb.images[k], pil_resized(rgb.paths[k], 32, 16, Image.BICUBIC))
+    query_ref = query_split(root)
+    for mode in ("all", "indoor"):
+        for trial in (0, 9):
+            query, gallery = load_sysu_test(out, mode, trial)
+            ref = gallery_split(root, mode, trial)
+            assert gallery.paths.tolist() == [os.path.relpath(p, root) for p in ref.paths]
+            np.testing.assert_array_equal(gallery.pids, ref.pids)
+            np.testing.assert_array_equal(gallery.cams, ref.cams)
+            np.testing.assert_array_equal(gallery.images[-1], pil_resized(ref.paths[-1], 32, 16, Image.LANCZOS))
+    np.testing.assert_array_equal(query.pids, query_ref.pids)
+    np.testing.assert_array_equal(query.images[3], pil_resized(query_ref.paths[3], 32, 16, Image.LANCZOS))
+    # bicubic and Lanczos really differ, so the check above is meaningful
+    assert not np.array_equal(query.images[3], pil_resized(query_ref.paths[3], 32, 16, Image.BICUBIC))
+
+    again = run_script("prepare_sysu.py", "--data-dir", synthetic_sysu_raw, "--output-dir", out,
+                       "--height", 32, "--width", 16)
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    again = run_script("prepare_sysu.py", "--data-dir", synthetic_sysu_raw, "--output-dir", out,
+                       "--height", 24, "--width", 12, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert check_prepared(out, "sysu")["height"] == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sysu_32x16"]
+
+
+def test_prepare_regdb_and_trials(prepared_regdb, synthetic_regdb_raw):
+    root = str(synthetic_regdb_raw)
+    manifest = check_prepared(prepared_regdb, "regdb", 64, 32)
+    assert manifest["trials"] == list(range(1, 11))
+    for trial in (1, 7):
+        visible, thermal = load_train(prepared_regdb, "regdb", trial)
+        paths, labels = read_idx(root, "train", "thermal", trial)
+        assert thermal.paths.tolist() == paths
+        np.testing.assert_array_equal(thermal.pids, labels)
+        assert set(visible.cams.tolist()) == {1} and set(thermal.cams.tolist()) == {2}
+        np.testing.assert_array_equal(thermal.images[5],
+                                      pil_resized(os.path.join(root, paths[5]), 64, 32, Image.BICUBIC))
+        test_vis, test_th = load_regdb_test(prepared_regdb, trial)
+        paths, labels = read_idx(root, "test", "visible", trial)
+        assert test_vis.paths.tolist() == paths
+        np.testing.assert_array_equal(test_vis.pids, labels)
+        np.testing.assert_array_equal(test_vis.images[-1],
+                                      pil_resized(os.path.join(root, paths[-1]), 64, 32, Image.LANCZOS))
+        assert not set(test_vis.paths.tolist()) & set(visible.paths.tolist())
+        assert len(test_th) == len(test_vis) > 0
+    assert set(load_train(prepared_regdb, "regdb", 1)[0].paths) != set(load_train(prepared_regdb, "regdb", 2)[0].paths)
+
+
+def test_check_prepared_errors(prepared_sysu, prepared_regdb, tmp_path):
+    with pytest.raises(PreparedDataError, match="holds prepared regdb data, not sysu"):
+        check_prepared(prepared_regdb, "sysu")
+    with pytest.raises(PreparedDataError, match="prepared at 64x32"):
+        check_prepared(prepared_sysu, "sysu", height=288, width=144)
+    with pytest.raises(PreparedDataError, match="not found"):
+        check_prepared(tmp_path / "nothing", "sysu")
+    with pytest.raises(PreparedDataError, match="not a prepared dataset"):
+        check_prepared(tmp_path, "sysu")
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared_sysu, broken)
+    (broken / "gallery_index_indoor_3.npy").unlink()
+    with pytest.raises(PreparedDataError, match="missing gallery_index_indoor_3.npy"):
+        check_prepared(broken, "sysu")
+    with pytest.raises(PreparedDataError, match="trial must be in 0..9"):
+        load_sysu_test(prepared_sysu, "all", 10)
+
+
+def _corrupt_first(root: Path, pattern: str) -> str:
+    victim = sorted(root.glob(pattern))[0]
+    victim.write_bytes(b"this is not an image")
+    return str(victim)
+
+
+def _bad_sysu(kind: str, raw: Path, tmp: Path) -> tuple[Path, str]:
+    root = tmp / "raw"
+    if kind == "missing folder":
+        return tmp / "no_such_dir", "SYSU-MM01 folder not found"
+    shutil.copytree(raw, root)
+    if kind == "missing test_id":
+        (root / "exp" / "test_id.txt").unlink()
+        return root, "missing " + str(root / "exp" / "test_id.txt")
+    if kind == "corrupt image":
+        victim = _corrupt_first(root, "cam6/*/*.jpg")
+        return root, f"cannot read image {victim}"
+    if kind == "id without images":
+        (root / "exp" / "train_id.txt").write_text((root / "exp" / "train_id.txt").read_text().strip() + ",4321\n")
+        return root, "id 4321 of exp/train_id.txt has no images"
+    raise AssertionError(kind)
+
+
+def _bad_regdb(kind: str, raw: Path, tmp: Path) -> tuple[Path, str]:
+    root = tmp / "raw"
+    if kind == "missing folder":
+        return tmp / "no_such_dir", "RegDB folder not found"
+    shutil.copytree(raw, root)
+    if kind == "missing idx":
+        (root / "idx" / "test_thermal_4.txt").unlink()
+        return root, "missing " + str(root / "idx" / "test_thermal_4.txt")
+    if kind == "corrupt image":
+        victim = _corrupt_first(root, "Thermal/*/*.bmp")
+        return root, f"cannot read image {victim}"
+    if kind == "listed image missing":
+        sorted(root.glob("Visible/*/*.bmp"))[0].unlink()
+        return root, "does not exist"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("dataset,kind", [
+    ("sysu", "missing folder"), ("sysu", "missing test_id"), ("sysu", "corrupt image"),
+    ("sysu", "id without images"), ("regdb", "missing folder"), ("regdb", "missing idx"),
+    ("regdb", "corrupt image"), ("regdb", "listed image missing"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(dataset, kind, synthetic_sysu_raw, synthetic_regdb_raw, tmp_path):
+    if dataset == "sysu":
+        root, message = _bad_sysu(kind, synthetic_sysu_raw, tmp_path)
+    else:
+        root, message = _bad_regdb(kind, synthetic_regdb_raw, tmp_path)
+    out = tmp_path / "out" / "prepared"
+    res = run_script(f"prepare_{dataset}.py", "--data-dir", root, "--output-dir", out, "--height", 32, "--width", 16)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert message in lines[0]
+    assert not out.exists()
+    assert not (out.parent.exists() and list(out.parent.iterdir()))
+
+
+def test_interrupted_write_leaves_nothing(synthetic_regdb_raw, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = prepared.read_images_into
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(prepared, "read_images_into", interrupt_on_third)
+    out = tmp_path / "regdb"
+    with pytest.raises(KeyboardInterrupt):
+        prepared.write_prepared(plan_regdb(str(synthetic_regdb_raw)), out, 32, 16, workers=1)
+    assert calls["n"] == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_is_json_with_counts(prepared_sysu):
+    manifest = json.loads((Path(prepared_sysu) / "manifest.json").read_text())
+    assert manifest["dataset"] == "sysu" and manifest["format_version"] == prepared.FORMAT_VERSION
+    counts = {s: v["count"] for s, v in manifest["sets"].items()}
+    assert counts["query"] == len(np.load(Path(prepared_sysu) / "query_pids.npy"))
+    stats = {(s["split"], s["modality"]): s for s in manifest["stats"]}
+    assert stats["train", "IR"]["images"] == counts["train_ir"]
+    assert stats["gallery indoor (trial 0)", "RGB"]["cameras"] == [1, 2]

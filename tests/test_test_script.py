@@ -1,0 +1,253 @@
+"""test.py and rpnr.protocols against a transcription of the official test pipeline on raw images."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from rpnr.checkpoint import save_checkpoint
+from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD, eval_regdb, eval_sysu
+from rpnr.models import _OFFICIAL_PREFIXES, build_model
+from rpnr.protocols import evaluate_regdb, evaluate_sysu
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 64, 32
+KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def run_test(*args) -> subprocess.CompletedProcess:
+    """test.py as a command (exit status, stdout, stderr)."""
+    return subprocess.run([sys.executable, str(REPO / "test.py"), "--device", "cpu", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("rpnr_test_script", REPO / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TEST_SCRIPT = _load_script()
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """test.py's main() in this process (no second torch start-up): (status, stdout, stderr)."""
+    capsys.readouterr()
+    status = TEST_SCRIPT.main(["--device", "cpu", *map(str, args)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def random_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model()
+    with torch.no_grad():  # non-trivial BN statistics and non-local weights, as a trained model has
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buf.normal_(0.0, 0.1)
+        for name, p in model.named_parameters():
+            if name.startswith(("nl2", "nl3")) and name.endswith("W.1.weight"):
+                p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def official_layout(state: dict) -> dict:
+    """Our state dict in the release's DataParallel key layout (plus its unused classifier)."""
+    out = {}
+    for key, value in state.items():
+        for old, new in _OFFICIAL_PREFIXES:
+            if key.startswith(new):
+                out["module." + old + key[len(new):]] = value
+                break
+        else:
+            raise AssertionError(key)
+    out["module.classifier.weight"] = torch.zeros(8, 2048)
+    return out
+
+
+def official_features(model, paths: list[str], modal: str) -> np.ndarray:
+    """Release test loader: PIL resize (ANTIALIAS = Lanczos) of the raw image, ToPILImage/Resize/ToTensor/
+    Normalize, then (e(x) + e(fliplr(x))) / 2 L2-normalised."""
+    arrays = [np.array(Image.open(p).resize((W, H), Image.LANCZOS)) for p in paths]
+    transform = T.Compose([T.ToPILImage(), T.Resize((H, W)), T.ToTensor(),
+                           T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+    x = torch.stack([transform(a) for a in arrays])
+    with torch.no_grad():
+        feat = model.embed(x, modal)
+        flipped = model.embed(x.index_select(3, torch.arange(x.size(3) - 1, -1, -1)), modal)
+    feat = (feat + flipped) / 2
+    return (feat / torch.norm(feat, p=2, dim=1, keepdim=True)).numpy()
+
+
+def metrics(cmc, m_ap, m_inp) -> dict:
+    """cmc[0], cmc[4], cmc[9], cmc[19] as the release prints them; a gallery of fewer than 20 images
+    (the small synthetic indoor search) has a shorter curve, read at its last entry."""
+    at = {k: float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10, 20)}
+    return {"rank1": at[1], "rank5": at[5], "rank10": at[10], "rank20": at[20], "mAP": m_ap, "mINP": m_inp}
+
+
+def official_sysu(model, data_path: str, mode: str, trials) -> list[dict]:
+    """Per-trial results of the release's SYSU test loop (process_query/gallery_sysu + eval_sysu)."""
+    with open(os.path.join(data_path, "exp/test_id.txt")) as fh:
+        ids = ["%04d" % int(y) for y in fh.read().splitlines()[0].split(",")]  # noqa: UP031 - official
+    query = []
+    for pid in sorted(ids):
+        for cam in ["cam3", "cam6"]:
+            img_dir = os.path.join(data_path, cam, pid)
+            if os.path.isdir(img_dir):
+                query.extend(sorted([img_dir + "/" + i for i in os.listdir(img_dir)]))
+    q_feat = official_features(model, query, "infrared")
+    q_pids, q_cams = np.array([int(p[-13:-9]) for p in query]), np.array([int(p[-15]) for p in query])
+    out = []
+    for trial in trials:
+        random.seed(trial)
+        gallery = []
+        for pid in sorted(ids):
+            for cam in (["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]):
+                img_dir = os.path.join(data_path, cam, pid)
+                if os.path.isdir(img_dir):
+                    gallery.append(random.choice(sorted([img_dir + "/" + i for i in os.listdir(img_dir)])))
+        g_feat = official_features(model, gallery, "visible")
+        distmat = -np.matmul(q_feat, np.transpose(g_feat))
+        cmc, m_ap, m_inp = eval_sysu(distmat, q_pids, np.array([int(p[-13:-9]) for p in gallery]), q_cams,
+                                     np.array([int(p[-15]) for p in gallery]))
+        out.append(metrics(cmc, m_ap, m_inp))
+    return out
+
+
+def official_regdb(model, img_dir: str, trial: int) -> dict:
+    """The release's RegDB test of one trial, both directions."""
+    def read(modal):
+        lines = open(os.path.join(img_dir, f"idx/test_{modal}_{trial}.txt")).read().splitlines()
+        return [img_dir + "/" + s.split(" ")[0] for s in lines], np.array([int(s.split(" ")[1]) for s in lines])
+
+    (v_paths, v_pids), (t_paths, t_pids) = read("visible"), read("thermal")
+    f_v, f_t = official_features(model, v_paths, "visible"), official_features(model, t_paths, "infrared")
+    out = {}
+    for name, (q, g, qp, gp) in {"visible_to_thermal": (f_v, f_t, v_pids, t_pids),
+                                 "thermal_to_visible": (f_t, f_v, t_pids, v_pids)}.items():
+        cmc, m_ap, m_inp = eval_regdb(-np.matmul(q, np.transpose(g)), qp, gp)
+        out[name] = metrics(cmc, m_ap, m_inp)
+    return out
+
+
+def mean_percent(results: list[dict]) -> dict:
+    return {k: 100.0 * float(np.mean([r[k] for r in results])) for k in KEYS}
+
+
+def assert_close(got: dict, want: dict, tol: float = 1e-3):
+    assert set(got) == set(KEYS)
+    for k in KEYS:
+        assert abs(got[k] - want[k]) < tol, (k, got[k], want[k])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small batches: one thread is faster than two on a busy 2-core machine (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    models = {seed: random_model(seed) for seed in (1, 2)}
+    save_checkpoint({"model": models[1].state_dict(), "epoch": 3}, folder / "ours_1.pth")
+    save_checkpoint({"model": models[2].state_dict()}, folder / "ours_2.pth")
+    save_checkpoint({"state_dict": official_layout(models[1].state_dict()), "epoch": 3,
+                     "mAP": np.float64(0.5)}, folder / "official.pth")
+    return folder, models
+
+
+def test_sysu_all_search_matches_official_pipeline(prepared_sysu, synthetic_sysu_raw, checkpoints, tmp_path):
+    folder, models = checkpoints
+    res = run_test("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", folder / "ours_1.pth",
+                   "--height", H, "--width", W, "--json", tmp_path / "all.json")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert sum(line.startswith("Trial ") for line in lines) == 10
+    assert lines[-1].startswith("Mean of 10 trials (all-search): Rank-1: ") and "mINP: " in lines[-1]
+    want = mean_percent(official_sysu(models[1], str(synthetic_sysu_raw), "all", range(10)))
+    assert_close(json.loads((tmp_path / "all.json").read_text()), want)
+    assert 0.0 < want["mAP"] < 100.0
+
+
+def test_sysu_indoor_with_official_checkpoint(prepared_sysu, synthetic_sysu_raw, checkpoints, tmp_path, capsys):
+    folder, models = checkpoints
+    status, _, err = run_main(capsys, "--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint",
+                              folder / "official.pth", "--mode", "indoor", "--trials", 4, "--json",
+                              tmp_path / "indoor.json")
+    assert status == 0, err
+    want = mean_percent(official_sysu(models[1], str(synthetic_sysu_raw), "indoor", range(4)))
+    assert_close(json.loads((tmp_path / "indoor.json").read_text()), want)
+
+
+def test_evaluate_sysu_on_selected_trials(prepared_sysu, synthetic_sysu_raw, checkpoints):
+    _, models = checkpoints
+    result = evaluate_sysu(models[2], prepared_sysu, "all", trials=[7, 2], device="cpu", batch_size=16)
+    assert [r["trial"] for r in result["per_trial"]] == [7, 2]
+    ref = official_sysu(models[2], str(synthetic_sysu_raw), "all", [7, 2])
+    for got, want in zip(result["per_trial"], ref):
+        for k in KEYS:
+            assert abs(got[k] - want[k]) < 1e-5, k
+    assert result["cmc"].shape == (20,)
+    assert abs(result["rank1"] - (ref[0]["rank1"] + ref[1]["rank1"]) / 2) < 1e-6
+
+
+def test_regdb_per_trial_checkpoints_both_directions(prepared_regdb, synthetic_regdb_raw, checkpoints, tmp_path,
+                                                     capsys):
+    folder, models = checkpoints
+    status, out, err = run_main(capsys, "--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint",
+                                folder / "ours_{trial}.pth", "--trials", 2, "--json", tmp_path / "regdb.json")
+    assert status == 0, err
+    got = json.loads((tmp_path / "regdb.json").read_text())
+    refs = [official_regdb(models[t], str(synthetic_regdb_raw), t) for t in (1, 2)]
+    for direction in ("visible_to_thermal", "thermal_to_visible"):
+        assert_close(got[direction], mean_percent([r[direction] for r in refs]))
+    assert "Mean of 2 trials Thermal to Visible: Rank-1: " in out
+    one = evaluate_regdb(models[2], prepared_regdb, trial=2, direction="thermal_to_visible", device="cpu")
+    assert one["trial"] == 2 and abs(one["mAP"] - refs[1]["thermal_to_visible"]["mAP"]) < 1e-6
+
+
+def test_errors_are_one_line(prepared_sysu, prepared_regdb, checkpoints, tmp_path, capsys):
+    folder, _ = checkpoints
+    wrong = tmp_path / "wrong.pth"
+    save_checkpoint({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, wrong)
+    cases = [
+        (("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", tmp_path / "none.pth"),
+         "checkpoint not found"),
+        (("--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint", folder / "ours_{trial}.pth"),
+         "ours_3.pth (trial 3)"),
+        (("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", wrong, "--trials", 1),
+         "does not fit the AGW model"),
+        (("--dataset", "regdb", "--data-dir", prepared_sysu, "--checkpoint", folder / "ours_1.pth"),
+         "holds prepared sysu data, not regdb"),
+        (("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", folder / "ours_1.pth", "--height", 288),
+         "was prepared at 64x32"),
+        (("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", folder / "ours_1.pth", "--trials", 11),
+         "--trials must be between 1 and 10"),
+    ]
+    for args, message in cases:
+        status, _, err = run_main(capsys, *args)
+        lines = err.strip().splitlines()
+        assert status == 1 and len(lines) == 1 and message in lines[0], (args, err)
+    res = run_test(*cases[0][0])  # the command itself: exit status 1, one line, no traceback
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"test.py: error: checkpoint not found: {tmp_path / 'none.pth'}"]
