@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DATA_DIR=${DATA_DIR:-data/regdb_288x144}         # prepared folder
-CHECKPOINT=${CHECKPOINT:-'logs/regdb_s2_trial{trial}/model_best.pth'}
+CHECKPOINT=${CHECKPOINT:-'logs/regdb_s2/{trial}/model_best.pth.tar'}
 DEVICE=${DEVICE:-cuda}
 HEIGHT=${HEIGHT:-288}
 WIDTH=${WIDTH:-144}

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DATA_DIR=${DATA_DIR:-data/sysu_288x144}          # prepared folder
-CHECKPOINT=${CHECKPOINT:-logs/sysu_s2/model_best.pth}
+CHECKPOINT=${CHECKPOINT:-logs/sysu_s2/model_best.pth.tar}
 DEVICE=${DEVICE:-cuda}
 HEIGHT=${HEIGHT:-288}
 WIDTH=${WIDTH:-144}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# SYSU-MM01: stage 1 (baseline), stage 2 (RPNR) from stage 1's best model, then the ten-trial test
+# (all-search and indoor-search). Paper defaults; change the variables below or set them in the environment.
+# Prepare the data first: python prepare_sysu.py --data-dir RAW --output-dir "$DATA_DIR"
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DATA_DIR=${DATA_DIR:-data/sysu_288x144}               # prepared folder
+IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights
+DEVICE=${DEVICE:-cuda}
+HEIGHT=${HEIGHT:-288}
+WIDTH=${WIDTH:-144}
+SEED=${SEED:-1}
+S1_DIR=${S1_DIR:-baseline/sysu_s1}                    # stage 1 output (stage 2 starts from its model_best)
+S2_DIR=${S2_DIR:-logs/sysu_s2}
+BATCH=${BATCH:-128}                                   # infrared images per batch
+INSTANCES=${INSTANCES:-16}
+ITERS=${ITERS:-200}
+EPOCHS=${EPOCHS:-50}
+EPS=${EPS:-0.6}
+MOMENTUM=${MOMENTUM:-0.1}
+
+COMMON=(--dataset sysu --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
+        --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
+        --momentum "$MOMENTUM" --seed "$SEED")
+
+python train.py "${COMMON[@]}" --stage baseline --imagenet "$IMAGENET" --logs-dir "$S1_DIR"
+python train.py "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR"
+for MODE in all indoor; do
+    python test.py --dataset sysu --data-dir "$DATA_DIR" --checkpoint "$S2_DIR/model_best.pth.tar" \
+        --mode "$MODE" --trials 10 --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE" \
+        --json "$S2_DIR/test_$MODE.json" | tee "$S2_DIR/test_$MODE.log"
+done

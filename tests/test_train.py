@@ -1,0 +1,117 @@
+"""train.py end to end on tiny synthetic RegDB data: stage 1, then stage 2 from stage 1's default output."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rpnr.checkpoint import load_checkpoint
+from rpnr.data.prepared import write_prepared
+from rpnr.data.regdb import plan_regdb
+from rpnr.data.synthetic import write_regdb
+
+REPO = Path(__file__).resolve().parents[1]
+
+# tiny settings: 32x16 images (the ResNet-50 forward is the cost), 8 ids x 6 images per modality for training
+TINY = ["--dataset", "regdb", "--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4",
+        "--iters", "2", "--epochs", "2", "--k1", "10", "--k2", "3", "--eps", "0.6", "--workers", "1",
+        "--feature-batch-size", "64", "--device", "cpu", "--seed", "3"]
+
+
+def tiny_regdb_dir(tmp_path_factory) -> Path:
+    """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16; built once per session."""
+    out = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_32x16"
+    if not (out / "manifest.json").is_file():
+        raw = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_raw"
+        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
+        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
+    return out
+
+
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("rpnr_train_script", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAIN = load_train_script()
+
+
+@pytest.fixture(scope="session")
+def tiny_regdb(tmp_path_factory):
+    return tiny_regdb_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine two spinning OpenMP threads cost several times more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]:
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json"):
+        assert (logs / name).is_file(), name
+    assert not list(logs.glob(".*")), "temporary files left behind"
+    records = json.loads((logs / "metrics.json").read_text())
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        for key in loss_keys:
+            assert _finite(r[f"loss_{key}"]), (key, r)
+        assert _finite(r["loss_total"])
+        assert 0 <= r["rank1"] <= 100 and 0 < r["mAP"] <= 100 and 0 < r["mINP"] <= 100
+        assert r["clusters_rgb"] >= 1 and r["clusters_ir"] >= 2  # at least one batch of identities each
+        assert 0 <= r["outliers_rgb"] < 48 and 0 <= r["outliers_ir"] < 48  # 48 training images per modality
+        assert 0 < r["purity_rgb"] <= 1 and 0 < r["purity_ir"] <= 1
+        assert all(r[f"time_{p}"] >= 0 for p in ("features", "clustering", "training", "evaluation"))
+        assert r["lr"] == pytest.approx(3.5e-4)
+    assert records[1]["best_rank1"] == max(r["rank1"] for r in records)
+
+    ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 2 and ckpt["stage"] == stage and ckpt["dataset"] == "regdb"
+    assert ckpt["format_version"] == 1 and ckpt["best_rank1"] == records[1]["best_rank1"]
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert ckpt["scheduler"]["last_epoch"] == 2 and ckpt["optimizer"]["state"]
+    assert all(v is None or isinstance(v, (str, int, float, bool)) for v in ckpt["args"].values())
+    best = load_checkpoint(logs / "model_best.pth.tar")
+    assert best["rank1"] == records[1]["best_rank1"]
+    assert best["epoch"] == next(r["epoch"] for r in records if r["rank1"] == best["rank1"])
+
+    log = (logs / "log.txt").read_text()
+    assert "epoch 2/2: clusters visible" in log and "Rank-1" in log and "seconds features" in log
+    test = json.loads((logs / "test.json").read_text())
+    assert test["epoch"] == best["epoch"]
+    assert test["visible_to_thermal"]["rank1"] == pytest.approx(best["rank1"])
+    assert set(test["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+    return records
+
+
+def test_stage1_then_stage2(tiny_regdb, tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.chdir(tmp_path)  # default output folders are relative to the working directory
+    status = TRAIN.main([*TINY, "--stage", "baseline", "--data-dir", str(tiny_regdb), "--no-imagenet"])
+    assert status == 0, capsys.readouterr().err
+    s1 = tmp_path / "baseline" / "regdb_s1" / "1"  # where stage 2 looks by default
+    records1 = _check_run(s1, "baseline", ("ir", "rgb"))
+    assert all(r["relabeled_rgb"] is None for r in records1)
+
+    status = TRAIN.main([*TINY, "--stage", "rpnr", "--data-dir", str(tiny_regdb)])
+    assert status == 0, capsys.readouterr().err
+    s2 = tmp_path / "logs" / "regdb_s2" / "1"
+    records2 = _check_run(s2, "rpnr", ("ir", "rgb", "cross", "hybrid", "nrl"))
+    assert all(isinstance(r["relabeled_rgb"], int) and r["relabeled_rgb"] >= 0 for r in records2)
+    args = load_checkpoint(s2 / "checkpoint.pth.tar")["args"]
+    assert args["baseline"] == "baseline/regdb_s1/1/model_best.pth.tar"
+    assert args["rgb_batch_size"] == 4 and args["eps"] == 0.6 and args["iters"] == 2
+    assert "NPC relabelled visible" in (s2 / "log.txt").read_text()

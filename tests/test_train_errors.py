@@ -1,0 +1,137 @@
+"""train.py: bad input ends in one clear line on stderr and exit status 1, never a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rpnr.checkpoint import save_checkpoint
+from rpnr.data.prepared import write_prepared
+from rpnr.data.regdb import plan_regdb
+from rpnr.data.synthetic import write_regdb
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4", "--iters", "2",
+         "--epochs", "1", "--k1", "10", "--k2", "3", "--workers", "0", "--device", "cpu"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("rpnr_train_script_errors", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAIN = _load_script()
+
+
+@pytest.fixture(scope="session")
+def tiny_regdb(tmp_path_factory) -> Path:
+    """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16; built once per session."""
+    out = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_32x16"
+    if not (out / "manifest.json").is_file():
+        raw = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_raw"
+        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
+        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fails(capsys, *argv) -> str:
+    """Run train.py's main(); assert exit status 1 and one 'error: ...' line, the last on stderr
+    (progress bars may come before it); return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        sys.exit(TRAIN.main([str(a) for a in argv]))
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1, err
+    lines = err.replace("\r", "\n").splitlines()
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eps", "-0.5"], "--eps must be positive, got -0.5"),
+    (["--batch-size", "10"], "--batch-size 10 is not divisible by --num-instances 4"),
+    (["--num-instances", "0"], "--num-instances must be a positive integer"),
+    (["--rgb-batch-size", "6"], "must be a positive multiple of --num-instances 4"),
+    (["--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (["--k2", "20"], "--k2 (20) must not exceed --k1 (10)"),
+    (["--trial", "11"], "--trial must be in 1..10"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--eps", "abc"], "invalid float value: 'abc'"),
+    (["--device", "tpu"], "--device"),
+])
+def test_nonsense_flag_values(capsys, tmp_path, extra, message):
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tmp_path,
+                *SMALL, *extra)
+    assert message in err
+
+
+def test_missing_imagenet_weights(capsys, tmp_path):
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL)
+    assert "--imagenet PATH" in err and "--no-imagenet" in err
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL,
+                "--imagenet", tmp_path / "r50.pth")
+    assert "r50.pth" in err and "not found" in err
+
+
+def test_bad_data_dirs(capsys, tmp_path, tiny_regdb):
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir",
+                tmp_path / "nowhere", "--logs-dir", tmp_path / "logs", *SMALL)
+    assert "nowhere" in err and "not found" in err
+    err = fails(capsys, "--dataset", "sysu", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+                "--logs-dir", tmp_path / "logs", *SMALL)
+    assert "regdb" in err and "not sysu" in err
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+                "--logs-dir", tmp_path / "logs", *SMALL, "--height", "64", "--width", "32")
+    assert "32x16" in err and "64x32" in err
+
+
+def test_bad_checkpoints(capsys, tmp_path, tiny_regdb):
+    err = fails(capsys, "--dataset", "regdb", "--stage", "rpnr", "--trial", "3", "--data-dir", tiny_regdb,
+                "--logs-dir", tmp_path / "s2", "--baseline", f"{tmp_path}/{{trial}}/model_best.pth.tar", *SMALL)
+    assert f"{tmp_path}/3/model_best.pth.tar" in err and "--stage baseline" in err
+    wrong = tmp_path / "wrong.pth.tar"
+    save_checkpoint({"model": {"encoder.weight": torch.zeros(2, 2), "layer1.0.conv1.weight": torch.zeros(1)}},
+                    wrong)
+    err = fails(capsys, "--dataset", "regdb", "--stage", "rpnr", "--data-dir", tiny_regdb,
+                "--logs-dir", tmp_path / "s2", "--baseline", wrong, *SMALL)
+    assert "missing keys" in err and "unexpected keys (e.g. encoder.weight)" in err
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+                "--logs-dir", tmp_path / "empty", "--resume", *SMALL)
+    assert "nothing to resume" in err
+
+
+def test_degenerate_pseudo_labels_stop_with_a_hint(capsys, tmp_path, tiny_regdb, one_thread):
+    logs = tmp_path / "logs"
+    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+                "--logs-dir", logs, *SMALL, "--eps", "0.001")
+    assert err.startswith("error: epoch 1: infrared pseudo labels have 0 clusters (48 outliers, eps 0.001)")
+    assert "need at least 2 for a batch of 8 with 4 instances - try a larger --eps" in err
+    assert err in (logs / "log.txt").read_text()
+    assert not (logs / "checkpoint.pth.tar").exists() and not (logs / "metrics.json").exists()
+
+
+def test_command_line_prints_no_traceback(tmp_path):
+    """The real command: a wrong --data-dir (after every flag check passed)."""
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), "--dataset", "sysu", "--stage", "baseline",
+                          "--no-imagenet", "--data-dir", str(tmp_path / "missing"), "--logs-dir",
+                          str(tmp_path / "logs"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [f"error: prepared data folder not found: {tmp_path / 'missing'}"]
+    assert json.dumps(res.stdout)  # stdout may be empty; nothing else to check there

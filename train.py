@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""Train RPNR: stage 1 (``--stage baseline``) or stage 2 (``--stage rpnr``) on prepared SYSU-MM01 or RegDB.
+
+Every hyperparameter defaults to the official value for the dataset and stage
+(DESIGN.md sections 3-5). Examples:
+
+    python train.py --dataset sysu --stage baseline --data-dir data/sysu_prepared --imagenet resnet50.pth
+    python train.py --dataset sysu --stage rpnr --data-dir data/sysu_prepared
+    python train.py --dataset regdb --trial 3 --stage baseline --data-dir data/regdb --imagenet r50.pth
+    python train.py ... --resume        # continue from <logs-dir>/checkpoint.pth.tar
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from rpnr.checkpoint import CheckpointError
+from rpnr.data.prepared import PreparedDataError
+from rpnr.models import IMAGENET_HINT
+from rpnr.trainer import (
+    DATASETS,
+    EPS,
+    ITERS,
+    STAGES,
+    TrainConfig,
+    TrainingError,
+    default_baseline,
+    default_logs_dir,
+    default_rgb_batch,
+    run,
+)
+
+
+class UsageError(Exception):
+    """A flag value that cannot work; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 1."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _Parser(description="Train RPNR stage 1 (baseline) or stage 2 (rpnr).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", "-d", required=True, choices=DATASETS)
+    p.add_argument("--stage", required=True, choices=STAGES,
+                   help="baseline = stage 1 (ImageNet start); rpnr = stage 2 (starts from --baseline)")
+    p.add_argument("--data-dir", required=True,
+                   help="prepared dataset folder (prepare_sysu.py / prepare_regdb.py)")
+    p.add_argument("--logs-dir", default=None,
+                   help="output folder; default baseline/<dataset>_s1 (stage 1) or logs/<dataset>_s2, "
+                        "plus /<trial> for RegDB; '{trial}' is replaced by --trial")
+    p.add_argument("--trial", type=int, default=1, help="RegDB trial 1..10")
+    p.add_argument("--height", type=int, default=288)
+    p.add_argument("--width", type=int, default=144)
+    g = p.add_argument_group("sampling and optimisation")
+    g.add_argument("--batch-size", "-b", type=int, default=128, help="infrared images per batch")
+    g.add_argument("--rgb-batch-size", type=int, default=None,
+                   help="visible images per batch, each in two views (default: batch-size for SYSU stage 2, "
+                        "else batch-size / 2)")
+    g.add_argument("--num-instances", type=int, default=16, help="images per pseudo identity in a batch")
+    g.add_argument("--iters", type=int, default=None,
+                   help="iterations per epoch (default 200 SYSU, 100 RegDB)")
+    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument("--lr", type=float, default=3.5e-4)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--step-size", type=int, default=20, help="StepLR period in epochs")
+    g.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
+    g = p.add_argument_group("pseudo labels and memories")
+    g.add_argument("--eps", type=float, default=None, help="DBSCAN eps (default 0.6 SYSU, 0.3 RegDB)")
+    g.add_argument("--k1", type=int, default=30)
+    g.add_argument("--k2", type=int, default=6)
+    g.add_argument("--momentum", type=float, default=0.1, help="memory update momentum")
+    g.add_argument("--temp", type=float, default=0.05, help="memory temperature")
+    g.add_argument("--top-k", type=int, default=20, help="NPC prototype members (stage 2)")
+    g.add_argument("--ot-reg", type=float, default=5.0, help="Sinkhorn entropic regularisation (stage 2)")
+    g.add_argument("--w-cross", type=float, default=0.25, help="cross-modality memory term weight (stage 2)")
+    g.add_argument("--w-hybrid", type=float, default=0.5, help="hybrid memory term weight (stage 2)")
+    g.add_argument("--w-nrl", type=float, default=10.0, help="neighbour relation loss weight (stage 2)")
+    g.add_argument("--sigma", type=float, default=1.0, help="NRL kernel width (stage 2)")
+    g.add_argument("--delta", type=float, default=1.0, help="NRL margin (stage 2)")
+    g = p.add_argument_group("initialisation, resuming and running")
+    g.add_argument("--imagenet", default=None, help="local torchvision ResNet-50 ImageNet weights (stage 1)")
+    g.add_argument("--no-imagenet", action="store_true", help="stage 1 from random weights")
+    g.add_argument("--baseline", default=None,
+                   help="stage-1 checkpoint for stage 2 (default baseline/<dataset>_s1/model_best.pth.tar, "
+                        "baseline/regdb_s1/<trial>/model_best.pth.tar for RegDB)")
+    g.add_argument("--resume", action="store_true", help="continue from <logs-dir>/checkpoint.pth.tar")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--workers", type=int, default=4, help="threads that read training batches ahead")
+    g.add_argument("--feature-batch-size", type=int, default=256, help="batch size of feature extraction")
+    g.add_argument("--test-trials", type=int, default=10, help="SYSU galleries in the final test")
+    return p.parse_args(argv)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Fill the dataset/stage defaults, check every value, and return the run's settings."""
+    rgb_batch = args.rgb_batch_size
+    if rgb_batch is None:
+        rgb_batch = default_rgb_batch(args.dataset, args.stage, args.batch_size)
+    eps = EPS[args.dataset] if args.eps is None else args.eps
+    iters = ITERS[args.dataset] if args.iters is None else args.iters
+    for flag, value in (("--batch-size", args.batch_size), ("--num-instances", args.num_instances),
+                        ("--iters", iters), ("--epochs", args.epochs), ("--step-size", args.step_size),
+                        ("--k1", args.k1), ("--k2", args.k2), ("--top-k", args.top_k),
+                        ("--feature-batch-size", args.feature_batch_size)):
+        _require(value >= 1, f"{flag} must be a positive integer, got {value}")
+    _require(args.batch_size % args.num_instances == 0,
+             f"--batch-size {args.batch_size} is not divisible by --num-instances {args.num_instances}")
+    _require(rgb_batch >= args.num_instances and rgb_batch % args.num_instances == 0,
+             f"the visible batch ({rgb_batch} images) must be a positive multiple of --num-instances "
+             f"{args.num_instances}; set --rgb-batch-size or --batch-size")
+    _require(eps > 0, f"--eps must be positive, got {eps}")
+    for flag, value in (("--lr", args.lr), ("--temp", args.temp), ("--gamma", args.gamma),
+                        ("--ot-reg", args.ot_reg), ("--sigma", args.sigma)):
+        _require(value > 0, f"{flag} must be positive, got {value}")
+    for flag, value in (("--weight-decay", args.weight_decay), ("--w-cross", args.w_cross),
+                        ("--w-hybrid", args.w_hybrid), ("--w-nrl", args.w_nrl), ("--delta", args.delta),
+                        ("--workers", args.workers)):
+        _require(value >= 0, f"{flag} must not be negative, got {value}")
+    _require(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
+    _require(args.k2 <= args.k1, f"--k2 ({args.k2}) must not exceed --k1 ({args.k1})")
+    _require(args.height >= 16 and args.width >= 16,
+             f"--height/--width must be at least 16 pixels, got {args.height}x{args.width}")
+    _require(1 <= args.test_trials <= 10, f"--test-trials must be in 1..10, got {args.test_trials}")
+    if args.dataset == "regdb":
+        _require(1 <= args.trial <= 10, f"--trial must be in 1..10 for RegDB, got {args.trial}")
+    device = _check_device(args.device)
+
+    logs_dir = args.logs_dir or default_logs_dir(args.dataset, args.stage, args.trial)
+    logs_dir = logs_dir.replace("{trial}", str(args.trial))
+    imagenet, baseline = None, None
+    if args.stage == "baseline" and not args.resume:
+        _require(not (args.imagenet and args.no_imagenet),
+                 "pass either --imagenet or --no-imagenet, not both")
+        if not args.no_imagenet:
+            _require(args.imagenet is not None, f"stage 1 starts from ImageNet weights: {IMAGENET_HINT}")
+            _require(os.path.isfile(args.imagenet),
+                     f"ImageNet weights not found at {args.imagenet}: {IMAGENET_HINT}")
+            imagenet = args.imagenet
+    if args.stage == "rpnr":
+        baseline = args.baseline or default_baseline(args.dataset, args.trial)
+        baseline = baseline.replace("{trial}", str(args.trial))
+        if not args.resume:
+            _require(os.path.isfile(baseline),
+                     f"stage-1 checkpoint not found: {baseline} (run train.py --stage baseline first, "
+                     f"or pass --baseline PATH)")
+    return TrainConfig(
+        dataset=args.dataset, stage=args.stage, data_dir=args.data_dir, logs_dir=logs_dir, trial=args.trial,
+        height=args.height, width=args.width, batch_size=args.batch_size, rgb_batch_size=rgb_batch,
+        num_instances=args.num_instances, iters=iters, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, step_size=args.step_size, gamma=args.gamma, eps=eps, k1=args.k1,
+        k2=args.k2, momentum=args.momentum, temp=args.temp, top_k=args.top_k, ot_reg=args.ot_reg,
+        w_cross=args.w_cross, w_hybrid=args.w_hybrid, w_nrl=args.w_nrl, sigma=args.sigma, delta=args.delta,
+        imagenet=imagenet, baseline=baseline, resume=args.resume, device=device, seed=args.seed,
+        workers=args.workers, feature_batch_size=args.feature_batch_size, test_trials=args.test_trials,
+    )
+
+
+def _check_device(name: str) -> str:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        _require(torch.cuda.is_available(), f"--device {name}: CUDA is not available on this machine")
+        _require(device.index is None or device.index < torch.cuda.device_count(),
+                 f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    else:
+        _require(device.type == "cpu", f"--device {name!r}: use cpu, cuda or cuda:N")
+    return str(device)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(build_config(args))
+    except (UsageError, TrainingError, PreparedDataError, CheckpointError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
