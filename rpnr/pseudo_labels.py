@@ -33,16 +33,17 @@ def knn(features: Tensor, k: int) -> Tensor:
 def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(indices [N, k] int64, dot products f_i.f_j [N, k] float32) of the k nearest neighbours.
 
-    Each block product serves both row blocks it touches (the Gram matrix is
-    symmetric), so the cost is about half of one X.X^T.
+    Neighbours are ordered by (squared distance, index): exact ties go to the lower
+    index, so duplicated images get one deterministic order. Each block product serves
+    both row blocks it touches (the Gram matrix is symmetric), so the cost is about
+    half of one X.X^T.
     """
     x = features.float()
     n = x.size(0)
     k = min(k, n)
     sq = (x * x).sum(1)  # [N]
-    best = (torch.full((n, k), float("inf"), device=x.device),  # squared distances
-            torch.zeros((n, k), dtype=torch.long, device=x.device),  # indices
-            torch.zeros((n, k), device=x.device))  # dot products
+    best_key = torch.full((n, k), torch.iinfo(torch.int64).max, dtype=torch.long, device=x.device)
+    best_dot = torch.zeros((n, k), device=x.device)
     starts = list(range(0, n, _KNN_BLOCK))
     for bi, s0 in enumerate(starts):
         e0 = min(s0 + _KNN_BLOCK, n)
@@ -50,24 +51,29 @@ def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
             e1 = min(s1 + _KNN_BLOCK, n)
             gram = x[s0:e0] @ x[s1:e1].T  # [B0, B1]
             d = sq[s0:e0, None] + sq[None, s1:e1] - 2 * gram  # squared L2
-            _merge_topk(best, s0, e0, d, gram, s1)
+            _merge_topk(best_key, best_dot, s0, e0, d, gram, s1)
             if s1 != s0:
-                _merge_topk(best, s1, e1, d.T.contiguous(), gram.T.contiguous(), s0)
-    return best[1], best[2]
+                _merge_topk(best_key, best_dot, s1, e1, d.T, gram.T, s0)
+    return best_key & 0xFFFFFFFF, best_dot
 
 
-def _merge_topk(best: tuple[Tensor, Tensor, Tensor], r0: int, r1: int, d: Tensor, gram: Tensor, c0: int) -> None:
-    best_d, best_i, best_g = best
-    k = best_d.size(1)
+def _ordered_keys(d: Tensor, c0: int) -> Tensor:
+    """int64 keys that sort as (d, column index): float32 bits made monotonic, index in the low 32 bits."""
+    bits = d.contiguous().view(torch.int32).long()  # [B, C]
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # signed, monotonic in d
+    cols = torch.arange(c0, c0 + d.size(1), device=d.device)
+    return (bits << 32) | cols
+
+
+def _merge_topk(best_key: Tensor, best_dot: Tensor, r0: int, r1: int, d: Tensor, gram: Tensor, c0: int) -> None:
+    k = best_key.size(1)
     kk = min(k, d.size(1))
-    cand_d, cand_i = torch.topk(d, kk, dim=1, largest=False)  # [B, kk]
-    all_d = torch.cat([best_d[r0:r1], cand_d], 1)
-    all_i = torch.cat([best_i[r0:r1], cand_i + c0], 1)
-    all_g = torch.cat([best_g[r0:r1], torch.gather(gram, 1, cand_i)], 1)
-    top_d, pos = torch.topk(all_d, k, dim=1, largest=False)  # sorted ascending
-    best_d[r0:r1] = top_d
-    best_i[r0:r1] = torch.gather(all_i, 1, pos)
-    best_g[r0:r1] = torch.gather(all_g, 1, pos)
+    cand_key, cand_pos = torch.topk(_ordered_keys(d, c0), kk, dim=1, largest=False)  # [B, kk]
+    all_key = torch.cat([best_key[r0:r1], cand_key], 1)
+    all_dot = torch.cat([best_dot[r0:r1], torch.gather(gram, 1, cand_pos)], 1)
+    top_key, pos = torch.topk(all_key, k, dim=1, largest=False, sorted=True)
+    best_key[r0:r1] = top_key
+    best_dot[r0:r1] = torch.gather(all_dot, 1, pos)
 
 
 # ----------------------------------------------------------------- k-reciprocal sets

@@ -232,8 +232,12 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------- one epoch
 def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, batch_size: int,
                            device: torch.device, desc: str) -> Tensor:
-    """Clustering features: flip-averaged eval embeddings, NOT re-normalised (release): [N, 2048] float32."""
-    with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar, _autocast(device):
+    """Clustering features: flip-averaged eval embeddings, NOT re-normalised (release): [N, 2048] float32.
+
+    Computed in float32 also on CUDA (no bf16 autocast): clustering is sensitive to small
+    feature changes, and the release extracts in float32.
+    """
+    with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
         feats = extract_features_uint8(model, images, modal, batch_size=batch_size, flip=True,
                                        normalize=False, device=device, progress=bar.update)
     return feats.float()

@@ -79,6 +79,28 @@ def test_jaccard_distance_matches_reference(seed, k1, k2):
     assert (expected < 1).sum() > 10 * len(expected)  # non-trivial neighbourhoods
 
 
+def test_knn_orders_exact_ties_by_index(monkeypatch):
+    """Exact distance ties (duplicated images) go to the lower index, across block borders."""
+    pl = _import("rpnr.pseudo_labels")
+    monkeypatch.setattr(pl, "_KNN_BLOCK", 64)  # several blocks, so ties meet in the merge
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (300, 8), generator=g).float()  # integer data: exact distances
+    x = torch.cat([x, x[:50]])  # rows 300..349 duplicate rows 0..49
+    got = pl.knn(x, 30).numpy()
+    d = ((x[:, None] - x[None]) ** 2).sum(-1).numpy()  # [350, 350]
+    expected = np.stack([np.lexsort((np.arange(len(d)), row))[:30] for row in d])
+    np.testing.assert_array_equal(got, expected)
+    assert (got[:50, :2] == np.stack([np.arange(50), np.arange(300, 350)], 1)).all()
+
+
+def test_jaccard_distance_with_duplicated_rows_matches_reference():
+    pl = _import("rpnr.pseudo_labels")
+    feats = torch.cat([features(0), features(0)[:60]])  # 60 images present twice
+    expected = ref.jaccard_official(feats)
+    got = pl.jaccard_distance(feats)
+    assert np.abs(got - expected).max() < 1e-5
+
+
 @pytest.mark.parametrize("eps", (0.6, 0.3))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_dbscan_partition_matches_reference(seed, eps):
