@@ -333,9 +333,9 @@ def final_test(model: nn.Module, dataset: str, data_dir: str, trial: int, trials
                                           batch_size=batch_size)
             out[mode] = protocols.to_percent(res)
     else:
-        for direction in ("visible_to_thermal", "thermal_to_visible"):
-            res = protocols.evaluate_regdb(model, data_dir, trial=trial, direction=direction, device=device,
-                                           batch_size=batch_size)
+        both = protocols.evaluate_regdb_directions(model, data_dir, trial=trial, device=device,
+                                                   batch_size=batch_size)  # each test image embedded once
+        for direction, res in both.items():
             out[direction] = protocols.to_percent(res)
     return out
 

@@ -5,13 +5,18 @@ The raw trees are session-scoped and must not be modified by tests (copy them fi
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
+import torch
 
 from rpnr.data.prepared import write_prepared
 from rpnr.data.regdb import plan_regdb
 from rpnr.data.synthetic import write_regdb, write_sysu
 from rpnr.data.sysu import plan_sysu
 
+REPO = Path(__file__).resolve().parents[1]
 PREPARED_HEIGHT, PREPARED_WIDTH = 64, 32
 SYSU_SMALL = {"train_ids": 10, "val_ids": 2, "test_ids": 6, "per_camera": 3, "height": 96, "width": 48, "seed": 0}
 REGDB_SMALL = {"ids": 12, "per_modality": 4, "height": 96, "width": 48, "seed": 0}
@@ -47,3 +52,32 @@ def prepared_regdb(synthetic_regdb_raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "regdb"
     write_prepared(plan_regdb(str(synthetic_regdb_raw)), out, PREPARED_HEIGHT, PREPARED_WIDTH, workers=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_regdb(tmp_path_factory) -> Path:
+    """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16, for training runs."""
+    out = tmp_path_factory.getbasetemp() / "tiny_regdb_32x16"
+    if not (out / "manifest.json").is_file():
+        raw = tmp_path_factory.getbasetemp() / "tiny_regdb_raw"
+        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
+        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_script():
+    """The top-level ``train.py`` as a module (its ``main(argv)`` returns the exit status)."""
+    spec = importlib.util.spec_from_file_location("rpnr_train_script", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine two spinning OpenMP threads cost several times more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

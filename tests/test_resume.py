@@ -10,30 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from rpnr.checkpoint import load_checkpoint
-from rpnr.data.prepared import write_prepared
-from rpnr.data.regdb import plan_regdb
-from rpnr.data.synthetic import write_regdb
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--height", "32", "--width", "16",
         "--batch-size", "8", "--num-instances", "4", "--iters", "2", "--epochs", "2", "--k1", "10", "--k2", "3",
         "--eps", "0.6", "--workers", "1", "--feature-batch-size", "64", "--device", "cpu", "--seed", "7",
         "--test-trials", "1"]
-
-
-@pytest.fixture(scope="session")
-def tiny_regdb(tmp_path_factory) -> Path:
-    """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16; built once per session."""
-    out = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_32x16"
-    if not (out / "manifest.json").is_file():
-        raw = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_raw"
-        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
-        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
-    return out
 
 
 def _cmd(data: Path, logs: Path, *extra: str) -> list[str]:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from rpnr.checkpoint import load_checkpoint
-from rpnr.data.prepared import write_prepared
-from rpnr.data.regdb import plan_regdb
-from rpnr.data.synthetic import write_regdb
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,40 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "regdb", "--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4",
         "--iters", "2", "--epochs", "2", "--k1", "10", "--k2", "3", "--eps", "0.6", "--workers", "1",
         "--feature-batch-size", "64", "--device", "cpu", "--seed", "3"]
-
-
-def tiny_regdb_dir(tmp_path_factory) -> Path:
-    """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16; built once per session."""
-    out = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_32x16"
-    if not (out / "manifest.json").is_file():
-        raw = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_raw"
-        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
-        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
-    return out
-
-
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("rpnr_train_script", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = load_train_script()
-
-
-@pytest.fixture(scope="session")
-def tiny_regdb(tmp_path_factory):
-    return tiny_regdb_dir(tmp_path_factory)
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a busy 2-core machine two spinning OpenMP threads cost several times more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _finite(x) -> bool:
@@ -98,15 +59,15 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
     return records
 
 
-def test_stage1_then_stage2(tiny_regdb, tmp_path, monkeypatch, capsys, one_thread):
+def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)  # default output folders are relative to the working directory
-    status = TRAIN.main([*TINY, "--stage", "baseline", "--data-dir", str(tiny_regdb), "--no-imagenet"])
+    status = train_script.main([*TINY, "--stage", "baseline", "--data-dir", str(tiny_regdb), "--no-imagenet"])
     assert status == 0, capsys.readouterr().err
     s1 = tmp_path / "baseline" / "regdb_s1" / "1"  # where stage 2 looks by default
     records1 = _check_run(s1, "baseline", ("ir", "rgb"))
     assert all(r["relabeled_rgb"] is None for r in records1)
 
-    status = TRAIN.main([*TINY, "--stage", "rpnr", "--data-dir", str(tiny_regdb)])
+    status = train_script.main([*TINY, "--stage", "rpnr", "--data-dir", str(tiny_regdb)])
     assert status == 0, capsys.readouterr().err
     s2 = tmp_path / "logs" / "regdb_s2" / "1"
     records2 = _check_run(s2, "rpnr", ("ir", "rgb", "cross", "hybrid", "nrl"))

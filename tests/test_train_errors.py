@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,56 +11,29 @@ import pytest
 import torch
 
 from rpnr.checkpoint import save_checkpoint
-from rpnr.data.prepared import write_prepared
-from rpnr.data.regdb import plan_regdb
-from rpnr.data.synthetic import write_regdb
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4", "--iters", "2",
          "--epochs", "1", "--k1", "10", "--k2", "3", "--workers", "0", "--device", "cpu"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("rpnr_train_script_errors", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = _load_script()
-
-
-@pytest.fixture(scope="session")
-def tiny_regdb(tmp_path_factory) -> Path:
-    """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16; built once per session."""
-    out = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_32x16"
-    if not (out / "manifest.json").is_file():
-        raw = tmp_path_factory.getbasetemp() / "h2_tiny_regdb_raw"
-        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
-        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
-    return out
-
-
 @pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def fails(capsys, train_script):
+    """fails(*argv): run train.py's main(); assert exit status 1 and one 'error: ...' line, the last
+    on stderr (progress bars may come before it); return that line."""
 
+    def run(*argv) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            sys.exit(train_script.main([str(a) for a in argv]))
+        err = capsys.readouterr().err.strip()
+        assert info.value.code == 1, err
+        lines = err.replace("\r", "\n").splitlines()
+        assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
+        assert "Traceback" not in err
+        return lines[-1]
 
-def fails(capsys, *argv) -> str:
-    """Run train.py's main(); assert exit status 1 and one 'error: ...' line, the last on stderr
-    (progress bars may come before it); return that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        sys.exit(TRAIN.main([str(a) for a in argv]))
-    err = capsys.readouterr().err.strip()
-    assert info.value.code == 1, err
-    lines = err.replace("\r", "\n").splitlines()
-    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
-    assert "Traceback" not in err
-    return lines[-1]
+    return run
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -76,50 +48,50 @@ def fails(capsys, *argv) -> str:
     (["--eps", "abc"], "invalid float value: 'abc'"),
     (["--device", "tpu"], "--device"),
 ])
-def test_nonsense_flag_values(capsys, tmp_path, extra, message):
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tmp_path,
+def test_nonsense_flag_values(fails, capsys, tmp_path, extra, message):
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tmp_path,
                 *SMALL, *extra)
     assert message in err
 
 
-def test_missing_imagenet_weights(capsys, tmp_path):
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL)
+def test_missing_imagenet_weights(fails, capsys, tmp_path):
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL)
     assert "--imagenet PATH" in err and "--no-imagenet" in err
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL,
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL,
                 "--imagenet", tmp_path / "r50.pth")
     assert "r50.pth" in err and "not found" in err
 
 
-def test_bad_data_dirs(capsys, tmp_path, tiny_regdb):
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir",
+def test_bad_data_dirs(fails, capsys, tmp_path, tiny_regdb):
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir",
                 tmp_path / "nowhere", "--logs-dir", tmp_path / "logs", *SMALL)
     assert "nowhere" in err and "not found" in err
-    err = fails(capsys, "--dataset", "sysu", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+    err = fails("--dataset", "sysu", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
                 "--logs-dir", tmp_path / "logs", *SMALL)
     assert "regdb" in err and "not sysu" in err
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
                 "--logs-dir", tmp_path / "logs", *SMALL, "--height", "64", "--width", "32")
     assert "32x16" in err and "64x32" in err
 
 
-def test_bad_checkpoints(capsys, tmp_path, tiny_regdb):
-    err = fails(capsys, "--dataset", "regdb", "--stage", "rpnr", "--trial", "3", "--data-dir", tiny_regdb,
+def test_bad_checkpoints(fails, capsys, tmp_path, tiny_regdb):
+    err = fails("--dataset", "regdb", "--stage", "rpnr", "--trial", "3", "--data-dir", tiny_regdb,
                 "--logs-dir", tmp_path / "s2", "--baseline", f"{tmp_path}/{{trial}}/model_best.pth.tar", *SMALL)
     assert f"{tmp_path}/3/model_best.pth.tar" in err and "--stage baseline" in err
     wrong = tmp_path / "wrong.pth.tar"
     save_checkpoint({"model": {"encoder.weight": torch.zeros(2, 2), "layer1.0.conv1.weight": torch.zeros(1)}},
                     wrong)
-    err = fails(capsys, "--dataset", "regdb", "--stage", "rpnr", "--data-dir", tiny_regdb,
+    err = fails("--dataset", "regdb", "--stage", "rpnr", "--data-dir", tiny_regdb,
                 "--logs-dir", tmp_path / "s2", "--baseline", wrong, *SMALL)
     assert "missing keys" in err and "unexpected keys (e.g. encoder.weight)" in err
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
                 "--logs-dir", tmp_path / "empty", "--resume", *SMALL)
     assert "nothing to resume" in err
 
 
-def test_degenerate_pseudo_labels_stop_with_a_hint(capsys, tmp_path, tiny_regdb, one_thread):
+def test_degenerate_pseudo_labels_stop_with_a_hint(fails, capsys, tmp_path, tiny_regdb, one_thread):
     logs = tmp_path / "logs"
-    err = fails(capsys, "--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tiny_regdb,
                 "--logs-dir", logs, *SMALL, "--eps", "0.001")
     assert err.startswith("error: epoch 1: infrared pseudo labels have 0 clusters (48 outliers, eps 0.001)")
     assert "need at least 2 for a batch of 8 with 4 instances - try a larger --eps" in err

@@ -1,0 +1,42 @@
+"""The command line shared by ``prepare_sysu.py`` and ``prepare_regdb.py``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+
+from rpnr.data.prepared import PreparedDataError, PreparePlan, format_stats, write_prepared
+from rpnr.data.raw_images import RawDataError
+
+
+def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[str], PreparePlan],
+                 argv: list[str] | None = None) -> int:
+    """Parse the arguments, write the prepared arrays, print the statistics table.
+
+    Bad input prints one ``<prog>: error: ...`` line and returns 1.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help=data_help)
+    parser.add_argument("--output-dir", required=True, help="folder to create with the prepared arrays")
+    parser.add_argument("--height", type=int, default=288)
+    parser.add_argument("--width", type=int, default=144)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: up to 8)")
+    args = parser.parse_args(argv)
+    try:
+        manifest = write_prepared(plan(args.data_dir), args.output_dir, args.height, args.width, args.overwrite,
+                                  args.workers)
+    except (RawDataError, PreparedDataError, OSError) as exc:
+        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(format_stats(manifest))
+    print(f"wrote {args.output_dir}")
+    return 0
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary output is removed."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
