@@ -98,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--workers", type=int, default=4, help="threads that read training batches ahead")
     g.add_argument("--feature-batch-size", type=int, default=256, help="batch size of feature extraction")
     g.add_argument("--test-trials", type=int, default=10, help="SYSU galleries in the final test")
+    g.add_argument("--no-amp", action="store_true",
+                   help="train in float32 on CUDA (default: bf16 autocast; the release trains in float32)")
     return p.parse_args(argv)
 
 
@@ -167,6 +169,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         w_cross=args.w_cross, w_hybrid=args.w_hybrid, w_nrl=args.w_nrl, sigma=args.sigma, delta=args.delta,
         imagenet=imagenet, baseline=baseline, resume=args.resume, device=device, seed=args.seed,
         workers=args.workers, feature_batch_size=args.feature_batch_size, test_trials=args.test_trials,
+        amp=not args.no_amp,
     )
 
 

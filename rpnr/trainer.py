@@ -97,6 +97,7 @@ class TrainConfig:
     workers: int = 4
     feature_batch_size: int = 256
     test_trials: int = 10
+    amp: bool = True  # bf16 autocast in the CUDA training step (the release trains in fp32)
 
 
 @dataclass
@@ -217,9 +218,9 @@ def _prefetch(images: np.ndarray, batches: list[np.ndarray], workers: int, pin: 
             yield pending.popleft().result()
 
 
-def _autocast(device: torch.device):
-    """bfloat16 autocast on CUDA; nothing on the CPU."""
-    if device.type == "cuda":
+def _autocast(device: torch.device, enabled: bool = True):
+    """bfloat16 autocast on CUDA when enabled; nothing on the CPU."""
+    if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -287,7 +288,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_rgb: I
         x_rgb = rgb_views(img_rgb.to(device, non_blocking=True), cfg.height, cfg.width)  # [2 B_rgb, 3, H, W]
         x_ir = x_ir.contiguous(memory_format=channels_last)
         x_rgb = x_rgb.contiguous(memory_format=channels_last)
-        with _autocast(device):
+        with _autocast(device, cfg.amp):
             f_rgb, f_ir = model(x_rgb, x_ir)  # [2 B_rgb, 2048], [B_ir, 2048]
         f_rgb, f_ir = f_rgb.float(), f_ir.float()
         if cfg.stage == "baseline":

@@ -76,3 +76,15 @@ def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, cap
     assert args["baseline"] == "baseline/regdb_s1/1/model_best.pth.tar"
     assert args["rgb_batch_size"] == 4 and args["eps"] == 0.6 and args["iters"] == 2
     assert "NPC relabelled visible" in (s2 / "log.txt").read_text()
+
+
+def test_config_defaults_per_dataset_and_stage(train_script, tiny_regdb):
+    """Official defaults fill in per dataset and stage; --eps and --no-amp reach the run's settings."""
+    base = ["--data-dir", str(tiny_regdb), "--no-imagenet", "--device", "cpu"]
+    sysu1 = train_script.build_config(train_script.parse_args(["--dataset", "sysu", "--stage", "baseline", *base]))
+    assert (sysu1.eps, sysu1.iters, sysu1.batch_size, sysu1.rgb_batch_size, sysu1.amp) == (0.6, 200, 128, 64, True)
+    assert sysu1.logs_dir == "baseline/sysu_s1"
+    regdb1 = train_script.build_config(train_script.parse_args(
+        ["--dataset", "regdb", "--stage", "baseline", "--trial", "4", "--eps", "0.45", "--no-amp", *base]))
+    assert (regdb1.eps, regdb1.iters, regdb1.amp) == (0.45, 100, False)
+    assert regdb1.logs_dir == "baseline/regdb_s1/4"
