@@ -111,3 +111,17 @@ def test_extract_features_flip_average(eval_model):
     assert flipped.shape == (3, 2048)
     torch.testing.assert_close(flipped.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
     assert not torch.allclose(flipped, plain, atol=1e-4)  # the flip really changes the embedding
+
+
+def test_strict_fp32_switches_tf32_and_autotuning_off_and_restores():
+    from rpnr.evaluation import strict_fp32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, True
+        with strict_fp32():
+            assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (False, False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
