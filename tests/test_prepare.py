@@ -14,7 +14,16 @@ import pytest
 from PIL import Image
 
 from rpnr.data import prepared
-from rpnr.data.prepared import PreparedDataError, check_prepared, load_regdb_test, load_sysu_test, load_train
+from rpnr.data.prepared import (
+    ImageSet,
+    PreparedDataError,
+    check_prepared,
+    load_regdb_test,
+    load_sysu_test,
+    load_train,
+    regdb_trial,
+    release_train_order,
+)
 from rpnr.data.regdb import plan_regdb, read_idx
 from rpnr.data.sysu import gallery_split, query_split, train_split
 
@@ -80,6 +89,11 @@ def test_prepare_regdb_and_trials(prepared_regdb, synthetic_regdb_raw):
     for trial in (1, 7):
         visible, thermal = load_train(prepared_regdb, "regdb", trial)
         paths, labels = read_idx(root, "train", "thermal", trial)
+        # the release's order: sorted by the copied name '<label>_c1_<file name>'
+        names = sorted(f"{label}_c1_{os.path.basename(p)}" for p, label in zip(paths, labels.tolist()))
+        assert [f"{pid}_c1_{os.path.basename(p)}" for p, pid in zip(thermal.paths, thermal.pids.tolist())] == names
+        assert sorted(thermal.paths.tolist()) == sorted(paths)
+        thermal = regdb_trial(prepared_regdb, "train", "thermal", trial)  # idx-file order
         assert thermal.paths.tolist() == paths
         np.testing.assert_array_equal(thermal.pids, labels)
         assert set(visible.cams.tolist()) == {1} and set(thermal.cams.tolist()) == {2}
@@ -94,6 +108,13 @@ def test_prepare_regdb_and_trials(prepared_regdb, synthetic_regdb_raw):
         assert not set(test_vis.paths.tolist()) & set(visible.paths.tolist())
         assert len(test_th) == len(test_vis) > 0
     assert set(load_train(prepared_regdb, "regdb", 1)[0].paths) != set(load_train(prepared_regdb, "regdb", 2)[0].paths)
+
+
+def test_release_train_order_sorts_copied_names_as_strings():
+    # the release names RegDB copies '<label>_c1_<file>' and sorts them as strings: '10_' < '1_' < '2_'
+    train = ImageSet(images=np.zeros((4, 2, 2, 3), np.uint8), pids=np.array([2, 1, 10, 1]),
+                     cams=np.full(4, 1), paths=np.array(["V/3/b.bmp", "V/2/b.bmp", "V/11/a.bmp", "V/2/a.bmp"]))
+    np.testing.assert_array_equal(release_train_order(train), [2, 3, 1, 0])
 
 
 def test_check_prepared_errors(prepared_sysu, prepared_regdb, tmp_path):

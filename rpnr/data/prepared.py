@@ -278,12 +278,28 @@ def regdb_trial(root: str | os.PathLike, split: str, modality: str, trial: int) 
     return base.subset(index, pids=labels)
 
 
+def release_train_order(train: ImageSet) -> np.ndarray:
+    """Row order in which the release clusters RegDB training images: [N] int64.
+
+    The release copies each image to ``<label>_c1_<file name>`` and iterates over
+    ``sorted(dataset.train)``, i.e. by that name as a string ("10_..." before "1_...").
+    Its SYSU names ``<4-digit id>_c<cam>_<file>`` sort like the prepared order already.
+    """
+    names = [f"{pid}_c1_{os.path.basename(path)}" for pid, path in zip(train.pids.tolist(), train.paths.tolist())]
+    return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
+
+
 def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
-    """Training sets ``(rgb, ir)``; ``trial`` (1..10) only for RegDB. SYSU images are memory-mapped."""
+    """Training sets ``(rgb, ir)`` in the release's clustering order; ``trial`` (1..10) only for RegDB.
+
+    SYSU images are memory-mapped; RegDB images are read into memory.
+    """
     check_prepared(root, dataset)
     if dataset == "sysu":
         return load_set(root, "train_rgb"), load_set(root, "train_ir")
-    return regdb_trial(root, "train", "visible", trial), regdb_trial(root, "train", "thermal", trial)
+    visible = regdb_trial(root, "train", "visible", trial)
+    thermal = regdb_trial(root, "train", "thermal", trial)
+    return visible.subset(release_train_order(visible)), thermal.subset(release_train_order(thermal))
 
 
 def sysu_gallery_index(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> np.ndarray:
