@@ -26,6 +26,7 @@ from rpnr.trainer import (
     EPS,
     ITERS,
     STAGES,
+    TOP_K,
     TrainConfig,
     TrainingError,
     default_baseline,
@@ -79,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--k2", type=int, default=6)
     g.add_argument("--momentum", type=float, default=0.1, help="memory update momentum")
     g.add_argument("--temp", type=float, default=0.05, help="memory temperature")
-    g.add_argument("--top-k", type=int, default=20, help="NPC prototype members (stage 2)")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="NPC prototype members (stage 2; default 20 SYSU, 5 RegDB, as the release)")
     g.add_argument("--ot-reg", type=float, default=5.0, help="Sinkhorn entropic regularisation (stage 2)")
     g.add_argument("--w-cross", type=float, default=0.25, help="cross-modality memory term weight (stage 2)")
     g.add_argument("--w-hybrid", type=float, default=0.5, help="hybrid memory term weight (stage 2)")
@@ -115,9 +117,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         rgb_batch = default_rgb_batch(args.dataset, args.stage, args.batch_size)
     eps = EPS[args.dataset] if args.eps is None else args.eps
     iters = ITERS[args.dataset] if args.iters is None else args.iters
+    top_k = TOP_K[args.dataset] if args.top_k is None else args.top_k
     for flag, value in (("--batch-size", args.batch_size), ("--num-instances", args.num_instances),
                         ("--iters", iters), ("--epochs", args.epochs), ("--step-size", args.step_size),
-                        ("--k1", args.k1), ("--k2", args.k2), ("--top-k", args.top_k),
+                        ("--k1", args.k1), ("--k2", args.k2), ("--top-k", top_k),
                         ("--feature-batch-size", args.feature_batch_size)):
         _require(value >= 1, f"{flag} must be a positive integer, got {value}")
     _require(args.batch_size % args.num_instances == 0,
@@ -165,7 +168,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         height=args.height, width=args.width, batch_size=args.batch_size, rgb_batch_size=rgb_batch,
         num_instances=args.num_instances, iters=iters, epochs=args.epochs, lr=args.lr,
         weight_decay=args.weight_decay, step_size=args.step_size, gamma=args.gamma, eps=eps, k1=args.k1,
-        k2=args.k2, momentum=args.momentum, temp=args.temp, top_k=args.top_k, ot_reg=args.ot_reg,
+        k2=args.k2, momentum=args.momentum, temp=args.temp, top_k=top_k, ot_reg=args.ot_reg,
         w_cross=args.w_cross, w_hybrid=args.w_hybrid, w_nrl=args.w_nrl, sigma=args.sigma, delta=args.delta,
         imagenet=imagenet, baseline=baseline, resume=args.resume, device=device, seed=args.seed,
         workers=args.workers, feature_batch_size=args.feature_batch_size, test_trials=args.test_trials,

@@ -45,6 +45,8 @@ STAGES = ("baseline", "rpnr")
 DATASETS = ("sysu", "regdb")
 EPS = {"sysu": 0.6, "regdb": 0.3}
 ITERS = {"sysu": 200, "regdb": 100}
+# NPC prototype members: the release's train_sysu.py keeps heapq.nlargest(20, ...), train_regdb.py nlargest(5, ...)
+TOP_K = {"sysu": 20, "regdb": 5}
 MODALITY_NAMES = {"rgb": "visible", "ir": "infrared"}
 
 

@@ -83,8 +83,9 @@ def test_config_defaults_per_dataset_and_stage(train_script, tiny_regdb):
     base = ["--data-dir", str(tiny_regdb), "--no-imagenet", "--device", "cpu"]
     sysu1 = train_script.build_config(train_script.parse_args(["--dataset", "sysu", "--stage", "baseline", *base]))
     assert (sysu1.eps, sysu1.iters, sysu1.batch_size, sysu1.rgb_batch_size, sysu1.amp) == (0.6, 200, 128, 64, True)
+    assert sysu1.top_k == 20
     assert sysu1.logs_dir == "baseline/sysu_s1"
     regdb1 = train_script.build_config(train_script.parse_args(
         ["--dataset", "regdb", "--stage", "baseline", "--trial", "4", "--eps", "0.45", "--no-amp", *base]))
-    assert (regdb1.eps, regdb1.iters, regdb1.amp) == (0.45, 100, False)
+    assert (regdb1.eps, regdb1.iters, regdb1.amp, regdb1.top_k) == (0.45, 100, False, 5)  # release: nlargest(5)
     assert regdb1.logs_dir == "baseline/regdb_s1/4"
