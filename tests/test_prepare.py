@@ -15,7 +15,6 @@ from PIL import Image
 
 from rpnr.data import prepared
 from rpnr.data.prepared import (
-    ImageSet,
     PreparedDataError,
     check_prepared,
     load_regdb_test,
@@ -112,9 +111,9 @@ def test_prepare_regdb_and_trials(prepared_regdb, synthetic_regdb_raw):
 
 def test_release_train_order_sorts_copied_names_as_strings():
     # the release names RegDB copies '<label>_c1_<file>' and sorts them as strings: '10_' < '1_' < '2_'
-    train = ImageSet(images=np.zeros((4, 2, 2, 3), np.uint8), pids=np.array([2, 1, 10, 1]),
-                     cams=np.full(4, 1), paths=np.array(["V/3/b.bmp", "V/2/b.bmp", "V/11/a.bmp", "V/2/a.bmp"]))
-    np.testing.assert_array_equal(release_train_order(train), [2, 3, 1, 0])
+    paths = np.array(["V/3/b.bmp", "V/2/b.bmp", "V/11/a.bmp", "V/2/a.bmp"])
+    order = release_train_order(np.array([2, 1, 10, 1]), paths)
+    np.testing.assert_array_equal(order, [2, 3, 1, 0])
 
 
 def test_check_prepared_errors(prepared_sysu, prepared_regdb, tmp_path):

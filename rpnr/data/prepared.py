@@ -268,24 +268,30 @@ def _check_trial(trial: int, valid: tuple[int, ...], what: str) -> None:
         raise PreparedDataError(f"{what} trial must be in {valid[0]}..{valid[-1]}, got {trial}")
 
 
-def regdb_trial(root: str | os.PathLike, split: str, modality: str, trial: int) -> ImageSet:
+def regdb_trial(root: str | os.PathLike, split: str, modality: str, trial: int,
+                release_order: bool = False) -> ImageSet:
     """The ``split`` ("train"|"test") images of ``modality`` ("visible"|"thermal") for a RegDB trial
-    (in the order of its idx file; pids = the idx-file labels; images read into memory)."""
+    (pids = the idx-file labels; images read into memory), in the order of its idx file or, with
+    ``release_order``, in the release's clustering order (:func:`release_train_order`)."""
     _check_trial(trial, REGDB_TRIALS, "RegDB")
     base = load_set(root, f"{modality}_{split}")
     index = load_array(root, f"trial{trial}_{split}_{modality}_index")
     labels = load_array(root, f"trial{trial}_{split}_{modality}_labels")
+    if release_order:
+        order = release_train_order(labels, base.paths[index])
+        index, labels = index[order], labels[order]
     return base.subset(index, pids=labels)
 
 
-def release_train_order(train: ImageSet) -> np.ndarray:
+def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
     """Row order in which the release clusters RegDB training images: [N] int64.
 
     The release copies each image to ``<label>_c1_<file name>`` and iterates over
     ``sorted(dataset.train)``, i.e. by that name as a string ("10_..." before "1_...").
     Its SYSU names ``<4-digit id>_c<cam>_<file>`` sort like the prepared order already.
     """
-    names = [f"{pid}_c1_{os.path.basename(path)}" for pid, path in zip(train.pids.tolist(), train.paths.tolist())]
+    names = [f"{pid}_c1_{os.path.basename(path)}" for pid, path in zip(np.asarray(pids).tolist(),
+                                                                       np.asarray(paths).tolist())]
     return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
 
 
@@ -297,9 +303,8 @@ def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[I
     check_prepared(root, dataset)
     if dataset == "sysu":
         return load_set(root, "train_rgb"), load_set(root, "train_ir")
-    visible = regdb_trial(root, "train", "visible", trial)
-    thermal = regdb_trial(root, "train", "thermal", trial)
-    return visible.subset(release_train_order(visible)), thermal.subset(release_train_order(thermal))
+    return (regdb_trial(root, "train", "visible", trial, release_order=True),
+            regdb_trial(root, "train", "thermal", trial, release_order=True))
 
 
 def sysu_gallery_index(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> np.ndarray:
