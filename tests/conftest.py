@@ -57,12 +57,10 @@ def prepared_regdb(synthetic_regdb_raw, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_regdb(tmp_path_factory) -> Path:
     """Synthetic RegDB (16 ids, 6 images per modality) prepared at 32x16, for training runs."""
-    out = tmp_path_factory.getbasetemp() / "tiny_regdb_32x16"
-    if not (out / "manifest.json").is_file():
-        raw = tmp_path_factory.getbasetemp() / "tiny_regdb_raw"
-        write_regdb(raw, ids=16, per_modality=6, height=64, width=32, seed=0)
-        write_prepared(plan_regdb(str(raw)), out, 32, 16, workers=2)
-    return out
+    base = tmp_path_factory.mktemp("tiny_regdb")
+    write_regdb(base / "raw", ids=16, per_modality=6, height=64, width=32, seed=0)
+    write_prepared(plan_regdb(str(base / "raw")), base / "prepared_32x16", 32, 16, workers=2)
+    return base / "prepared_32x16"
 
 
 @pytest.fixture(scope="session")
