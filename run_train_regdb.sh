@@ -3,11 +3,16 @@
 # then the ten-trial test in both directions (each trial with its own model). Paper defaults; change the
 # variables below or set them in the environment.
 # Prepare the data first: python prepare_regdb.py --data-dir RAW --output-dir "$DATA_DIR"
+# GPUS="0 1 2 3" trains the trials concurrently, one process per GPU (trials go to the GPUs in turn;
+# each GPU runs its trials one after the other); logs of each trial in $S1_DIR/<trial>/ and $S2_DIR/<trial>/,
+# console output of GPU g in $S2_DIR/gpu<g>.out. NPROC=2 instead trains each trial with torchrun on 2 GPUs.
+# BN_SPLITS=2 (default) normalises each half of the batch on its own, as the release's two-GPU
+# nn.DataParallel did; 1 = the whole batch.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 DATA_DIR=${DATA_DIR:-data/regdb_288x144}              # prepared folder
-IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights
+IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights ("none": random)
 DEVICE=${DEVICE:-cuda}
 HEIGHT=${HEIGHT:-288}
 WIDTH=${WIDTH:-144}
@@ -21,17 +26,51 @@ ITERS=${ITERS:-100}
 EPOCHS=${EPOCHS:-50}
 EPS=${EPS:-0.3}
 MOMENTUM=${MOMENTUM:-0.1}
+GPUS=${GPUS:-}                                        # e.g. "0 1 2 3": trials in parallel, one per GPU
+NPROC=${NPROC:-1}                                     # torchrun processes per trial (not with GPUS)
+BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 
 COMMON=(--dataset regdb --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
         --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
-        --momentum "$MOMENTUM" --seed "$SEED")
+        --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
+INIT=(--imagenet "$IMAGENET")
+[ "$IMAGENET" != none ] || INIT=(--no-imagenet)
+if [ "$NPROC" -gt 1 ]; then
+    TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" train.py)
+else
+    TRAIN=(python train.py)
+fi
 
-for TRIAL in $TRIALS; do
-    python train.py "${COMMON[@]}" --trial "$TRIAL" --stage baseline --imagenet "$IMAGENET" \
-        --logs-dir "$S1_DIR/$TRIAL"
-    python train.py "${COMMON[@]}" --trial "$TRIAL" --stage rpnr \
-        --baseline "$S1_DIR/$TRIAL/model_best.pth.tar" --logs-dir "$S2_DIR/$TRIAL"
-done
+train_trial() {  # stage 1 then stage 2 of one trial
+    "${TRAIN[@]}" "${COMMON[@]}" --trial "$1" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR/$1"
+    "${TRAIN[@]}" "${COMMON[@]}" --trial "$1" --stage rpnr --baseline "$S1_DIR/$1/model_best.pth.tar" \
+        --logs-dir "$S2_DIR/$1"
+}
+
+if [ -z "$GPUS" ]; then
+    for TRIAL in $TRIALS; do train_trial "$TRIAL"; done
+else
+    [ "$NPROC" -eq 1 ] || { echo "error: GPUS runs one process per trial; leave NPROC at 1" >&2; exit 1; }
+    read -r -a GPU_LIST <<< "$GPUS"
+    read -r -a TRIAL_LIST <<< "$TRIALS"
+    mkdir -p "$S2_DIR"
+    PIDS=()
+    for I in "${!GPU_LIST[@]}"; do
+        GPU=${GPU_LIST[$I]}
+        MINE=()
+        for J in "${!TRIAL_LIST[@]}"; do
+            (( J % ${#GPU_LIST[@]} == I )) && MINE+=("${TRIAL_LIST[$J]}")
+        done
+        [ "${#MINE[@]}" -gt 0 ] || continue
+        echo "GPU $GPU: trials ${MINE[*]} (output in $S2_DIR/gpu$GPU.out)"
+        ( export CUDA_VISIBLE_DEVICES=$GPU; for TRIAL in "${MINE[@]}"; do train_trial "$TRIAL"; done ) \
+            > "$S2_DIR/gpu$GPU.out" 2>&1 &
+        PIDS+=($!)
+    done
+    FAILED=0
+    for PID in "${PIDS[@]}"; do wait "$PID" || FAILED=1; done
+    [ "$FAILED" -eq 0 ] || { echo "error: a trial failed; see $S2_DIR/gpu*.out" >&2; exit 1; }
+fi
 NUM_TRIALS=$(wc -w <<< "$TRIALS")
 python test.py --dataset regdb --data-dir "$DATA_DIR" --checkpoint "$S2_DIR/{trial}/model_best.pth.tar" \
     --trials "$NUM_TRIALS" --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE" \

@@ -2,11 +2,14 @@
 # SYSU-MM01: stage 1 (baseline), stage 2 (RPNR) from stage 1's best model, then the ten-trial test
 # (all-search and indoor-search). Paper defaults; change the variables below or set them in the environment.
 # Prepare the data first: python prepare_sysu.py --data-dir RAW --output-dir "$DATA_DIR"
+# NPROC=4 trains with torchrun on 4 GPUs of this machine (one process each; same model as one process
+# with --bn-splits 4). BN_SPLITS=2 (default) normalises each half of the batch on its own, as the
+# release's two-GPU nn.DataParallel did; 1 = the whole batch.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 DATA_DIR=${DATA_DIR:-data/sysu_288x144}               # prepared folder
-IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights
+IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights ("none": random)
 DEVICE=${DEVICE:-cuda}
 HEIGHT=${HEIGHT:-288}
 WIDTH=${WIDTH:-144}
@@ -19,13 +22,22 @@ ITERS=${ITERS:-200}
 EPOCHS=${EPOCHS:-50}
 EPS=${EPS:-0.6}
 MOMENTUM=${MOMENTUM:-0.1}
+NPROC=${NPROC:-1}                                     # processes (GPUs) of this machine
+BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 
 COMMON=(--dataset sysu --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
         --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
-        --momentum "$MOMENTUM" --seed "$SEED")
+        --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
+INIT=(--imagenet "$IMAGENET")
+[ "$IMAGENET" != none ] || INIT=(--no-imagenet)
+if [ "$NPROC" -gt 1 ]; then
+    TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" train.py)
+else
+    TRAIN=(python train.py)
+fi
 
-python train.py "${COMMON[@]}" --stage baseline --imagenet "$IMAGENET" --logs-dir "$S1_DIR"
-python train.py "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR"
+"${TRAIN[@]}" "${COMMON[@]}" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR"
+"${TRAIN[@]}" "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR"
 for MODE in all indoor; do
     python test.py --dataset sysu --data-dir "$DATA_DIR" --checkpoint "$S2_DIR/model_best.pth.tar" \
         --mode "$MODE" --trials 10 --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE" \

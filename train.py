@@ -8,18 +8,23 @@ Every hyperparameter defaults to the official value for the dataset and stage
     python train.py --dataset sysu --stage rpnr --data-dir data/sysu_prepared
     python train.py --dataset regdb --trial 3 --stage baseline --data-dir data/regdb --imagenet r50.pth
     python train.py ... --resume        # continue from <logs-dir>/checkpoint.pth.tar
+    torchrun --nproc_per_node 4 train.py --dataset sysu --stage rpnr ...   # one process per GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 import torch
 
+from rpnr import distributed
 from rpnr.checkpoint import CheckpointError
 from rpnr.data.prepared import PreparedDataError
+from rpnr.distributed import DistributedError
+from rpnr.evaluation import PRECISIONS
 from rpnr.models import IMAGENET_HINT
 from rpnr.trainer import (
     DATASETS,
@@ -102,6 +107,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--test-trials", type=int, default=10, help="SYSU galleries in the final test")
     g.add_argument("--no-amp", action="store_true",
                    help="train in float32 on CUDA (default: bf16 autocast; the release trains in float32)")
+    g.add_argument("--bn-splits", type=int, default=None,
+                   help="batch norm normalises each of this many slices of the training batch on its own, as the "
+                        "release's nn.DataParallel on that many GPUs (default: 2 = the release; under torchrun "
+                        "the number of processes; 1 = the whole batch)")
+    g.add_argument("--feature-precision", choices=PRECISIONS, default="tf32",
+                   help="arithmetic of the clustering features on CUDA (tf32 = what the release's PyTorch 1.8 "
+                        "did on Ampere and later GPUs); test embeddings are always float32")
     return p.parse_args(argv)
 
 
@@ -110,8 +122,25 @@ def _require(ok: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    """Fill the dataset/stage defaults, check every value, and return the run's settings."""
+def _check_bn_splits(splits: int, world: int, batch: int, rgb_batch: int) -> None:
+    """--bn-splits against the process count and the batch sizes (one-line UsageError)."""
+    _require(splits >= 1, f"--bn-splits must be a positive integer, got {splits}")
+    _require(splits % world == 0, f"--bn-splits {splits} is not a multiple of the {world} processes torchrun "
+                                  f"started (each process runs --bn-splits / processes of the slices)")
+    if world > 1:
+        _require(batch % splits == 0 and (2 * rgb_batch) % splits == 0,
+                 f"--bn-splits {splits} must divide the infrared batch ({batch}) and the two-view visible batch "
+                 f"({2 * rgb_batch}) when torchrun runs {world} processes")
+    chunks = [len(torch.empty(n).chunk(splits)) for n in (batch, 2 * rgb_batch)]
+    _require(chunks[0] == chunks[1], f"--bn-splits {splits} cuts the infrared batch ({batch}) into {chunks[0]} "
+                                     f"slices but the two-view visible batch ({2 * rgb_batch}) into {chunks[1]}")
+
+
+def build_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
+    """Fill the dataset/stage defaults, check every value, and return the run's settings.
+
+    ``world``: the number of processes torchrun started (1 without torchrun).
+    """
     rgb_batch = args.rgb_batch_size
     if rgb_batch is None:
         rgb_batch = default_rgb_batch(args.dataset, args.stage, args.batch_size)
@@ -143,7 +172,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     _require(1 <= args.test_trials <= 10, f"--test-trials must be in 1..10, got {args.test_trials}")
     if args.dataset == "regdb":
         _require(1 <= args.trial <= 10, f"--trial must be in 1..10 for RegDB, got {args.trial}")
-    device = _check_device(args.device)
+    bn_splits = args.bn_splits if args.bn_splits is not None else (world if world > 1 else 2)
+    _check_bn_splits(bn_splits, world, args.batch_size, rgb_batch)
+    device = _check_device(args.device, world)
 
     logs_dir = args.logs_dir or default_logs_dir(args.dataset, args.stage, args.trial)
     logs_dir = logs_dir.replace("{trial}", str(args.trial))
@@ -172,11 +203,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         w_cross=args.w_cross, w_hybrid=args.w_hybrid, w_nrl=args.w_nrl, sigma=args.sigma, delta=args.delta,
         imagenet=imagenet, baseline=baseline, resume=args.resume, device=device, seed=args.seed,
         workers=args.workers, feature_batch_size=args.feature_batch_size, test_trials=args.test_trials,
-        amp=not args.no_amp,
+        amp=not args.no_amp, bn_splits=bn_splits, feature_precision=args.feature_precision,
     )
 
 
-def _check_device(name: str) -> str:
+def _check_device(name: str, world: int = 1) -> str:
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -185,6 +216,8 @@ def _check_device(name: str) -> str:
         _require(torch.cuda.is_available(), f"--device {name}: CUDA is not available on this machine")
         _require(device.index is None or device.index < torch.cuda.device_count(),
                  f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        _require(world == 1 or device.index is None,
+                 f"--device {name}: under torchrun pass --device cuda (process k of a machine takes cuda:k)")
     else:
         _require(device.type == "cpu", f"--device {name!r}: use cpu, cuda or cuda:N")
     return str(device)
@@ -192,14 +225,23 @@ def _check_device(name: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    world, rank = distributed.launched_processes()[:2]
+    group = distributed.SINGLE
     try:
-        run(build_config(args))
-    except (UsageError, TrainingError, PreparedDataError, CheckpointError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        cfg = build_config(args, world)
+        group, device = distributed.start(cfg.device)
+        run(dataclasses.replace(cfg, device=device), group)
+    except (UsageError, TrainingError, PreparedDataError, CheckpointError, DistributedError,
+            FileNotFoundError) as exc:
+        if rank == 0:  # every rank meets the same error; one line is enough
+            print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
+        if rank == 0:
+            print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.stop(group)
     return 0
 
 

@@ -21,7 +21,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 python3 -c "import torch, sklearn, ot, numpy; print('torch', torch.__version__, 'sklearn', sklearn.__version__, \
 'POT', ot.__version__, 'numpy', numpy.__version__, 'cpus', __import__('os').cpu_count())"
 
-STEPS=${STEPS:-check_cuda bench_pseudo bench_train real_run}  # which steps run
+STEPS=${STEPS:-check_cuda bench_pseudo bench_train real_run torchrun_one bench_epoch}  # which steps run
 step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to $OUT/NAME.log, show its tail
     local name=$1 limit=$2 start rc
     shift 2
@@ -67,6 +67,18 @@ real_run() {
     cp "$data/s2/metrics.json" "$OUT/s2_metrics.json"
 }
 TAIL=45 step real_run 200 bash -c "$(declare -f real_run); $(declare -p DEVICE OUT RAW IDS HW BATCH); ITERS=${ITERS:-30}; real_run"
+# the torchrun code path (NCCL, DDP, gathers) with one process on one GPU: stage 1 of the real run again
+torchrun_one() {
+    local data=/tmp/rpnr_gpu_check
+    [ -d "$data/prepared" ] || { echo "run real_run first"; return 1; }
+    python3 -m torch.distributed.run --standalone --nproc_per_node 1 train.py --dataset sysu --data-dir \
+        "$data/prepared" --device "$DEVICE" --height "${HW[0]}" --width "${HW[1]}" "${BATCH[@]}" --iters 20 \
+        --epochs 1 --seed 1 --test-trials 1 --stage baseline --no-imagenet --eps 0.5 --logs-dir "$data/s1_torchrun"
+}
+step torchrun_one 150 bash -c "$(declare -f torchrun_one); $(declare -p DEVICE HW BATCH); torchrun_one"
+# one full-size synthetic SYSU stage-2 epoch, seconds per phase (writes ~5 GB under /tmp)
+if [ "$SMALL" = 1 ]; then EPOCH=(--small); else EPOCH=(); fi
+TAIL=20 step bench_epoch 420 python3 bench/bench_epoch.py --device "$DEVICE" "${EPOCH[@]}" --json "$OUT/bench_epoch.json"
 for f in "$OUT"/s1_metrics.json "$OUT"/s2_metrics.json; do
     [ -f "$f" ] && python3 -c "import json,sys; r=json.load(open(sys.argv[1]))[-1]; \
 print(sys.argv[1].split('/')[-1], {k: r[k] for k in r if k.startswith(('sec', 'time', 'rank1', 'clusters'))})" "$f"

@@ -93,6 +93,9 @@ def _flip(x: Tensor) -> Tensor:
     return torch.flip(x, dims=[3])
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
 @contextlib.contextmanager
 def strict_fp32() -> Iterator[None]:
     """Plain float32 convolutions and matmuls on CUDA (TF32 off) for the duration.
@@ -102,31 +105,55 @@ def strict_fp32() -> Iterator[None]:
     cuDNN autotuning is off as well: in float32 it costs 5-15 s per new batch shape
     (measured on an H200) for no gain in extraction speed.
     """
+    with _cuda_math(allow_tf32=False):
+        yield
+
+
+@contextlib.contextmanager
+def _cuda_math(allow_tf32: bool) -> Iterator[None]:
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
-    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = False, False, False
+    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = allow_tf32, allow_tf32, False
     try:
         yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
+@contextlib.contextmanager
+def feature_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Arithmetic of an eval-mode forward on CUDA: "fp32" (plain float32), "tf32" (TF32 convolutions
+    and matmuls: what the release's PyTorch 1.8 did by default on Ampere and later GPUs) or "bf16"
+    (bfloat16 autocast). The CPU always computes in float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
+        with strict_fp32():
+            yield
+    elif precision == "tf32":
+        with _cuda_math(allow_tf32=True):
+            yield
+    else:
+        with _cuda_math(allow_tf32=False), torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+
+
 @torch.inference_mode()
-@strict_fp32()
 def _embed_batches(model: nn.Module, batches, modal: str, flip: bool, normalize: bool,
-                   device: torch.device, progress: Callable | None = None) -> Tensor:
+                   device: torch.device, progress: Callable | None = None, precision: str = "fp32") -> Tensor:
     out = []
-    for x in batches:
-        x = x.to(device, non_blocking=True)
-        e = model.embed(x, modal).float()  # [B, 2048], L2-normalised (eval mode)
-        if flip:
-            e = (e + model.embed(_flip(x), modal).float()) / 2
-            if normalize:
-                e = l2_normalize(e)
-        out.append(e)
-        if progress is not None:
-            progress(x.size(0))
-    return torch.cat(out, 0) if out else torch.zeros(0, 2048)
+    with feature_precision(precision, device):
+        for x in batches:
+            x = x.to(device, non_blocking=True)
+            e = model.embed(x, modal).float()  # [B, 2048], L2-normalised (eval mode)
+            if flip:
+                e = (e + model.embed(_flip(x), modal).float()) / 2
+                if normalize:
+                    e = l2_normalize(e)
+            out.append(e)
+            if progress is not None:
+                progress(x.size(0))
+    return torch.cat(out, 0) if out else torch.zeros(0, 2048, device=device)
 
 
 def extract_features(model: nn.Module, images: Tensor, modal: str, batch_size: int = 64,
@@ -162,18 +189,19 @@ def _uint8_batches(images: np.ndarray, batch_size: int, device: torch.device):
 
 def extract_features_uint8(model: nn.Module, images: np.ndarray, modal: str, batch_size: int = 64,
                            flip: bool = True, normalize: bool = True, device: torch.device | str | None = None,
-                           progress: Callable | None = None) -> Tensor:
+                           progress: Callable | None = None, precision: str = "fp32") -> Tensor:
     """Eval embeddings of uint8 HWC images [N, H, W, 3] (e.g. a memory-mapped prepared array).
 
     Images stay uint8 until they reach the device. Returns [N, 2048] float32 on the device.
-    ``progress(n)`` is called after each batch with its size.
+    ``progress(n)`` is called after each batch with its size. ``precision``: see
+    :func:`feature_precision` (test embeddings keep the default plain float32).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         feats = _embed_batches(model, _uint8_batches(images, batch_size, device), modal, flip, normalize,
-                               device, progress)
+                               device, progress, precision)
     finally:
         model.train(was_training)
     return feats

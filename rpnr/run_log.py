@@ -33,16 +33,20 @@ class RunLog:
     """Prints lines (tqdm-safe) and appends them to ``log.txt``; keeps ``metrics.json`` and ``curves.png``.
 
     ``resume_epoch``: keep the log and the metrics records of epochs up to this
-    number (a resumed run); ``None`` starts both afresh.
+    number (a resumed run); ``None`` starts both afresh. ``enabled=False`` (torchrun
+    ranks other than 0) prints and writes nothing.
     """
 
-    def __init__(self, logs_dir: str | os.PathLike, resume_epoch: int | None = None):
+    def __init__(self, logs_dir: str | os.PathLike, resume_epoch: int | None = None, enabled: bool = True):
         self.dir = Path(logs_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self.log_path = self.dir / "log.txt"
         self.metrics_path = self.dir / "metrics.json"
         self.curves_path = self.dir / "curves.png"
         self.records: list[dict] = []
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         if resume_epoch is None:
             self.log_path.write_text("")
             for stale in (self.metrics_path, self.curves_path):
@@ -55,20 +59,25 @@ class RunLog:
             self.records = [r for r in records if isinstance(r, dict) and r.get("epoch", 0) <= resume_epoch]
 
     def print(self, line: str = "") -> None:
-        tqdm.write(line)
-        self.note(line)
+        if self.enabled:
+            tqdm.write(line)
+            self.note(line)
 
     def note(self, line: str) -> None:
         """Append ``line`` to ``log.txt`` only (e.g. an error the caller prints itself)."""
-        with open(self.log_path, "a") as fh:
-            fh.write(line + "\n")
+        if self.enabled:
+            with open(self.log_path, "a") as fh:
+                fh.write(line + "\n")
 
     def write_json(self, name: str, obj) -> None:
         """Write ``obj`` as ``name`` in the logs folder (atomically)."""
-        _atomic_write_text(self.dir / name, json.dumps(obj, indent=1) + "\n")
+        if self.enabled:
+            _atomic_write_text(self.dir / name, json.dumps(obj, indent=1) + "\n")
 
     def add_record(self, record: dict) -> None:
         """Append one epoch's record (replacing an older one of the same epoch); rewrite json and curves."""
+        if not self.enabled:
+            return
         self.records = [r for r in self.records if r.get("epoch") != record.get("epoch")] + [record]
         self.write_json(self.metrics_path.name, self.records)
         plot_curves(self.records, self.curves_path)

@@ -5,6 +5,11 @@ Stage "baseline" (stage 1): DBSCAN labels per modality, CMhcl memories, L_ir + L
 Stage "rpnr" (stage 2): adds NPC label calibration, OT prototype matching, the hybrid
 memory, the alternating cross-modality terms and the neighbour relation loss.
 One code path serves SYSU-MM01 and RegDB; the differences are settings.
+
+Under torchrun (section 8) every rank runs the same loop: clustering features are
+extracted in shards, pseudo labels are computed on rank 0 and shared, each rank
+trains on its slice of every global batch, and rank 0 alone evaluates and writes
+(``rpnr.distributed``). One process is the group of size 1.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from tqdm import tqdm
 
 from rpnr import protocols
 from rpnr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rpnr.data.augment import ir_view, rgb_views
+from rpnr.data.augment import IterationDraws, rgb_rows
 from rpnr.data.prepared import ImageSet, check_prepared, load_train
 from rpnr.data.sampler import BatchStream, RandomMultipleGallerySampler
+from rpnr.distributed import SINGLE, ProcessGroup
 from rpnr.evaluation import extract_features_uint8
 from rpnr.matching import hybrid_centers, match_clusters
 from rpnr.memory import ClusterMemory
@@ -100,6 +106,8 @@ class TrainConfig:
     feature_batch_size: int = 256
     test_trials: int = 10
     amp: bool = True  # bf16 autocast in the CUDA training step (the release trains in fp32)
+    bn_splits: int = 2  # batch-norm slices of the training forward (2 = the release's two-GPU DataParallel)
+    feature_precision: str = "tf32"  # clustering-feature arithmetic on CUDA: fp32 | tf32 | bf16
 
 
 @dataclass
@@ -227,82 +235,176 @@ def _autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def _progress(group: ProcessGroup, *args, **kwargs) -> tqdm:
+    """A progress bar on rank 0 (tqdm's own settings, e.g. TQDM_DISABLE, apply); none on the other ranks."""
+    return tqdm(*args, **kwargs) if group.is_main else tqdm(*args, **kwargs, disable=True)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------- one epoch
+@dataclass
+class EpochLabels:
+    """An epoch's pseudo labels of both modalities and, in stage 2, the OT partners."""
+
+    rgb: ModalityLabels
+    ir: ModalityLabels
+    r2i: np.ndarray | None  # [K_rgb] IR partner of each RGB cluster (stage 2)
+    i2r: np.ndarray | None  # [K_ir] RGB partner of each IR cluster (stage 2)
+
+    def to(self, device: torch.device) -> EpochLabels:
+        """The same labels with the cluster centres on ``device``."""
+        return EpochLabels(dataclasses.replace(self.rgb, centers=self.rgb.centers.to(device)),
+                           dataclasses.replace(self.ir, centers=self.ir.centers.to(device)), self.r2i, self.i2r)
+
+
+@dataclass
+class IterationBatch:
+    """One iteration's global batch (dataset rows) and this rank's positions in it."""
+
+    rows_ir: np.ndarray  # [B_ir] dataset rows of the infrared batch
+    rows_rgb: np.ndarray  # [B_rgb] dataset rows of the visible images (each seen in two views)
+    pos_ir: np.ndarray  # this rank's positions in the infrared batch
+    pos_rgb: np.ndarray  # this rank's positions in the two-view batch [view 1; view 2] of 2 B_rgb
+
+    def load_ir(self) -> np.ndarray:
+        """Dataset rows this rank reads for its infrared slice."""
+        return self.rows_ir[self.pos_ir]
+
+    def load_rgb(self) -> np.ndarray:
+        """Dataset rows this rank reads for its visible slice (each image once)."""
+        return self.rows_rgb[rgb_rows(self.pos_rgb, len(self.rows_rgb))]
+
+
+@dataclass
+class RunState:
+    """Everything a run holds between epochs."""
+
+    cfg: TrainConfig
+    group: ProcessGroup
+    device: torch.device
+    net: nn.Module  # the AGW model (eval, checkpoints)
+    model: nn.Module  # what the training step calls: ``net``, or ``net`` in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_rgb: ImageSet
+    train_ir: ImageSet
+    log: RunLog
+    args: dict
+    start_epoch: int = 0
+    best_rank1: float = -1.0
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.cfg.logs_dir)
+
+
 def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, batch_size: int,
-                           device: torch.device, desc: str) -> Tensor:
+                           device: torch.device, desc: str, group: ProcessGroup = SINGLE,
+                           precision: str = "fp32") -> Tensor:
     """Clustering features: flip-averaged eval embeddings, NOT re-normalised (release): [N, 2048] float32.
 
-    Computed in float32 also on CUDA (no bf16 autocast): clustering is sensitive to small
-    feature changes, and the release extracts in float32.
+    Computed without bf16 autocast unless ``precision`` is "bf16" (clustering is sensitive
+    to small feature changes). Under torchrun each rank embeds a contiguous share of the
+    batches (the batches of one process, so every image sees the same batch) and the
+    shares are gathered.
     """
-    with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
-        feats = extract_features_uint8(model, images, modal, batch_size=batch_size, flip=True,
-                                       normalize=False, device=device, progress=bar.update)
-    return feats.float()
+    batches = group.shard(-(-len(images) // batch_size))
+    part = images[batches.start * batch_size:batches.stop * batch_size]  # [N_rank, H, W, 3]
+    with _progress(group, total=len(part), desc=desc, unit="img", leave=False) as bar:
+        feats = extract_features_uint8(model, part, modal, batch_size=batch_size, flip=True, normalize=False,
+                                       device=device, progress=bar.update, precision=precision)
+    return group.gather_rows(feats.float())
 
 
-def build_memories(rgb: ModalityLabels, ir: ModalityLabels, stage: str, temp: float, momentum: float,
-                   ot_reg: float) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-    """The epoch's CMhcl memories and, in stage 2, the OT partners ``(memories, r2i, i2r)``."""
+def compute_labels(feats_rgb: Tensor, feats_ir: Tensor, train_rgb: ImageSet, train_ir: ImageSet,
+                   cfg: TrainConfig, epoch: int) -> EpochLabels:
+    """Pseudo labels of both modalities (NPC in stage 2), checked, with the OT partners; centres on the CPU."""
+    calibrate = cfg.stage == "rpnr"
+    rgb = modality_labels(feats_rgb, train_rgb.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, calibrate,
+                          cfg.top_k)
+    ir = modality_labels(feats_ir, train_ir.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, calibrate, cfg.top_k)
+    check_labels(ir, "ir", epoch + 1, cfg.eps, cfg.batch_size, cfg.num_instances)
+    check_labels(rgb, "rgb", epoch + 1, cfg.eps, cfg.rgb_batch_size, cfg.num_instances)
+    r2i, i2r = match_clusters(rgb.centers, ir.centers, reg=cfg.ot_reg) if calibrate else (None, None)
+    return EpochLabels(rgb, ir, r2i, i2r).to(torch.device("cpu"))
+
+
+def build_memories(labels: EpochLabels, stage: str, temp: float, momentum: float) -> dict:
+    """The epoch's CMhcl memories: "rgb", "ir" and, in stage 2, "hybrid"."""
+    rgb, ir = labels.rgb, labels.ir
     memories = {"rgb": ClusterMemory.from_centers(rgb.centers, temp, momentum, "CMhcl"),
                 "ir": ClusterMemory.from_centers(ir.centers, temp, momentum, "CMhcl")}
     if stage == "baseline":
-        return memories, None, None
-    r2i, i2r = match_clusters(rgb.centers, ir.centers, reg=ot_reg)
+        return memories
     present = np.zeros(ir.num_clusters, dtype=bool)
     present[np.unique(ir.train[ir.train >= 0])] = True
     # quirk (release): hybrid rows of IR clusters left empty by calibration stay zero
-    hybrid = hybrid_centers(rgb.centers, ir.centers, i2r, present=present)  # [K_ir, 2048]
+    hybrid = hybrid_centers(rgb.centers, ir.centers, labels.i2r, present=present)  # [K_ir, 2048]
     memories["hybrid"] = ClusterMemory.from_centers(hybrid, temp, momentum, "CMhcl")
-    return memories, r2i, i2r
+    return memories
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_rgb: ImageSet, train_ir: ImageSet,
-                labels_rgb: ModalityLabels, labels_ir: ModalityLabels, memories: dict, r2i, i2r,
-                cfg: TrainConfig, epoch: int, device: torch.device) -> dict:
-    """``cfg.iters`` iterations; returns the mean of each loss term (and "total")."""
-    stream_ir, rows_ir = make_stream(labels_ir.train, train_ir.cams, cfg.batch_size, cfg.num_instances,
+def epoch_batches(labels: EpochLabels, train_rgb: ImageSet, train_ir: ImageSet, cfg: TrainConfig, epoch: int,
+                  group: ProcessGroup) -> list[IterationBatch]:
+    """The epoch's ``cfg.iters`` global batches (the same on every rank) and this rank's share of each."""
+    stream_ir, rows_ir = make_stream(labels.ir.train, train_ir.cams, cfg.batch_size, cfg.num_instances,
                                      "ir", epoch + 1)
-    stream_rgb, rows_rgb = make_stream(labels_rgb.train, train_rgb.cams, cfg.rgb_batch_size,
+    stream_rgb, rows_rgb = make_stream(labels.rgb.train, train_rgb.cams, cfg.rgb_batch_size,
                                        cfg.num_instances, "rgb", epoch + 1)
     stream_ir.new_epoch()
     stream_rgb.new_epoch()
-    batches_ir = [rows_ir[p] for p in stream_ir.take(cfg.iters)]  # dataset rows per iteration
-    batches_rgb = [rows_rgb[p] for p in stream_rgb.take(cfg.iters)]
-    pin = device.type == "cuda"
+    pos_ir = group.batch_positions(cfg.batch_size)
+    pos_rgb = group.batch_positions(2 * cfg.rgb_batch_size)
+    return [IterationBatch(rows_ir[p_ir], rows_rgb[p_rgb], pos_ir, pos_rgb)
+            for p_ir, p_rgb in zip(stream_ir.take(cfg.iters), stream_rgb.take(cfg.iters))]
+
+
+def train_step(s: RunState, batch: IterationBatch, img_ir: Tensor, img_rgb: Tensor, labels: EpochLabels,
+               memories: dict, epoch: int) -> dict:
+    """One iteration on the global batch; returns the loss terms (and "total") as floats."""
+    cfg, device = s.cfg, s.device
+    y_ir = torch.from_numpy(labels.ir.train[batch.rows_ir]).to(device)  # [B_ir]
+    y = torch.from_numpy(labels.rgb.train[batch.rows_rgb]).to(device)  # [B_rgb]
+    y_rgb = torch.cat((y, y), 0)  # [2 B_rgb]: labels of view 1 then view 2
+    # the whole batch's draws from the shared stream; this rank applies its slice (section 8)
+    draws = IterationDraws.draw(len(batch.rows_ir), len(batch.rows_rgb), cfg.height, cfg.width)
+    x_ir = draws.ir_views(img_ir.to(device, non_blocking=True), batch.pos_ir, cfg.height, cfg.width)
+    x_rgb = draws.rgb_views(img_rgb.to(device, non_blocking=True), batch.pos_rgb, cfg.height, cfg.width)
     channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    loaded = zip(_prefetch(train_ir.images, batches_ir, cfg.workers, pin),
-                 _prefetch(train_rgb.images, batches_rgb, cfg.workers, pin))
-    model.train()
+    with _autocast(device, cfg.amp):
+        f_rgb, f_ir = s.model(x_rgb.contiguous(memory_format=channels_last),
+                              x_ir.contiguous(memory_format=channels_last))  # this rank's slice
+    f_rgb = s.group.gather_with_grad(f_rgb.float())  # [2 B_rgb, 2048], the whole batch on every rank
+    f_ir = s.group.gather_with_grad(f_ir.float())  # [B_ir, 2048]
+    if cfg.stage == "baseline":
+        total, parts = stage1_loss(f_rgb, f_ir, y_rgb, y_ir, memories)
+    else:
+        total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, labels.r2i, labels.i2r, epoch,
+                                   w_cross=cfg.w_cross, w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl,
+                                   sigma=cfg.sigma, delta=cfg.delta)
+    s.optimizer.zero_grad(set_to_none=True)
+    total.backward()  # memories updated identically on every rank; DDP averages the gradients
+    s.optimizer.step()
+    return {**parts, "total": total.item()}
+
+
+def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) -> dict:
+    """``cfg.iters`` iterations; returns the mean of each loss term (and "total")."""
+    cfg = s.cfg
+    batches = epoch_batches(labels, s.train_rgb, s.train_ir, cfg, epoch, s.group)
+    pin = s.device.type == "cuda"
+    loaded = zip(_prefetch(s.train_ir.images, [b.load_ir() for b in batches], cfg.workers, pin),
+                 _prefetch(s.train_rgb.images, [b.load_rgb() for b in batches], cfg.workers, pin))
+    s.model.train()
     sums: dict[str, float] = {}
-    bar = tqdm(zip(loaded, batches_ir, batches_rgb), total=cfg.iters, desc=f"epoch {epoch + 1} train",
-               unit="it", leave=False)
-    for (img_ir, img_rgb), b_ir, b_rgb in bar:
-        y_ir = torch.from_numpy(labels_ir.train[b_ir]).to(device)  # [B_ir]
-        y = torch.from_numpy(labels_rgb.train[b_rgb]).to(device)  # [B_rgb]
-        y_rgb = torch.cat((y, y), 0)  # [2 B_rgb]: labels of view 1 then view 2
-        x_ir = ir_view(img_ir.to(device, non_blocking=True), cfg.height, cfg.width)  # [B_ir, 3, H, W]
-        x_rgb = rgb_views(img_rgb.to(device, non_blocking=True), cfg.height, cfg.width)  # [2 B_rgb, 3, H, W]
-        x_ir = x_ir.contiguous(memory_format=channels_last)
-        x_rgb = x_rgb.contiguous(memory_format=channels_last)
-        with _autocast(device, cfg.amp):
-            f_rgb, f_ir = model(x_rgb, x_ir)  # [2 B_rgb, 2048], [B_ir, 2048]
-        f_rgb, f_ir = f_rgb.float(), f_ir.float()
-        if cfg.stage == "baseline":
-            total, parts = stage1_loss(f_rgb, f_ir, y_rgb, y_ir, memories)
-        else:
-            total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch,
-                                       w_cross=cfg.w_cross, w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl,
-                                       sigma=cfg.sigma, delta=cfg.delta)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        parts = {**parts, "total": total.item()}
+    bar = _progress(s.group, zip(loaded, batches), total=cfg.iters, desc=f"epoch {epoch + 1} train", unit="it",
+                    leave=False)
+    for (img_ir, img_rgb), batch in bar:
+        parts = train_step(s, batch, img_ir, img_rgb, labels, memories, epoch)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{parts['total']:.3f}")
@@ -369,7 +471,7 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
     return optimizer, scheduler
 
 
-def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler) -> dict:
+def _load_resume(path: Path, cfg: TrainConfig, world_size: int, model: nn.Module, optimizer, scheduler) -> dict:
     """Restore model, optimizer and scheduler from ``checkpoint.pth.tar``; returns the checkpoint."""
     ckpt = load_checkpoint(path)
     if ckpt.get("format_version") != FORMAT_VERSION or "optimizer" not in ckpt:
@@ -381,6 +483,10 @@ def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, optimizer, sche
     if cfg.dataset == "regdb" and ckpt.get("args", {}).get("trial") != cfg.trial:
         raise TrainingError(f"{path} was trained on RegDB trial {ckpt.get('args', {}).get('trial')}, "
                             f"not --trial {cfg.trial}")
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != world_size:
+        raise TrainingError(f"{path} was written by a run of {saved_world} process(es); resume it with the same "
+                            f"number (torchrun --nproc_per_node {saved_world}), not {world_size}")
     if int(ckpt["epoch"]) > cfg.epochs:
         raise TrainingError(f"{path} already holds {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}")
     load_weights(model, path)
@@ -389,9 +495,10 @@ def _load_resume(path: Path, cfg: TrainConfig, model: nn.Module, optimizer, sche
     return ckpt
 
 
-def _epoch_lines(epoch: int, cfg: TrainConfig, rgb: ModalityLabels, ir: ModalityLabels, losses: dict,
-                 result: dict, best: float, times: dict) -> list[str]:
+def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict, result: dict, best: float,
+                 times: dict) -> list[str]:
     head = f"epoch {epoch}/{cfg.epochs}"
+    rgb, ir = labels.rgb, labels.ir
     lines = [f"{head}: clusters visible {rgb.num_clusters} (outliers {rgb.num_outliers}), "
              f"infrared {ir.num_clusters} (outliers {ir.num_outliers}), eps {cfg.eps:g}; "
              f"purity visible {rgb.purity:.3f}, infrared {ir.purity:.3f}"]
@@ -404,29 +511,31 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, rgb: ModalityLabels, ir: Modality
     return lines
 
 
-def _remove_stale_temporaries(logs_dir: Path) -> None:
-    """Temporary files a killed run may leave behind from its atomic writes."""
+def _prepare_logs_dir(logs_dir: Path) -> None:
+    """Create the logs folder and remove temporary files a killed run may have left from its atomic writes."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
     for name in (CHECKPOINT, BEST, TEST_JSON, "metrics.json", "curves.png"):
         for tmp in logs_dir.glob(f".{name}.*"):
             tmp.unlink(missing_ok=True)
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best model.
-
-    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png and
-    test.json into ``cfg.logs_dir``; returns the final test results.
-    """
-    device = torch.device(cfg.device)
+def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """The prepared training sets of both modalities, checked against the settings."""
     check_prepared(cfg.data_dir, cfg.dataset, cfg.height, cfg.width)
     train_rgb, train_ir = load_train(cfg.data_dir, cfg.dataset, trial=cfg.trial)
     for name, images in (("visible", train_rgb), ("infrared", train_ir)):
         if len(images) <= cfg.k1:
             raise TrainingError(f"--k1 {cfg.k1} needs more {name} training images than the {len(images)} "
                                 f"in {cfg.data_dir}; pass a smaller --k1")
+    return train_rgb, train_ir
+
+
+def open_run(cfg: TrainConfig, group: ProcessGroup) -> RunState:
+    """Data, model (fresh or resumed), optimizer and log of a run; the first log line written."""
+    device = torch.device(cfg.device)
+    train_rgb, train_ir = _load_data(cfg)
     logs_dir = Path(cfg.logs_dir)
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(logs_dir)
+    group.on_main(_prepare_logs_dir, logs_dir)
     ckpt_path = logs_dir / CHECKPOINT
     if cfg.resume and not ckpt_path.is_file():
         raise TrainingError(f"nothing to resume: {ckpt_path} does not exist")
@@ -434,100 +543,131 @@ def run(cfg: TrainConfig) -> dict:
         seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    model = _init_model(cfg, device, initialise=not cfg.resume)
-    optimizer, scheduler = _make_optimizer(model, cfg)
+    net = _init_model(cfg, device, initialise=not cfg.resume)
+    net.bn_splits = cfg.bn_splits // group.world_size  # this rank's slices of the global batch
+    optimizer, scheduler = _make_optimizer(net, cfg)
     start_epoch, best_rank1, rng_state = 0, -1.0, None
     if cfg.resume:
-        ckpt = _load_resume(ckpt_path, cfg, model, optimizer, scheduler)
+        ckpt = _load_resume(ckpt_path, cfg, group.world_size, net, optimizer, scheduler)
         start_epoch, best_rank1, rng_state = int(ckpt["epoch"]), float(ckpt["best_rank1"]), ckpt["rng"]
-    log = RunLog(logs_dir, resume_epoch=start_epoch if cfg.resume else None)
+    log = RunLog(logs_dir, resume_epoch=start_epoch if cfg.resume else None, enabled=group.is_main)
     args = dataclasses.asdict(cfg)
     if cfg.resume:
         log.print(f"resuming from {ckpt_path} after epoch {start_epoch} (best Rank-1 {best_rank1:.2f}%)")
     else:
         log.print(f"{cfg.dataset} {cfg.stage}: {len(train_rgb)} visible and {len(train_ir)} infrared "
-                  f"training images; args {args}")
+                  f"training images; {group.world_size} process(es), batch norm in {cfg.bn_splits} slice(s); "
+                  f"args {args}")
     if rng_state is not None:
         restore_rng_state(rng_state)  # the resumed epoch sees the random stream of the uninterrupted run
-
-    for epoch in range(start_epoch, cfg.epochs):
-        times = {}
-        t0 = time.perf_counter()
-        feats_rgb = extract_train_features(model, train_rgb.images, "visible", cfg.feature_batch_size, device,
-                                           f"epoch {epoch + 1} visible features")
-        feats_ir = extract_train_features(model, train_ir.images, "infrared", cfg.feature_batch_size, device,
-                                          f"epoch {epoch + 1} infrared features")
-        _sync(device)
-        times["time_features"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        calibrate = cfg.stage == "rpnr"
-        labels_rgb = modality_labels(feats_rgb, train_rgb.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples,
-                                     calibrate, cfg.top_k)
-        labels_ir = modality_labels(feats_ir, train_ir.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples,
-                                    calibrate, cfg.top_k)
-        del feats_rgb, feats_ir
-        try:
-            check_labels(labels_ir, "ir", epoch + 1, cfg.eps, cfg.batch_size, cfg.num_instances)
-            check_labels(labels_rgb, "rgb", epoch + 1, cfg.eps, cfg.rgb_batch_size, cfg.num_instances)
-            memories, r2i, i2r = build_memories(labels_rgb, labels_ir, cfg.stage, cfg.temp, cfg.momentum,
-                                                cfg.ot_reg)
-            times["time_clustering"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            losses = train_epoch(model, optimizer, train_rgb, train_ir, labels_rgb, labels_ir, memories, r2i,
-                                 i2r, cfg, epoch, device)
-        except PseudoLabelError as exc:
-            log.note(f"error: {exc}")
-            raise
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        _sync(device)
-        times["time_training"] = time.perf_counter() - t0
-        del memories
-
-        t0 = time.perf_counter()
-        result = evaluate_epoch(model, cfg.dataset, cfg.data_dir, cfg.trial, device, cfg.feature_batch_size)
-        times["time_evaluation"] = time.perf_counter() - t0
-
-        done = epoch + 1
-        if result["rank1"] > best_rank1:
-            best_rank1 = result["rank1"]
-            save_checkpoint({"model": model.state_dict(), "epoch": done, "rank1": result["rank1"],
-                             "mAP": result["mAP"], "args": args, "stage": cfg.stage, "dataset": cfg.dataset},
-                            logs_dir / BEST)
-        for line in _epoch_lines(done, cfg, labels_rgb, labels_ir, losses, result, best_rank1,
-                                 {k[len("time_"):]: v for k, v in times.items()}):
-            log.print(line)
-        record = {"epoch": done, **result, "best_rank1": best_rank1, "lr": lr,
-                  "clusters_rgb": labels_rgb.num_clusters, "clusters_ir": labels_ir.num_clusters,
-                  "outliers_rgb": labels_rgb.num_outliers, "outliers_ir": labels_ir.num_outliers,
-                  "relabeled_rgb": labels_rgb.relabeled if calibrate else None,
-                  "relabeled_ir": labels_ir.relabeled if calibrate else None,
-                  "purity_rgb": labels_rgb.purity, "purity_ir": labels_ir.purity,
-                  **{f"loss_{k}": v for k, v in losses.items()}, **times}
-        log.add_record(record)
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "epoch": done, "best_rank1": best_rank1,
-                         "rng": capture_rng_state(), "args": args, "stage": cfg.stage, "dataset": cfg.dataset,
-                         "format_version": FORMAT_VERSION}, ckpt_path)
-
-    return _test_best(model, cfg, device, log)
+    return RunState(cfg=cfg, group=group, device=device, net=net, model=group.wrap(net, device),
+                    optimizer=optimizer, scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, log=log,
+                    args=args, start_epoch=start_epoch, best_rank1=best_rank1)
 
 
-def _test_best(model: nn.Module, cfg: TrainConfig, device: torch.device, log: RunLog) -> dict:
-    """Load model_best (official quirk: selected on the test set) and run the full test; write test.json."""
-    best_path = Path(cfg.logs_dir) / BEST
+def epoch_labels(s: RunState, epoch: int, times: dict) -> EpochLabels:
+    """Clustering features (sharded over ranks), then pseudo labels computed on rank 0 and shared."""
+    cfg = s.cfg
+    t0 = time.perf_counter()
+    s.group.broadcast_buffers(s.net)  # rank 0's running statistics (section 8) before any eval forward
+    feats = [extract_train_features(s.net, images.images, modal, cfg.feature_batch_size, s.device,
+                                     f"epoch {epoch + 1} {modal} features", s.group, cfg.feature_precision)
+             for images, modal in ((s.train_rgb, "visible"), (s.train_ir, "infrared"))]
+    _sync(s.device)
+    times["time_features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels = s.group.from_main(compute_labels, *feats, s.train_rgb, s.train_ir, cfg, epoch)
+    s.group.sync_random_state()
+    times["time_clustering"] = time.perf_counter() - t0
+    return labels.to(s.device)
+
+
+def run_epoch(s: RunState, epoch: int) -> None:
+    """Pseudo labels, memories, ``cfg.iters`` iterations, evaluation, log and checkpoints of one epoch."""
+    cfg, times = s.cfg, {}
     try:
-        load_weights(model, best_path)
+        labels = epoch_labels(s, epoch, times)
+        t0 = time.perf_counter()
+        memories = build_memories(labels, cfg.stage, cfg.temp, cfg.momentum)
+        times["time_clustering"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        losses = train_epoch(s, labels, memories, epoch)
+    except PseudoLabelError as exc:
+        s.log.note(f"error: {exc}")
+        raise
+    lr = s.optimizer.param_groups[0]["lr"]
+    s.scheduler.step()
+    _sync(s.device)
+    times["time_training"] = time.perf_counter() - t0
+    del memories
+    t0 = time.perf_counter()
+    result = s.group.from_main(evaluate_epoch, s.net, cfg.dataset, cfg.data_dir, cfg.trial, s.device,
+                               cfg.feature_batch_size)
+    times["time_evaluation"] = time.perf_counter() - t0
+    finish_epoch(s, epoch + 1, labels, losses, result, lr, times)
+
+
+def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, result: dict, lr: float,
+                 times: dict) -> None:
+    """Keep the best model, log the epoch, add its metrics record and write the checkpoint (rank 0)."""
+    cfg = s.cfg
+    if result["rank1"] > s.best_rank1:
+        s.best_rank1 = result["rank1"]
+        s.group.on_main(save_checkpoint, {"model": s.net.state_dict(), "epoch": done, "rank1": result["rank1"],
+                                          "mAP": result["mAP"], "args": s.args, "stage": cfg.stage,
+                                          "dataset": cfg.dataset}, s.logs_dir / BEST)
+    for line in _epoch_lines(done, cfg, labels, losses, result, s.best_rank1,
+                             {k[len("time_"):]: v for k, v in times.items()}):
+        s.log.print(line)
+    calibrate = cfg.stage == "rpnr"
+    s.log.add_record({
+        "epoch": done, **result, "best_rank1": s.best_rank1, "lr": lr, "world_size": s.group.world_size,
+        "bn_splits": cfg.bn_splits, "clusters_rgb": labels.rgb.num_clusters, "clusters_ir": labels.ir.num_clusters,
+        "outliers_rgb": labels.rgb.num_outliers, "outliers_ir": labels.ir.num_outliers,
+        "relabeled_rgb": labels.rgb.relabeled if calibrate else None,
+        "relabeled_ir": labels.ir.relabeled if calibrate else None,
+        "purity_rgb": labels.rgb.purity, "purity_ir": labels.ir.purity,
+        **{f"loss_{k}": v for k, v in losses.items()}, **times})
+    s.group.on_main(save_checkpoint, {
+        "model": s.net.state_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+        "epoch": done, "best_rank1": s.best_rank1, "rng": capture_rng_state(), "args": s.args, "stage": cfg.stage,
+        "dataset": cfg.dataset, "world_size": s.group.world_size, "format_version": FORMAT_VERSION},
+        s.logs_dir / CHECKPOINT)
+
+
+def run(cfg: TrainConfig, group: ProcessGroup = SINGLE) -> dict:
+    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best model.
+
+    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png and
+    test.json into ``cfg.logs_dir`` (rank 0 only under torchrun); returns the final test
+    results (on every rank).
+    """
+    state = open_run(cfg, group)
+    for epoch in range(state.start_epoch, cfg.epochs):
+        run_epoch(state, epoch)
+    return test_best(state)
+
+
+def _best_model_test(s: RunState) -> tuple[int, float, dict]:
+    """Load model_best into the model and run the full test: (epoch, Rank-1 when selected, results)."""
+    best_path = s.logs_dir / BEST
+    try:
+        load_weights(s.net, best_path)
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from None
     best = load_checkpoint(best_path)
-    log.print(f"best model: epoch {best['epoch']}, Rank-1 {best['rank1']:.2f}% (selected on the test set, "
-              f"as the official release does)")
-    results = final_test(model, cfg.dataset, cfg.data_dir, cfg.trial, cfg.test_trials, device,
+    cfg = s.cfg
+    results = final_test(s.net, cfg.dataset, cfg.data_dir, cfg.trial, cfg.test_trials, s.device,
                          cfg.feature_batch_size)
+    return int(best["epoch"]), float(best["rank1"]), results
+
+
+def test_best(s: RunState) -> dict:
+    """Test model_best (official quirk: selected on the test set) on rank 0; write test.json."""
+    epoch, rank1, results = s.group.from_main(_best_model_test, s)
+    s.log.print(f"best model: epoch {epoch}, Rank-1 {rank1:.2f}% (selected on the test set, as the official "
+                f"release does)")
     for setting, res in results.items():
-        log.print(f"test {cfg.dataset} {setting}: " + " ".join(f"{k} {v:.2f}%" for k, v in res.items()))
-    log.write_json(TEST_JSON, {"epoch": int(best["epoch"]), **results})
+        s.log.print(f"test {s.cfg.dataset} {setting}: " + " ".join(f"{k} {v:.2f}%" for k, v in res.items()))
+    s.log.write_json(TEST_JSON, {"epoch": epoch, **results})
     return results

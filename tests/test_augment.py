@@ -9,11 +9,13 @@ from PIL import Image
 
 from rpnr.data.augment import (
     ERASE_FILL,
+    IterationDraws,
     channel_adaptive_gray,
     channel_exchange,
     ir_view,
     pad_crop_flip,
     random_erasing,
+    rgb_rows,
     rgb_views,
     to_normalized,
 )
@@ -127,3 +129,20 @@ def test_views_shapes_and_independence():
     assert ir.shape == (5, 3, 40, 20)
     # any size works (no hard-coded crop size); another target size resizes first
     assert rgb_views(x, 32, 16).shape == (10, 3, 32, 16)
+
+
+def test_iteration_draws_apply_any_slice_as_the_whole_batch():
+    """A torchrun rank draws the whole batch's parameters and applies its slice: the same pixels."""
+    x_ir, x_rgb = _images(b=6, h=40, w=20, seed=1), _images(b=4, h=40, w=20, seed=2)
+    torch.manual_seed(5)
+    ir_whole, rgb_whole = ir_view(x_ir, 40, 20), rgb_views(x_rgb, 40, 20)  # the one-process functions
+    torch.manual_seed(5)
+    draws = IterationDraws.draw(6, 4, 40, 20)  # same stream order: infrared, RGB view 1, RGB view 2
+    assert torch.equal(draws.ir_views(x_ir, np.arange(6), 40, 20), ir_whole)
+    assert torch.equal(draws.rgb_views(x_rgb, np.arange(8), 40, 20), rgb_whole)
+    for part in (np.arange(0, 3), np.arange(3, 6)):
+        assert torch.equal(draws.ir_views(x_ir[part], part, 40, 20), ir_whole[part])
+    for part in (np.arange(0, 4), np.arange(4, 8), np.arange(2, 5), np.arange(6, 8)):
+        rows = rgb_rows(part, 4)
+        assert torch.equal(draws.rgb_views(x_rgb[rows], part, 40, 20), rgb_whole[part])
+    assert rgb_rows(np.arange(2, 6), 4).tolist() == [0, 1, 2, 3] and rgb_rows(np.arange(4, 6), 4).tolist() == [0, 1]

@@ -125,3 +125,25 @@ def test_strict_fp32_switches_tf32_and_autotuning_off_and_restores():
         assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, True)
     finally:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+
+
+def test_feature_precision_modes():
+    """tf32 switches TF32 on for CUDA extraction (and restores); the CPU always computes in plain float32."""
+    from rpnr.evaluation import feature_precision
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = False, False, True
+        with feature_precision("tf32", torch.device("cuda")):
+            assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, False)
+        with feature_precision("tf32", torch.device("cpu")):
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        with feature_precision("bf16", torch.device("cpu")):
+            assert not torch.is_autocast_enabled("cpu")
+        assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (False, False, True)
+        with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16"):
+            with feature_precision("fp16", torch.device("cpu")):
+                pass
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved

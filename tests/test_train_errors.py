@@ -47,6 +47,10 @@ def fails(capsys, train_script):
     (["--lr", "0"], "--lr must be positive"),
     (["--eps", "abc"], "invalid float value: 'abc'"),
     (["--device", "tpu"], "--device"),
+    (["--bn-splits", "0"], "--bn-splits must be a positive integer, got 0"),
+    (["--bn-splits", "3", "--batch-size", "4", "--rgb-batch-size", "4"],
+     "--bn-splits 3 cuts the infrared batch (4) into 2 slices but the two-view visible batch (8) into 3"),
+    (["--feature-precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_nonsense_flag_values(fails, capsys, tmp_path, extra, message):
     err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tmp_path,

@@ -6,10 +6,18 @@ resize, pad 10, random crop, horizontal flip, to tensor, ImageNet normalisation,
 for the second RGB view or ``ChannelAdapGray(0.5)`` for infrared images.
 Images stay uint8 until they are on the device; every sample draws its own random
 parameters from the global torch generator (CPU), so runs are reproducible.
+
+The random parameters of a whole batch are drawn first (:class:`ViewDraws`,
+:class:`IterationDraws`) and then applied to any subset of its rows: a torchrun rank
+draws the global batch's parameters from the shared stream and applies its slice
+(DESIGN.md section 8), so every rank and a one-process run see the same draws.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,50 +40,37 @@ def _randint(low: int | Tensor, high: int | Tensor, size: int) -> Tensor:
     return (torch.as_tensor(low, dtype=torch.float64) + torch.floor(u * span)).long()
 
 
-def resize_uint8(images: Tensor, height: int, width: int) -> Tensor:
-    """uint8 [B, h, w, 3] -> uint8 [B, height, width, 3], bicubic; a no-op at the prepared size."""
-    if images.shape[1:3] == (height, width):
-        return images
-    x = images.permute(0, 3, 1, 2).float()  # [B, 3, h, w]
-    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+@dataclass
+class ViewDraws:
+    """The random parameters of one training view for a batch of B images (CPU tensors [B])."""
+
+    top: Tensor  # long, crop offset in the padded image
+    left: Tensor  # long
+    flip: Tensor  # bool, horizontal flip
+    erase: Tensor  # bool, one rectangle erased
+    erase_top: Tensor  # long
+    erase_left: Tensor  # long
+    erase_h: Tensor  # long
+    erase_w: Tensor  # long
+    channel: Tensor | None = None  # long: channel copied into all three (exchange 0..2; adaptive grey 0..3)
+    grey: Tensor | None = None  # bool: adaptive grey converts (when channel == 3)
+
+    def rows(self, index) -> ViewDraws:
+        """The draws of the rows ``index`` (slice, int array or bool mask)."""
+        index = torch.as_tensor(index) if isinstance(index, np.ndarray) else index
+        return ViewDraws(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                            for f in fields(self)})
 
 
-def pad_crop_flip(images: Tensor, pad: int = PAD, flip_prob: float = 0.5) -> Tensor:
-    """Zero-pad by ``pad``, random crop back to the input size, random horizontal flip.
-
-    uint8 [B, H, W, 3] -> uint8 [B, H, W, 3]; crop offsets uniform in [0, 2 * pad].
-    """
-    b, h, w, _ = images.shape
-    device = images.device
+def _draw_crop(b: int, pad: int, flip_prob: float) -> tuple[Tensor, Tensor, Tensor]:
     top = _randint(0, 2 * pad, b)  # [B]
     left = _randint(0, 2 * pad, b)  # [B]
     flip = torch.rand(b) < flip_prob  # [B]
-    padded = images.new_zeros((b, h + 2 * pad, w + 2 * pad, 3))  # [B, H+2p, W+2p, 3]
-    padded[:, pad:pad + h, pad:pad + w] = images
-    cols = torch.arange(w).expand(b, w)  # [B, W]
-    cols = torch.where(flip[:, None], w - 1 - cols, cols)  # flip after the crop = read columns backwards
-    rows = (top[:, None] + torch.arange(h)).to(device)  # [B, H]
-    cols = (left[:, None] + cols).to(device)  # [B, W]
-    batch = torch.arange(b, device=device)[:, None, None]  # [B, 1, 1]
-    return padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, 3]
+    return top, left, flip
 
 
-def to_normalized(images: Tensor) -> Tensor:
-    """uint8 [B, H, W, 3] -> ImageNet-normalised float [B, 3, H, W]."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)  # [B, 3, H, W]
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def random_erasing(x: Tensor, prob: float = ERASE_PROB) -> Tensor:
-    """The release's ``ChannelRandomErasing`` on normalised images [B, 3, H, W] (in place, returned).
-
-    With probability ``prob`` a sample gets one rectangle filled with ``ERASE_FILL``:
-    the first of up to 100 drawn (area, aspect) pairs whose box fits strictly inside.
-    """
-    b, _, h, w = x.shape
+def _draw_erasing(b: int, h: int, w: int, prob: float) -> tuple[Tensor, ...]:
+    """(apply, top, left, eh, ew), each [B]: the first of up to 100 (area, aspect) draws that fits."""
     apply = torch.rand(b) < prob  # [B]
     area = torch.empty(b, ERASE_ATTEMPTS, dtype=torch.float64).uniform_(*ERASE_AREA) * (h * w)  # [B, 100]
     aspect = torch.empty(b, ERASE_ATTEMPTS, dtype=torch.float64).uniform_(ERASE_ASPECT, 1 / ERASE_ASPECT)
@@ -88,6 +83,68 @@ def random_erasing(x: Tensor, prob: float = ERASE_PROB) -> Tensor:
     eh, ew = eh[rows, first], ew[rows, first]  # [B]
     top = _randint(0, h - eh, b)  # [B]
     left = _randint(0, w - ew, b)  # [B]
+    return apply, top, left, eh, ew
+
+
+def draw_view(batch: int, height: int, width: int, channel: str = "none") -> ViewDraws:
+    """Draw one view's parameters for ``batch`` images of ``height`` x ``width``.
+
+    ``channel``: "none" (RGB view 1), "exchange" (RGB view 2) or "adaptive_grey" (infrared).
+    Draw order: crop/flip, erasing, channel choice (the order of the per-step functions).
+    """
+    top, left, flip = _draw_crop(batch, PAD, 0.5)
+    erase = _draw_erasing(batch, height, width, ERASE_PROB)
+    draws = ViewDraws(top, left, flip, *erase)
+    if channel == "exchange":
+        draws.channel = torch.randint(0, 3, (batch,))  # [B]
+    elif channel == "adaptive_grey":
+        draws.channel = torch.randint(0, 4, (batch,))  # [B]
+        draws.grey = (draws.channel == 3) & (torch.rand(batch) < 0.5)  # [B]
+    elif channel != "none":
+        raise ValueError(f"channel must be 'none', 'exchange' or 'adaptive_grey', got {channel!r}")
+    return draws
+
+
+def resize_uint8(images: Tensor, height: int, width: int) -> Tensor:
+    """uint8 [B, h, w, 3] -> uint8 [B, height, width, 3], bicubic; a no-op at the prepared size."""
+    if images.shape[1:3] == (height, width):
+        return images
+    x = images.permute(0, 3, 1, 2).float()  # [B, 3, h, w]
+    x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _crop_with(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, pad: int) -> Tensor:
+    b, h, w, _ = images.shape
+    device = images.device
+    padded = images.new_zeros((b, h + 2 * pad, w + 2 * pad, 3))  # [B, H+2p, W+2p, 3]
+    padded[:, pad:pad + h, pad:pad + w] = images
+    cols = torch.arange(w).expand(b, w)  # [B, W]
+    cols = torch.where(flip[:, None], w - 1 - cols, cols)  # flip after the crop = read columns backwards
+    rows = (top[:, None] + torch.arange(h)).to(device)  # [B, H]
+    cols = (left[:, None] + cols).to(device)  # [B, W]
+    batch = torch.arange(b, device=device)[:, None, None]  # [B, 1, 1]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, 3]
+
+
+def pad_crop_flip(images: Tensor, pad: int = PAD, flip_prob: float = 0.5) -> Tensor:
+    """Zero-pad by ``pad``, random crop back to the input size, random horizontal flip.
+
+    uint8 [B, H, W, 3] -> uint8 [B, H, W, 3]; crop offsets uniform in [0, 2 * pad].
+    """
+    return _crop_with(images, *_draw_crop(images.size(0), pad, flip_prob), pad)
+
+
+def to_normalized(images: Tensor) -> Tensor:
+    """uint8 [B, H, W, 3] -> ImageNet-normalised float [B, 3, H, W]."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)  # [B, 3, H, W]
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _erase_with(x: Tensor, apply: Tensor, top: Tensor, left: Tensor, eh: Tensor, ew: Tensor) -> Tensor:
+    _, _, h, w = x.shape
     top, left, eh, ew, apply = (t.to(x.device) for t in (top, left, eh, ew, apply))
     ys = torch.arange(h, device=x.device)[None, :]  # [1, H]
     xs = torch.arange(w, device=x.device)[None, :]  # [1, W]
@@ -96,6 +153,16 @@ def random_erasing(x: Tensor, prob: float = ERASE_PROB) -> Tensor:
     mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]  # [B, H, W]
     fill = torch.tensor(ERASE_FILL, device=x.device, dtype=x.dtype).view(1, 3, 1, 1).expand_as(x)
     return torch.where(mask[:, None], fill, x)
+
+
+def random_erasing(x: Tensor, prob: float = ERASE_PROB) -> Tensor:
+    """The release's ``ChannelRandomErasing`` on normalised images [B, 3, H, W] (a new tensor).
+
+    With probability ``prob`` a sample gets one rectangle filled with ``ERASE_FILL``:
+    the first of up to 100 drawn (area, aspect) pairs whose box fits strictly inside.
+    """
+    b, _, h, w = x.shape
+    return _erase_with(x, *_draw_erasing(b, h, w, prob))
 
 
 def _copy_channel(x: Tensor, channel: Tensor) -> Tensor:
@@ -110,6 +177,12 @@ def _grey(x: Tensor) -> Tensor:
     return (x * weights).sum(1, keepdim=True).expand_as(x).contiguous()
 
 
+def _adaptive_grey_with(x: Tensor, choice: Tensor, to_grey: Tensor) -> Tensor:
+    copied = _copy_channel(x, choice.clamp(max=2))
+    out = torch.where((choice < 3).to(x.device)[:, None, None, None], copied, x)
+    return torch.where(to_grey.to(x.device)[:, None, None, None], _grey(x), out)
+
+
 def channel_exchange(x: Tensor) -> Tensor:
     """The release's ``ChannelExchange(gray=2)``: copy R, G or B (uniform) into all channels."""
     return _copy_channel(x, torch.randint(0, 3, (x.size(0),)))
@@ -121,15 +194,65 @@ def channel_adaptive_gray(x: Tensor, prob: float = 0.5) -> Tensor:
     b = x.size(0)
     choice = torch.randint(0, 4, (b,))  # [B]
     to_grey = (choice == 3) & (torch.rand(b) < prob)  # [B]
-    copied = _copy_channel(x, choice.clamp(max=2))
-    out = torch.where((choice < 3).to(x.device)[:, None, None, None], copied, x)
-    return torch.where(to_grey.to(x.device)[:, None, None, None], _grey(x), out)
+    return _adaptive_grey_with(x, choice, to_grey)
+
+
+def apply_view(images: Tensor, draws: ViewDraws, height: int, width: int) -> Tensor:
+    """One view with given draws: uint8 [B, h, w, 3] -> normalised float [B, 3, height, width]."""
+    x = _crop_with(resize_uint8(images, height, width), draws.top, draws.left, draws.flip, PAD)
+    x = _erase_with(to_normalized(x), draws.erase, draws.erase_top, draws.erase_left, draws.erase_h,
+                    draws.erase_w)
+    if draws.grey is not None:
+        return _adaptive_grey_with(x, draws.channel, draws.grey)
+    if draws.channel is not None:
+        return _copy_channel(x, draws.channel)
+    return x
 
 
 def base_view(images: Tensor, height: int, width: int) -> Tensor:
     """Resize, pad/crop/flip, normalise and random-erase uint8 [B, h, w, 3] -> float [B, 3, height, width]."""
-    x = pad_crop_flip(resize_uint8(images, height, width))
-    return random_erasing(to_normalized(x))
+    return apply_view(images, draw_view(images.size(0), height, width, "none"), height, width)
+
+
+@dataclass
+class IterationDraws:
+    """All augmentation draws of one training iteration: infrared view, RGB views 1 and 2."""
+
+    ir: ViewDraws
+    rgb1: ViewDraws
+    rgb2: ViewDraws
+
+    @classmethod
+    def draw(cls, n_ir: int, n_rgb: int, height: int, width: int) -> IterationDraws:
+        """Draw in the trainer's order: infrared, then RGB view 1, then RGB view 2."""
+        ir = draw_view(n_ir, height, width, "adaptive_grey")
+        rgb1 = draw_view(n_rgb, height, width, "none")
+        return cls(ir, rgb1, draw_view(n_rgb, height, width, "exchange"))
+
+    def ir_views(self, images: Tensor, positions: np.ndarray, height: int, width: int) -> Tensor:
+        """Infrared views of batch ``positions`` (``images`` holds those rows): [P, 3, H, W]."""
+        return apply_view(images, self.ir.rows(positions), height, width)
+
+    def rgb_views(self, images: Tensor, positions: np.ndarray, height: int, width: int) -> Tensor:
+        """Positions of the two-view batch [view 1; view 2] of n RGB images: [P, 3, H, W].
+
+        ``images`` holds the rows :func:`rgb_rows` returns for ``positions`` (each once).
+        """
+        n = self.rgb1.top.size(0)
+        positions = np.asarray(positions)
+        rows = rgb_rows(positions, n)
+        local = torch.from_numpy(np.searchsorted(rows, positions % n))  # [P] row of ``images``
+        first = torch.from_numpy(positions < n)  # [P] view 1 (positions are increasing: view 1 first)
+        view1 = apply_view(images[local[first].to(images.device)], self.rgb1.rows(positions[positions < n]),
+                           height, width)
+        view2 = apply_view(images[local[~first].to(images.device)],
+                           self.rgb2.rows(positions[positions >= n] - n), height, width)
+        return torch.cat((view1, view2), 0)
+
+
+def rgb_rows(positions: np.ndarray, n: int) -> np.ndarray:
+    """Sorted distinct image rows behind ``positions`` of the two-view batch of ``n`` images."""
+    return np.unique(np.asarray(positions) % n)
 
 
 def rgb_views(images: Tensor, height: int, width: int) -> Tensor:
@@ -138,12 +261,12 @@ def rgb_views(images: Tensor, height: int, width: int) -> Tensor:
     Each view has its own crop/flip/erasing (the release runs two transform pipelines
     on the same image); view 2 then gets ``channel_exchange``.
     """
-    view1 = base_view(images, height, width)  # [B, 3, H, W]
-    view2 = channel_exchange(base_view(images, height, width))  # [B, 3, H, W]
+    b = images.size(0)
+    view1 = apply_view(images, draw_view(b, height, width, "none"), height, width)  # [B, 3, H, W]
+    view2 = apply_view(images, draw_view(b, height, width, "exchange"), height, width)  # [B, 3, H, W]
     return torch.cat((view1, view2), 0)
 
 
 def ir_view(images: Tensor, height: int, width: int) -> Tensor:
     """Infrared training view of a uint8 batch [B, h, w, 3] -> [B, 3, H, W]."""
-    return channel_adaptive_gray(base_view(images, height, width))
-
+    return apply_view(images, draw_view(images.size(0), height, width, "adaptive_grey"), height, width)

@@ -45,11 +45,17 @@ _OFFICIAL_UNUSED = (
 )
 
 
-def build_model(arch: str = "agw", pretrained: str | None = None) -> nn.Module:
-    """Build the two-stream AGW ResNet-50; ``pretrained`` is a local torchvision ResNet-50 weight file."""
+def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int = 1) -> nn.Module:
+    """Build the two-stream AGW ResNet-50; ``pretrained`` is a local torchvision ResNet-50 weight file.
+
+    ``bn_splits`` G > 1: training batch norm per slice, as the release's ``nn.DataParallel``
+    on G GPUs (DESIGN.md section 2); assignable later as ``model.bn_splits``.
+    """
     if arch != "agw":
         raise ValueError(f"unknown architecture {arch!r} (available: 'agw')")
-    model = AGW()
+    if int(bn_splits) < 1:
+        raise ValueError(f"bn_splits must be a positive integer, got {bn_splits}")
+    model = AGW(bn_splits=int(bn_splits))
     if pretrained is not None:
         load_imagenet(model, pretrained)
     return model

@@ -7,6 +7,9 @@ BatchNorm1d neck.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet50
@@ -80,11 +83,18 @@ class AGW(nn.Module):
     shared layers (so batch-norm statistics cover both) and returns
     ``(f_rgb, f_ir)``: BN-neck outputs in train mode, L2-normalised in eval mode.
     ``model.embed(x, modal)`` runs one modality.
+
+    ``bn_splits`` (assignable, default 1) reproduces the release's ``nn.DataParallel``
+    training on that many GPUs (DESIGN.md section 2): in train mode the joint forward
+    runs once per slice ``(x_rgb.chunk(G)[j], x_ir.chunk(G)[j])``, so every batch norm
+    normalises its slice only; only slice 0 updates the running statistics (DataParallel
+    keeps replica 0's buffers). Eval mode and the state dict do not depend on it.
     """
 
-    def __init__(self):
+    def __init__(self, bn_splits: int = 1):
         super().__init__()
         self.num_features = FEATURE_DIM
+        self.bn_splits = bn_splits
         self.visible_stem = Stem()
         self.infrared_stem = Stem()
         trunk = resnet50()
@@ -120,12 +130,46 @@ class AGW(nn.Module):
         return feat if self.training else l2_normalize(feat)
 
     def forward(self, x_rgb: Tensor, x_ir: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.training or self.bn_splits <= 1:
+            return self._joint(x_rgb, x_ir)
+        pieces_rgb, pieces_ir = x_rgb.chunk(self.bn_splits), x_ir.chunk(self.bn_splits)
+        if len(pieces_rgb) != len(pieces_ir):
+            raise ValueError(f"bn_splits {self.bn_splits} cuts {x_rgb.size(0)} visible and {x_ir.size(0)} "
+                             f"infrared images into {len(pieces_rgb)} and {len(pieces_ir)} slices; "
+                             f"both batches need the same number of slices")
+        outputs = [self._joint(pieces_rgb[0], pieces_ir[0])]  # slice 0 keeps its running-statistics update
+        with discarded_running_stats(self):  # the other replicas' buffer updates are lost (DataParallel)
+            outputs += [self._joint(r, i) for r, i in zip(pieces_rgb[1:], pieces_ir[1:])]
+        f_rgb = torch.cat([o[0] for o in outputs], 0)  # [B_rgb, 2048], batch order restored
+        f_ir = torch.cat([o[1] for o in outputs], 0)  # [B_ir, 2048]
+        return f_rgb, f_ir
+
+    def _joint(self, x_rgb: Tensor, x_ir: Tensor) -> tuple[Tensor, Tensor]:
+        """Both modalities as one batch through the shared layers: (f_rgb, f_ir)."""
         n_rgb = x_rgb.size(0)
         x = torch.cat((self.visible_stem(x_rgb), self.infrared_stem(x_ir)), 0)  # RGB first, then IR
         feat = self.shared(x)  # [B_rgb + B_ir, 2048]
         if not self.training:
             feat = l2_normalize(feat)
         return feat[:n_rgb], feat[n_rgb:]
+
+
+@contextlib.contextmanager
+def discarded_running_stats(module: nn.Module) -> Iterator[None]:
+    """Inside, every batch norm of ``module`` updates throwaway copies of its running statistics.
+
+    The buffers are swapped, not copied back, so the autograd graph of an earlier forward
+    (which saved the originals) stays valid.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in norms]
+    for m, (mean, var, count) in zip(norms, kept):
+        m.running_mean, m.running_var, m.num_batches_tracked = mean.clone(), var.clone(), count.clone()
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(norms, kept):
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
 
 
 def _run_with_non_local(layer: nn.Sequential, blocks: nn.ModuleList, indices, x: Tensor) -> Tensor:
@@ -139,4 +183,4 @@ def _run_with_non_local(layer: nn.Sequential, blocks: nn.ModuleList, indices, x:
     return x
 
 
-__all__ = ["AGW", "NonLocalBlock", "Stem", "gem_pool", "l2_normalize"]
+__all__ = ["AGW", "NonLocalBlock", "Stem", "discarded_running_stats", "gem_pool", "l2_normalize"]

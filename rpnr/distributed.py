@@ -1,0 +1,221 @@
+"""The torchrun process group of a training run (DESIGN.md section 8): who am I, gather,
+broadcast, and "only rank 0 writes".
+
+One process (no torchrun) is the group of size 1: every operation is then the identity,
+so the trainer runs one code path for any number of processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, autograd, nn
+
+from rpnr.rng import capture_rng_state, restore_rng_state
+
+T = TypeVar("T")
+TIMEOUT = datetime.timedelta(hours=2)  # rank 0 alone runs clustering and tests while the others wait
+
+
+class DistributedError(RuntimeError):
+    """A launch that cannot work (process count, devices); the message is one line."""
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (torch.distributed.run) started this process (also with one process)."""
+    return "LOCAL_RANK" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def launched_processes() -> tuple[int, int, int, int]:
+    """(world size, rank, local rank, local world size) from torchrun's environment; (1, 0, 0, 1) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return world, rank, local_rank, local_world
+
+
+def process_device(device: str, local_rank: int, local_world: int, world: int) -> str:
+    """The device of a torchrun process: ``cuda:<local rank>`` with CUDA, else ``device``.
+
+    One process may name its GPU (``cuda:1``); several must pass ``cuda``.
+    """
+    dev = torch.device(device)
+    if dev.type != "cuda" or (world == 1 and dev.index is not None):
+        return device
+    if dev.index is not None:
+        raise DistributedError(f"--device {device}: under torchrun pass --device cuda; process k of a machine "
+                               f"takes cuda:k")
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available < local_world:
+        raise DistributedError(f"--device cuda with {local_world} processes per machine, but this machine has "
+                               f"{available} CUDA device(s); pass --nproc_per_node {max(available, 1)} or fewer")
+    return f"cuda:{local_rank}"
+
+
+class _GatherWithGrad(autograd.Function):
+    """Concatenation of every rank's rows; the backward sums the ranks' gradients of this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, local: Tensor, rank: int, world: int) -> Tensor:
+        ctx.rank, ctx.rows = rank, local.size(0)
+        pieces = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(pieces, local.contiguous())
+        return torch.cat(pieces, 0)  # [world * rows, ...]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place in the run: rank ``rank`` of ``world_size`` (1 without torchrun).
+
+    ``joined``: a torch.distributed process group exists (torchrun, also with one process,
+    which runs the collective code path on one device).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    joined: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: computes the pseudo labels, evaluates, writes logs and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.joined
+
+    def barrier(self) -> None:
+        if self.is_distributed:
+            dist.barrier()
+
+    def broadcast_object(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (tensors inside should be on the CPU)."""
+        if not self.is_distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def from_main(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run ``fn`` on rank 0 only and return its result on every rank.
+
+        An exception on rank 0 is raised again on every rank (so none waits forever).
+        """
+        if not self.is_distributed:
+            return fn(*args, **kwargs)
+        outcome: tuple[bool, object] = (True, None)
+        if self.is_main:
+            try:
+                outcome = (True, fn(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                outcome = (False, exc)
+        ok, value = self.broadcast_object(outcome)
+        if not ok:
+            raise value
+        return value
+
+    def on_main(self, fn: Callable[..., object], *args, **kwargs) -> None:
+        """Run ``fn`` on rank 0 only (writing files); the others go on."""
+        if self.is_main:
+            fn(*args, **kwargs)
+
+    def shard(self, count: int) -> range:
+        """This rank's contiguous share of ``count`` items (the first ranks take one more when uneven)."""
+        base, extra = divmod(count, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (self.rank < extra))
+
+    def batch_positions(self, size: int) -> np.ndarray:
+        """This rank's slice of a global batch of ``size`` (``size`` divisible by the world size)."""
+        if size % self.world_size:
+            raise DistributedError(f"a batch of {size} cannot be split over {self.world_size} processes")
+        part = size // self.world_size
+        return np.arange(self.rank * part, (self.rank + 1) * part)
+
+    def gather_rows(self, local: Tensor) -> Tensor:
+        """Every rank's rows concatenated in rank order (row counts may differ; no gradient)."""
+        if not self.is_distributed:
+            return local
+        counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(self.world_size)]
+        dist.all_gather(counts, torch.tensor([local.size(0)], device=local.device))
+        counts = [int(c) for c in counts]
+        padded = local.new_zeros((max(counts), *local.shape[1:]))  # [max rows, ...]
+        padded[:local.size(0)] = local
+        pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(pieces, padded)
+        return torch.cat([p[:n] for p, n in zip(pieces, counts)], 0)
+
+    def gather_with_grad(self, local: Tensor) -> Tensor:
+        """Every rank's rows (equal counts) concatenated; gradients flow back to each rank's own rows.
+
+        Every rank then evaluates the same full-batch objective; the backward sums the
+        ranks' (identical) gradients of this rank's rows, so after DDP's averaging the
+        parameter gradient equals the one-process gradient.
+        """
+        if not self.is_distributed:
+            return local
+        return _GatherWithGrad.apply(local, self.rank, self.world_size)
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (batch-norm running statistics) on every rank."""
+        if self.is_distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def sync_random_state(self) -> None:
+        """Rank 0's python, numpy and torch CPU generator states on every rank."""
+        if self.is_distributed:
+            state = capture_rng_state()
+            state.pop("cuda", None)
+            restore_rng_state(self.broadcast_object(state))
+
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """``module`` in DistributedDataParallel (gradients averaged over ranks); itself for one process.
+
+        DDP's default buffer synchronisation is kept: rank 0's running statistics are broadcast
+        at the start of every training forward, as DataParallel starts each step from replica 0's.
+        """
+        if not self.is_distributed:
+            return module
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+SINGLE = ProcessGroup()
+
+
+def start(device: str) -> tuple[ProcessGroup, str]:
+    """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and pick this process's device.
+
+    Without torchrun: the one-process group (no torch.distributed) and ``device`` unchanged.
+    """
+    world, rank, local_rank, local_world = launched_processes()
+    if not launched_by_torchrun():
+        return SINGLE, device
+    device = process_device(device, local_rank, local_world, world)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return ProcessGroup(rank=rank, world_size=world, local_rank=local_rank, joined=True), device
+
+
+def stop(group: ProcessGroup) -> None:
+    """Leave the process group (if one was joined)."""
+    if group.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,154 @@
+"""torchrun with 2 gloo processes on the CPU trains the same model as one process with --bn-splits 2
+(DESIGN.md section 8): same pseudo labels, losses and weights, one set of outputs, world_size in the
+records; clear one-line errors for launches that cannot work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rpnr.checkpoint import load_checkpoint
+from rpnr.data.prepared import write_prepared
+from rpnr.data.synthetic import write_sysu
+from rpnr.data.sysu import plan_sysu
+from rpnr.distributed import DistributedError, ProcessGroup, process_device
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = {"checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json"}
+TINY = ["--dataset", "sysu", "--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4",
+        "--iters", "3", "--k1", "10", "--k2", "3", "--eps", "0.6", "--workers", "1", "--feature-batch-size", "16",
+        "--device", "cpu", "--seed", "3", "--test-trials", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sysu(tmp_path_factory) -> Path:
+    """Synthetic SYSU-MM01 (12 training ids, ~3 images per camera) prepared at 32x16."""
+    base = tmp_path_factory.mktemp("tiny_sysu")
+    write_sysu(base / "raw", train_ids=10, val_ids=2, test_ids=6, per_camera=3, height=64, width=32, seed=0)
+    write_prepared(plan_sysu(str(base / "raw")), base / "prepared", 32, 16, workers=2)
+    return base / "prepared"
+
+
+def _train(data: Path, logs: Path, *extra: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*(launcher if nproc > 1 else [sys.executable]), str(REPO / "train.py"), *TINY, "--data-dir", str(data),
+           "--logs-dir", str(logs), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def _ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _records(logs: Path) -> list[dict]:
+    return json.loads((logs / "metrics.json").read_text())
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _assert_same_run(one: Path, two: Path) -> None:
+    """Same clusters, outliers, losses and metrics every epoch; weights equal to float rounding."""
+    assert {p.name for p in two.iterdir()} == OUTPUTS  # one set of outputs, no per-rank copies
+    rec_one, rec_two = _records(one), _records(two)
+    assert [r["epoch"] for r in rec_two] == [1, 2]
+    assert [r["world_size"] for r in rec_one] == [1, 1] and [r["world_size"] for r in rec_two] == [2, 2]
+    for a, b in zip(rec_one, rec_two):
+        for key in ("clusters_rgb", "clusters_ir", "outliers_rgb", "outliers_ir", "relabeled_rgb", "relabeled_ir",
+                    "purity_rgb", "purity_ir", "bn_splits"):
+            assert a[key] == b[key], key
+        for key in (k for k in a if k.startswith("loss_")):
+            assert b[key] == pytest.approx(a[key], abs=1e-4), key
+        for key in ("rank1", "mAP", "mINP"):
+            assert b[key] == pytest.approx(a[key], abs=0.01), key
+    w_one = load_checkpoint(one / "checkpoint.pth.tar")["model"]
+    w_two = load_checkpoint(two / "checkpoint.pth.tar")["model"]
+    assert w_one.keys() == w_two.keys()
+    for key in w_one:
+        torch.testing.assert_close(w_two[key], w_one[key], atol=1e-5, rtol=1e-4, msg=key)
+    test_one, test_two = (_flat(json.loads((d / "test.json").read_text())) for d in (one, two))
+    assert test_two == pytest.approx(test_one, abs=0.01)  # the final test: every metric, within 0.01 points
+    log = (two / "log.txt").read_text()
+    assert log.count("epoch 2/2: Rank-1") == 1 and "2 process(es), batch norm in 2 slice(s)" in log
+
+
+def test_two_processes_equal_one_process_with_two_bn_splits(tiny_sysu, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _ok(_train(tiny_sysu, one / "s1", "--stage", "baseline", "--no-imagenet", "--epochs", "2", "--bn-splits", "2"))
+    _ok(_train(tiny_sysu, two / "s1", "--stage", "baseline", "--no-imagenet", "--epochs", "2", nproc=2))
+    _assert_same_run(one / "s1", two / "s1")
+    assert load_checkpoint(two / "s1" / "checkpoint.pth.tar")["world_size"] == 2
+
+    # stage 2 from each run's stage-1 model; the two-process run stops after epoch 1 and resumes
+    _ok(_train(tiny_sysu, one / "s2", "--stage", "rpnr", "--epochs", "2", "--baseline",
+               str(one / "s1" / "model_best.pth.tar")))  # one process: --bn-splits defaults to 2
+    s2 = ["--stage", "rpnr", "--baseline", str(two / "s1" / "model_best.pth.tar")]
+    _ok(_train(tiny_sysu, two / "s2", *s2, "--epochs", "1", nproc=2))
+    _ok(_train(tiny_sysu, two / "s2", *s2, "--epochs", "2", "--resume", nproc=2))
+    _assert_same_run(one / "s2", two / "s2")
+    assert "resuming from" in (two / "s2" / "log.txt").read_text()
+
+    # a two-process run resumes only with two processes
+    res = _train(tiny_sysu, two / "s1", "--stage", "baseline", "--epochs", "3", "--resume")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"error: {two / 's1' / 'checkpoint.pth.tar'} was written by a run of 2 process(es); resume it with the "
+        f"same number (torchrun --nproc_per_node 2), not 1"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bn-splits", "3"], "error: --bn-splits 3 is not a multiple of the 2 processes torchrun started"),
+    (["--bn-splits", "4", "--batch-size", "6", "--rgb-batch-size", "4", "--num-instances", "2"],
+     "error: --bn-splits 4 must divide the infrared batch (6) and the two-view visible batch (8)"),
+    (["--eps", "0.001"], "error: epoch 1: infrared pseudo labels have 1 clusters (63 outliers, eps 0.001)"),
+])
+def test_torchrun_errors_are_one_line(tiny_sysu, tmp_path, extra, message):
+    res = _train(tiny_sysu, tmp_path / "logs", "--stage", "baseline", "--no-imagenet", "--epochs", "1", *extra,
+                 nproc=2)
+    assert res.returncode != 0
+    ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and ours[0].startswith(message), res.stderr[-2000:]
+    assert "train.py\", line" not in res.stderr and "rpnr/" not in res.stderr  # no traceback of ours (torchrun
+    # itself reports the failed worker after our line)
+    assert not (tmp_path / "logs" / "checkpoint.pth.tar").exists()
+
+
+def test_cuda_with_fewer_gpus_than_processes(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert process_device("cuda", local_rank=1, local_world=2, world=4) == "cuda:1"
+    assert process_device("cpu", local_rank=1, local_world=2, world=4) == "cpu"
+    assert process_device("cuda:1", local_rank=0, local_world=1, world=1) == "cuda:1"
+    with pytest.raises(DistributedError, match=r"4 processes per machine, but this machine has 2 CUDA device\(s\)"):
+        process_device("cuda", local_rank=3, local_world=4, world=4)
+    with pytest.raises(DistributedError, match="pass --device cuda"):
+        process_device("cuda:0", local_rank=0, local_world=2, world=2)
+
+
+@pytest.mark.parametrize("world, count, expected", [
+    (1, 7, [range(0, 7)]),
+    (2, 7, [range(0, 4), range(4, 7)]),
+    (3, 7, [range(0, 3), range(3, 5), range(5, 7)]),
+    (4, 2, [range(0, 1), range(1, 2), range(2, 2), range(2, 2)]),
+])
+def test_shards_cover_every_item_once(world, count, expected):
+    shards = [ProcessGroup(rank=r, world_size=world).shard(count) for r in range(world)]
+    assert shards == expected
+
+
+def test_batch_positions_split_the_global_batch():
+    parts = [ProcessGroup(rank=r, world_size=4).batch_positions(16).tolist() for r in range(4)]
+    assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    with pytest.raises(Exception, match="cannot be split over 4 processes"):
+        ProcessGroup(rank=0, world_size=4).batch_positions(10)
