@@ -27,7 +27,11 @@ COMMON=(--dataset regdb --trial 1 --data-dir "$OUT/regdb_${HEIGHT}x${WIDTH}" --d
 python train.py "${COMMON[@]}" --stage baseline --no-imagenet --logs-dir "$OUT/s1"
 python train.py "${COMMON[@]}" --stage rpnr --baseline "$OUT/s1/model_best.pth.tar" --logs-dir "$OUT/s2"
 python test.py --dataset regdb --data-dir "$OUT/regdb_${HEIGHT}x${WIDTH}" \
-    --checkpoint "$OUT/s2/model_best.pth.tar" --trials 1 --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE"
+    --checkpoint "$OUT/s2/model_best.pth.tar" --trials 1 --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE" \
+    --ranks-png "$OUT/ranks.png"
 
 echo "stage 1 best: $(grep '^best model' "$OUT/s1/log.txt")"
 echo "stage 2 best: $(grep '^best model' "$OUT/s2/log.txt")"
+python -m rpnr.results "$OUT/s1/test.json" | sed 's/^final test/stage 1: final test/' | grep -E 'final|best \(|Rank-1 |mAP'
+python -m rpnr.results "$OUT/s2/test.json" | sed 's/^final test/stage 2: final test/' | grep -E 'final|best \(|Rank-1 |mAP'
+echo "rank list of stage 2's best model: $OUT/ranks.png"

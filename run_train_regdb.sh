@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # RegDB: for each trial 1..10, stage 1 (baseline) then stage 2 (RPNR) from that trial's stage-1 model;
-# then the ten-trial test in both directions (each trial with its own model). Paper defaults; change the
+# then the mean over the trials of both directions, best-on-test and last-epoch models side by side. Paper defaults; change the
 # variables below or set them in the environment.
 # Prepare the data first: python prepare_regdb.py --data-dir RAW --output-dir "$DATA_DIR"
 # GPUS="0 1 2 3" trains the trials concurrently, one process per GPU (trials go to the GPUs in turn;
@@ -71,7 +71,8 @@ else
     for PID in "${PIDS[@]}"; do wait "$PID" || FAILED=1; done
     [ "$FAILED" -eq 0 ] || { echo "error: a trial failed; see $S2_DIR/gpu*.out" >&2; exit 1; }
 fi
-NUM_TRIALS=$(wc -w <<< "$TRIALS")
-python test.py --dataset regdb --data-dir "$DATA_DIR" --checkpoint "$S2_DIR/{trial}/model_best.pth.tar" \
-    --trials "$NUM_TRIALS" --height "$HEIGHT" --width "$WIDTH" --device "$DEVICE" \
-    --json "$S2_DIR/test.json" | tee "$S2_DIR/test.log"
+# each trial's train.py ends with the test of both directions, for its best-on-test and its last-epoch
+# model (test.json); the summary shows the mean over the trials of both, side by side.
+SUMMARY=()
+for TRIAL in $TRIALS; do SUMMARY+=("$S2_DIR/$TRIAL/test.json"); done
+python -m rpnr.results "${SUMMARY[@]}" --json "$S2_DIR/summary.json" | tee "$S2_DIR/summary.txt"

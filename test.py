@@ -5,7 +5,8 @@
 
 SYSU: query features once, galleries of trials 0..N-1, mean reported. RegDB: trials 1..N, each
 with its own checkpoint when ``--checkpoint`` contains ``{trial}``, both directions.
-Official release checkpoints load as they are.
+Official release checkpoints load as they are. ``--ranks-png PATH`` also draws a rank list (top-10
+gallery images of a few queries on the first trial: SYSU all-search, RegDB visible to thermal).
 """
 
 import argparse
@@ -28,6 +29,7 @@ from rpnr.protocols import (
     to_percent,
     trial_checkpoint,
 )
+from rpnr.rank_list import write_rank_list
 
 DIRECTION_LABEL = {"visible_to_thermal": "Visible to Thermal", "thermal_to_visible": "Thermal to Visible"}
 
@@ -50,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="default: cuda when available, else cpu")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--ranks-png", default=None, metavar="PATH",
+                        help="also draw a rank list PNG: one row per query, its top-10 gallery images of the first "
+                             "trial framed green (same identity) or red (SYSU: all-search; RegDB: the trial-1 model, "
+                             "visible to thermal)")
+    parser.add_argument("--ranks-queries", type=int, default=8, metavar="N",
+                        help="queries in the rank list, spread over identities (default 8)")
     return parser.parse_args(argv)
 
 
@@ -77,7 +85,16 @@ def run_sysu(args, device: torch.device) -> dict:
     for one in result["per_trial"]:
         print(format_result(one, f"Trial {one['trial']}:"))
     print(format_result(result, f"Mean of {args.trials} trials ({args.mode}-search):"))
+    write_ranks(model, args, device)
     return to_percent(result)
+
+
+def write_ranks(model: torch.nn.Module, args, device: torch.device) -> None:
+    """The rank list of ``--ranks-png`` (first trial), when asked for."""
+    if args.ranks_png:
+        write_rank_list(model, args.dataset, args.data_dir, args.ranks_png, num_queries=args.ranks_queries,
+                        device=device, batch_size=args.batch_size)
+        print(f"wrote rank list {args.ranks_png}")
 
 
 def run_regdb(args, device: torch.device) -> dict:
@@ -94,6 +111,8 @@ def run_regdb(args, device: torch.device) -> dict:
         for d in DIRECTIONS:
             print(format_result(both[d], f"Trial {t} {DIRECTION_LABEL[d]}:"))
             results[d].append(both[d])
+        if t == trials[0]:
+            write_ranks(model, args, device)
     out = {}
     for d in DIRECTIONS:
         mean = mean_results(results[d])
@@ -109,6 +128,8 @@ def main(argv=None) -> int:
             raise UsageError(f"--trials must be between 1 and 10, got {args.trials}")
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+        if args.ranks_queries < 1:
+            raise UsageError(f"--ranks-queries must be positive, got {args.ranks_queries}")
         manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
         device = resolve_device(args.device)
         print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, "

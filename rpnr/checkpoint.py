@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import pickletools
+import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +18,21 @@ import torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, unsafe or of the wrong layout."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file is empty, truncated, corrupted or not a PyTorch file at all."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A complete PyTorch file whose pickle references code outside the allow-list (refused unrun)."""
+
+
+# first pickle of a legacy (non-zip) torch.save stream (torch.serialization.MAGIC_NUMBER)
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# pickles of a legacy stream before the raw storage bytes: magic, protocol, system info, object, storage keys
+_LEGACY_PICKLES = 5
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _safe_globals() -> list:
@@ -30,12 +50,92 @@ def _safe_globals() -> list:
     return allowed
 
 
+def _pickle_ops(stream: io.BytesIO) -> list:
+    """The ``(opcode, argument, position)`` triples of the next pickle in ``stream``, read without running
+    it; empty when the pickle is incomplete or not a pickle."""
+    try:
+        return list(pickletools.genops(stream))
+    except Exception:  # noqa: BLE001 - any parse failure means a broken pickle
+        return []
+
+
+def _zip_problem(path: Path) -> str:
+    """What is wrong with a zip-format checkpoint's structure ("" when it is intact)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()  # reads every member and checks its CRC
+            pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            data = archive.read(pickles[0]) if pickles and bad_member is None else b""
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return "the zip archive is truncated or corrupted"
+    if bad_member is not None:
+        return f"the zip archive is corrupted (member {bad_member} fails its checksum)"
+    if not pickles:
+        return "a zip archive without data.pkl, not a PyTorch checkpoint"
+    if not _pickle_ops(io.BytesIO(data)):
+        return f"its {pickles[0]} is truncated or corrupted"
+    return ""
+
+
+def _legacy_problem(path: Path) -> str:
+    """What is wrong with a legacy (non-zip) torch.save stream's pickles ("" when they are complete)."""
+    data = path.read_bytes()
+    stream = io.BytesIO(data)
+    magic = _pickle_ops(stream)
+    if not any(arg == _LEGACY_MAGIC for _, arg, _ in magic):
+        if any(pickle.dumps(_LEGACY_MAGIC, protocol=p).startswith(data) for p in range(2, pickle.HIGHEST_PROTOCOL + 1)):
+            return "the file is truncated (it ends inside the torch.save header)"
+        return "not a PyTorch checkpoint file (neither a zip archive nor a torch.save stream)"
+    for _ in range(_LEGACY_PICKLES - 1):
+        if not _pickle_ops(stream):
+            return "the torch.save stream is truncated or corrupted"
+    return ""
+
+
+def _structure_problem(path: Path) -> str:
+    """Why ``path`` is not a structurally complete PyTorch file ("" when it is one)."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(_ZIP_MAGIC))
+    if not head:
+        return "the file is empty"
+    if head == _ZIP_MAGIC:
+        return _zip_problem(path)
+    if len(head) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(head):
+        return "the file is truncated (it ends inside the zip header)"
+    return _legacy_problem(path)
+
+
+def _refusal(path: Path, exc: Exception) -> CheckpointError:
+    """One-line error for a checkpoint that ``torch.load(weights_only=True)`` rejected: damaged or unsafe.
+
+    PyTorch's own message is never passed on whole: it advises loading with ``weights_only=False``.
+    """
+    try:
+        problem = _structure_problem(path)
+    except OSError as err:
+        return CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}")
+    if problem:
+        return DamagedCheckpointError(f"damaged checkpoint {path}: {problem}")
+    if isinstance(exc, pickle.UnpicklingError):  # a complete pickle that the restricted unpickler refused
+        found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
+        what = f"references {found.group(1)}, which is" if found else "holds an object that is"
+        return UnsafeCheckpointError(
+            f"unsafe checkpoint {path}: it {what} not a tensor, number, string or container type; unpickling it "
+            f"could run code, so it is not loaded")
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    reason = reason.split(". ")[0].rstrip(".")  # torch's first sentence; the rest is generic advice
+    if "weights_only" in reason:
+        reason = type(exc).__name__
+    return DamagedCheckpointError(f"damaged checkpoint {path}: its data cannot be read ({reason})")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``torch.load(weights_only=True)``.
 
     Only tensors, containers, numbers, strings and a few numpy scalar types are
-    accepted; a file that would unpickle any other object (and so could run code)
-    raises :class:`CheckpointError` without running it.
+    accepted. A file that would unpickle any other object (and so could run code)
+    raises :class:`UnsafeCheckpointError` without running it; an empty, truncated or
+    corrupted file, or one that is not a PyTorch file, raises :class:`DamagedCheckpointError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -43,12 +143,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every unpickling failure is reported the same way
-        msg = str(exc).strip().splitlines()
-        reason = next((line for line in msg if "Unsupported global" in line), msg[0] if msg else repr(exc))
-        raise CheckpointError(
-            f"refusing to load {path}: it is not a plain weights checkpoint ({reason.strip()})"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for broken files; all are diagnosed here
+        raise _refusal(path, exc) from None
     if isinstance(obj, Mapping):
         return dict(obj)
     raise CheckpointError(f"{path} does not hold a dictionary (got {type(obj).__name__})")

@@ -8,14 +8,15 @@ plus ``"trial"`` for one trial, or ``"per_trial"`` (a list of one-trial dicts) f
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from rpnr.data.prepared import check_prepared, load_set, regdb_trial, sysu_gallery_index
+from rpnr.data.prepared import ImageSet, check_prepared, load_set, regdb_trial, sysu_gallery_index
 from rpnr.evaluation import eval_regdb, eval_sysu, extract_features_uint8
 
 RANKS = (1, 5, 10, 20)
@@ -153,3 +154,73 @@ def evaluate_regdb(model: nn.Module, root: str | os.PathLike, trial: int = 1,
 def trial_checkpoint(template: str, trial: int) -> str:
     """The checkpoint path of ``trial``: ``{trial}`` in ``template`` replaced by the trial number."""
     return template.replace("{trial}", str(trial))
+
+
+# ----------------------------------------------------------------------------- one trial's query and gallery
+
+
+@dataclass
+class TrialSets:
+    """The query and gallery images of one test trial, with the stem each set goes through."""
+
+    query: ImageSet  # query images (SYSU: memory-mapped)
+    gallery: ImageSet  # gallery images of the trial, in its official order
+    query_modal: str  # "visible" | "infrared"
+    gallery_modal: str
+    title: str  # e.g. "SYSU-MM01 all-search, gallery of trial 0"
+    # (query camera, gallery camera) pairs never compared (SYSU: cameras 3 and 2 share a room)
+    skip_cameras: tuple[tuple[int, int], ...] = ()
+
+    def excluded(self, q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
+        """bool [Q, G]: True where a gallery image is ignored for a query (``skip_cameras``)."""
+        q_cams, g_cams = np.asarray(q_cams), np.asarray(g_cams)
+        out = np.zeros((len(q_cams), len(g_cams)), dtype=bool)  # [Q, G]
+        for q_cam, g_cam in self.skip_cameras:
+            out |= (q_cams == q_cam)[:, None] & (g_cams == g_cam)[None, :]
+        return out
+
+
+def sysu_trial_sets(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> TrialSets:
+    """SYSU-MM01 IR queries against the RGB gallery of ``mode``/``trial`` (gallery camera 2 skipped for
+    queries of camera 3, as ``eval_sysu``)."""
+    check_prepared(root, "sysu")
+    index = sysu_gallery_index(root, mode, trial)
+    return TrialSets(load_set(root, "query"), load_set(root, "gallery").subset(index), "infrared", "visible",
+                     f"SYSU-MM01 {mode}-search, gallery of trial {trial}", skip_cameras=((3, 2),))
+
+
+def regdb_trial_sets(root: str | os.PathLike, trial: int = 1, direction: str = "visible_to_thermal") -> TrialSets:
+    """The RegDB test images of ``trial`` as query and gallery of ``direction``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    check_prepared(root, "regdb")
+    visible = regdb_trial(root, "test", "visible", trial)
+    thermal = regdb_trial(root, "test", "thermal", trial)
+    label = direction.replace("_", " ")
+    if direction == "visible_to_thermal":
+        return TrialSets(visible, thermal, "visible", "infrared", f"RegDB {label}, trial {trial}")
+    return TrialSets(thermal, visible, "infrared", "visible", f"RegDB {label}, trial {trial}")
+
+
+# the query/gallery pair that per-epoch evaluation and rank lists use, and each dataset's first trial
+TRIAL_SETS: dict[str, Callable[[str | os.PathLike, int], TrialSets]] = {
+    "sysu": lambda root, trial: sysu_trial_sets(root, "all", trial),
+    "regdb": lambda root, trial: regdb_trial_sets(root, trial, "visible_to_thermal"),
+}
+FIRST_TRIAL = {"sysu": 0, "regdb": 1}
+
+
+def epoch_test_trial(dataset: str, run_trial: int) -> int:
+    """The test trial that a training run on ``run_trial`` evaluates every epoch (and draws its rank list
+    on): SYSU's gallery of trial 0 whatever the run, RegDB the run's own trial."""
+    if dataset not in FIRST_TRIAL:
+        raise ValueError(f"unknown dataset {dataset!r} (choose from {', '.join(FIRST_TRIAL)})")
+    return run_trial if dataset == "regdb" else FIRST_TRIAL[dataset]
+
+
+def trial_sets(dataset: str, root: str | os.PathLike, trial: int | None = None) -> TrialSets:
+    """The main query/gallery pair of ``dataset`` (SYSU all-search, RegDB visible-to-thermal) for ``trial``
+    (default: the dataset's first trial)."""
+    if dataset not in TRIAL_SETS:
+        raise ValueError(f"unknown dataset {dataset!r} (choose from {', '.join(TRIAL_SETS)})")
+    return TRIAL_SETS[dataset](root, FIRST_TRIAL[dataset] if trial is None else trial)

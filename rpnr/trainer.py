@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ from rpnr.matching import hybrid_centers, match_clusters
 from rpnr.memory import ClusterMemory
 from rpnr.models import build_model, load_weights
 from rpnr.pseudo_labels import calibrate_labels, cluster_centers, cluster_features
+from rpnr.rank_list import write_rank_list
+from rpnr.results import side_by_side
 from rpnr.rng import capture_rng_state, restore_rng_state, seed_everything
 from rpnr.run_log import RunLog
 from rpnr.training import stage1_loss, stage2_loss
@@ -47,6 +50,7 @@ FORMAT_VERSION = 1
 CHECKPOINT = "checkpoint.pth.tar"
 BEST = "model_best.pth.tar"
 TEST_JSON = "test.json"
+RANKS_PNG = "ranks.png"
 STAGES = ("baseline", "rpnr")
 DATASETS = ("sysu", "regdb")
 EPS = {"sysu": 0.6, "regdb": 0.3}
@@ -514,7 +518,7 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
 def _prepare_logs_dir(logs_dir: Path) -> None:
     """Create the logs folder and remove temporary files a killed run may have left from its atomic writes."""
     logs_dir.mkdir(parents=True, exist_ok=True)
-    for name in (CHECKPOINT, BEST, TEST_JSON, "metrics.json", "curves.png"):
+    for name in (CHECKPOINT, BEST, TEST_JSON, RANKS_PNG, "metrics.json", "curves.png"):
         for tmp in logs_dir.glob(f".{name}.*"):
             tmp.unlink(missing_ok=True)
 
@@ -636,11 +640,11 @@ def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, resu
 
 
 def run(cfg: TrainConfig, group: ProcessGroup = SINGLE) -> dict:
-    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best model.
+    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best and the last model.
 
-    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png and
-    test.json into ``cfg.logs_dir`` (rank 0 only under torchrun); returns the final test
-    results (on every rank).
+    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png, test.json
+    and ranks.png into ``cfg.logs_dir`` (rank 0 only under torchrun); returns the final test
+    results ``{"best": ..., "last": ...}`` (on every rank).
     """
     state = open_run(cfg, group)
     for epoch in range(state.start_epoch, cfg.epochs):
@@ -648,26 +652,37 @@ def run(cfg: TrainConfig, group: ProcessGroup = SINGLE) -> dict:
     return test_best(state)
 
 
-def _best_model_test(s: RunState) -> tuple[int, float, dict]:
-    """Load model_best into the model and run the full test: (epoch, Rank-1 when selected, results)."""
+def _final_tests(s: RunState) -> tuple[float, dict]:
+    """Full test of the last epoch's model (in memory) and of model_best (loaded), ranks.png of the best.
+
+    Returns (Rank-1 that selected the best model, {"best": {"epoch", settings...}, "last": {...}}).
+    """
+    cfg = s.cfg
+    run_test = functools.partial(final_test, dataset=cfg.dataset, data_dir=cfg.data_dir, trial=cfg.trial,
+                                 trials=cfg.test_trials, device=s.device, batch_size=cfg.feature_batch_size)
+    last = {"epoch": cfg.epochs, **run_test(s.net)}
     best_path = s.logs_dir / BEST
     try:
         load_weights(s.net, best_path)
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from None
-    best = load_checkpoint(best_path)
-    cfg = s.cfg
-    results = final_test(s.net, cfg.dataset, cfg.data_dir, cfg.trial, cfg.test_trials, s.device,
-                         cfg.feature_batch_size)
-    return int(best["epoch"]), float(best["rank1"]), results
+    best_ckpt = load_checkpoint(best_path)
+    epoch = int(best_ckpt["epoch"])
+    best = dict(last) if epoch == cfg.epochs else {"epoch": epoch, **run_test(s.net)}
+    write_rank_list(s.net, cfg.dataset, cfg.data_dir, s.logs_dir / RANKS_PNG,
+                    trial=protocols.epoch_test_trial(cfg.dataset, cfg.trial), device=s.device,
+                    batch_size=cfg.feature_batch_size)
+    return float(best_ckpt["rank1"]), {"best": best, "last": last}
 
 
 def test_best(s: RunState) -> dict:
-    """Test model_best (official quirk: selected on the test set) on rank 0; write test.json."""
-    epoch, rank1, results = s.group.from_main(_best_model_test, s)
-    s.log.print(f"best model: epoch {epoch}, Rank-1 {rank1:.2f}% (selected on the test set, as the official "
-                f"release does)")
-    for setting, res in results.items():
-        s.log.print(f"test {s.cfg.dataset} {setting}: " + " ".join(f"{k} {v:.2f}%" for k, v in res.items()))
-    s.log.write_json(TEST_JSON, {"epoch": epoch, **results})
+    """Test model_best (official quirk: selected on the test set) beside the last epoch's model on rank 0;
+    write test.json and ranks.png; returns ``{"best": ..., "last": ...}``."""
+    rank1, results = s.group.from_main(_final_tests, s)
+    s.log.print(f"best model: epoch {results['best']['epoch']}, Rank-1 {rank1:.2f}% (selected on the test set, "
+                f"as the official release does)")
+    s.log.print(f"last model: epoch {results['last']['epoch']} (the final epoch: no choice made on the test set)")
+    for line in side_by_side(results, f"final test of {s.cfg.dataset} (percent)"):
+        s.log.print(line)
+    s.log.write_json(TEST_JSON, results)
     return results

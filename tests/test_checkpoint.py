@@ -1,14 +1,27 @@
-"""Checkpoint I/O: official-layout round trip, refusal of pickled code, atomic saves."""
+"""Checkpoint I/O: official-layout round trip, refusal of pickled code, damaged files, atomic saves."""
+
+import importlib.util
+import pickle
+import struct
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-from rpnr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rpnr.checkpoint import (
+    CheckpointError,
+    DamagedCheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rpnr.models import build_model, load_weights
 
 torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
 
 # this project's module prefixes -> the official release's (DataParallel) prefixes
 _OURS_TO_OFFICIAL = (
@@ -154,3 +167,116 @@ def test_save_checkpoint_atomic_and_clean(tmp_path):
         save_checkpoint({"epoch": 3, "f": lambda: None}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pth"]
     assert load_checkpoint(path)["epoch"] == 2
+
+
+# ----------------------------------------------------------------------------- damaged vs unsafe files
+
+
+class _Plain:
+    """A harmless custom class: still outside the allow-list, so a checkpoint holding one is unsafe."""
+
+
+def _good_state():
+    return {"model": {"w": torch.arange(600.0).reshape(20, 30), "b": torch.ones(7)}, "epoch": 2}
+
+
+def _assert_refused(path, kind, *words):
+    """``load_checkpoint(path)`` raises ``kind`` with a one-line message containing ``words`` and no
+    advice to load with weights_only=False."""
+    with pytest.raises(kind) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert "weights_only" not in message and "Weights only" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+def _truncated(src, n, dst):
+    dst.write_bytes(src.read_bytes()[:n])
+    return dst
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_truncated_checkpoints_are_damaged(tmp_path, legacy):
+    whole = tmp_path / "whole.pth"
+    torch.save(_good_state(), whole, _use_new_zipfile_serialization=not legacy)
+    assert torch.equal(load_checkpoint(whole)["model"]["b"], torch.ones(7))
+    size = whole.stat().st_size
+    cuts = sorted({1, 3, 10, 40, 100, 300, size // 3, size // 2, size - 100, size - 22, size - 1})
+    assert len(cuts) >= 10 and cuts[-1] == size - 1
+    for n in cuts:
+        path = _truncated(whole, n, tmp_path / f"cut_{n}.pth")
+        _assert_refused(path, DamagedCheckpointError, "damaged checkpoint", str(path))
+
+
+def test_random_bytes_and_empty_file_are_damaged(tmp_path):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    message = _assert_refused(noise, DamagedCheckpointError, "damaged checkpoint")
+    assert "not a PyTorch checkpoint" in message
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    assert "empty" in _assert_refused(empty, DamagedCheckpointError, "damaged checkpoint")
+    plain_pickle = tmp_path / "plain.pkl"  # a pickle, but not a torch.save file
+    plain_pickle.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=2))
+    assert "not a PyTorch checkpoint" in _assert_refused(plain_pickle, DamagedCheckpointError)
+
+
+def test_corrupted_zip_member_is_damaged_not_unsafe(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save(_good_state(), whole)
+    data = bytearray(whole.read_bytes())
+    with zipfile.ZipFile(whole) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # first byte of data.pkl (stored, not deflated)
+    data[start + 5] ^= 0x5A  # a flipped byte: torch's own error is a weights-only unpickling refusal
+    bad = tmp_path / "flipped.pth"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(bad, weights_only=True)
+    assert "checksum" in _assert_refused(bad, DamagedCheckpointError, "damaged checkpoint")
+
+    missing = tmp_path / "missing_record.pth"  # intact zip, pickle complete, a tensor record absent
+    with zipfile.ZipFile(whole) as src, zipfile.ZipFile(missing, "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("data/0"):
+                dst.writestr(name, src.read(name))
+    assert "data/0" in _assert_refused(missing, DamagedCheckpointError, "damaged checkpoint")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_custom_object_is_unsafe_and_never_run(tmp_path, legacy):
+    plain = tmp_path / "plain_object.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "extra": _Plain()}, plain, _use_new_zipfile_serialization=not legacy)
+    _assert_refused(plain, UnsafeCheckpointError, "unsafe checkpoint", "_Plain", "could run code")
+
+    target = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": _Payload(target)}, evil, _use_new_zipfile_serialization=not legacy)
+    _assert_refused(evil, UnsafeCheckpointError, "unsafe checkpoint")
+    assert not target.exists()
+
+
+def test_test_script_reports_damaged_and_unsafe_in_one_line(prepared_sysu, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("rpnr_test_script_ckpt", REPO / "test.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    whole = tmp_path / "model.pth"
+    save_checkpoint({"model": build_model().state_dict(), "epoch": 1}, whole)
+    truncated = _truncated(whole, whole.stat().st_size // 2, tmp_path / "truncated.pth")
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"model": build_model().state_dict(), "extra": _Plain()}, unsafe)
+    for path, word in ((truncated, "damaged"), (noise, "damaged"), (unsafe, "unsafe")):
+        capsys.readouterr()
+        status = script.main(["--device", "cpu", "--dataset", "sysu", "--data-dir", str(prepared_sysu),
+                              "--checkpoint", str(path), "--trials", "1"])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert status == 1 and len(lines) == 1, err
+        assert lines[0].startswith(f"test.py: error: {word} checkpoint ") and str(path) in lines[0], lines[0]
+        assert "weights_only" not in err

@@ -20,7 +20,8 @@ from rpnr.data.sysu import plan_sysu
 from rpnr.distributed import DistributedError, ProcessGroup, process_device
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUTS = {"checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json"}
+OUTPUTS = {"checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json",
+           "ranks.png"}
 TINY = ["--dataset", "sysu", "--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4",
         "--iters", "3", "--k1", "10", "--k2", "3", "--eps", "0.6", "--workers", "1", "--feature-batch-size", "16",
         "--device", "cpu", "--seed", "3", "--test-trials", "2"]

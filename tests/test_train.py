@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from rpnr.checkpoint import load_checkpoint
 
@@ -23,7 +24,8 @@ def _finite(x) -> bool:
 
 
 def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]:
-    for name in ("checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json"):
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json",
+                 "ranks.png"):
         assert (logs / name).is_file(), name
     assert not list(logs.glob(".*")), "temporary files left behind"
     records = json.loads((logs / "metrics.json").read_text())
@@ -52,10 +54,18 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
 
     log = (logs / "log.txt").read_text()
     assert "epoch 2/2: clusters visible" in log and "Rank-1" in log and "seconds features" in log
+    assert f"best model: epoch {best['epoch']}, Rank-1" in log and "last model: epoch 2 (" in log
     test = json.loads((logs / "test.json").read_text())
-    assert test["epoch"] == best["epoch"]
-    assert test["visible_to_thermal"]["rank1"] == pytest.approx(best["rank1"])
-    assert set(test["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+    assert set(test) == {"best", "last"}
+    assert test["best"]["epoch"] == best["epoch"] and test["last"]["epoch"] == 2
+    # the per-epoch test is the final test's visible-to-thermal direction of the same trial
+    assert test["best"]["visible_to_thermal"]["rank1"] == pytest.approx(best["rank1"])
+    assert test["last"]["visible_to_thermal"]["rank1"] == pytest.approx(records[-1]["rank1"])
+    assert test["last"]["visible_to_thermal"]["mAP"] == pytest.approx(records[-1]["mAP"])
+    for column in ("best", "last"):
+        assert set(test[column]) == {"epoch", "visible_to_thermal", "thermal_to_visible"}
+        assert set(test[column]["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+    assert Image.open(logs / "ranks.png").size[0] >= 11 * 32  # query + top 10 at least at the prepared width
     return records
 
 

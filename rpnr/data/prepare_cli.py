@@ -8,12 +8,14 @@ import sys
 from collections.abc import Callable
 
 from rpnr.data.prepared import PreparedDataError, PreparePlan, format_stats, write_prepared
+from rpnr.data.published import format_published
 from rpnr.data.raw_images import RawDataError
 
 
 def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[str], PreparePlan],
                  argv: list[str] | None = None) -> int:
-    """Parse the arguments, write the prepared arrays, print the statistics table.
+    """Parse the arguments, write the prepared arrays, print the statistics table and its
+    comparison with the published statistics (one warning line per difference).
 
     Bad input prints one ``<prog>: error: ...`` line and returns 1.
     """
@@ -33,6 +35,8 @@ def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[st
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(format_stats(manifest))
+    for line in format_published(manifest["published_check"]):
+        print(line)
     print(f"wrote {args.output_dir}")
     return 0
 

@@ -3,7 +3,8 @@
 Layout of a prepared folder (all ``.npy``; images are loaded memory-mapped):
 
 - ``manifest.json``: dataset, height, width, format version, source folder, creation
-  time, per-set counts and the statistics table rows;
+  time, per-set counts, the statistics table rows and ``published_check`` (the counts
+  compared with the dataset's published statistics, :mod:`rpnr.data.published`);
 - per image set ``<set>_images.npy`` (uint8 [N, H, W, 3]), ``<set>_pids.npy``,
   ``<set>_cams.npy`` (int64 [N]) and ``<set>_paths.npy`` (str [N], relative to the raw root);
 - index arrays (int64) that select the rows of a set for a trial.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rpnr.data.published import compare_published
 from rpnr.data.raw_images import RESAMPLE, read_images_into
 
 FORMAT_VERSION = 1
@@ -88,6 +90,8 @@ class PreparePlan:
     # rows of the statistics table: (split, modality, pids, cams)
     views: list[tuple[str, str, np.ndarray, np.ndarray]] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # figure name -> every value observed (per trial / per identity), named as in rpnr.data.published
+    figures: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _view_stats(split: str, modality: str, pids: np.ndarray, cams: np.ndarray) -> dict:
@@ -166,6 +170,7 @@ def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int
             "sets": sets_info,
             "arrays": sorted(plan.arrays),
             "stats": [_view_stats(*view) for view in plan.views],
+            "published_check": compare_published(plan.dataset, plan.figures),
             **plan.info,
         }
         with open(tmp / MANIFEST, "w") as fh:

@@ -84,4 +84,27 @@ def plan_regdb(root: str) -> PreparePlan:
             spec = next(s for s in sets if s.name == f"{modality}_{split}")
             folders = np.array([os.path.dirname(p) for p in spec.paths])  # ids counted as image folders
             views.append((f"{split} (stored, trials 1-10)", modality, folders, spec.cams))
-    return PreparePlan("regdb", root, sets, arrays, views, {"trials": list(REGDB_TRIALS)})
+    return PreparePlan("regdb", root, sets, arrays, views, {"trials": list(REGDB_TRIALS)}, _figures(lists))
+
+
+def _figures(lists: dict[tuple[str, str, int], tuple[list[str], np.ndarray]]) -> dict[str, list[int]]:
+    """The counts that :data:`rpnr.data.published.PUBLISHED` lists for RegDB; an identity is an image
+    folder (``Visible/<id>/``, ``Thermal/<id>/``), its images those listed by any idx file."""
+    figures: dict[str, list[int]] = {}
+    folders: set[str] = set()
+    for modality in MODALITIES:
+        listed = {p for (_, m, _), (paths, _) in lists.items() if m == modality for p in paths}
+        per_folder: dict[str, int] = {}
+        for path in listed:
+            folder = os.path.basename(os.path.dirname(path))
+            per_folder[folder] = per_folder.get(folder, 0) + 1
+        folders.update(per_folder)
+        figures[f"{modality} images per identity"] = list(per_folder.values())
+    figures["identities"] = [len(folders)]
+    for split in SPLITS:
+        figures[f"{split} identities per trial"] = [len(np.unique(lists[split, "visible", t][1]))
+                                                    for t in REGDB_TRIALS]
+        for modality in MODALITIES:
+            figures[f"{split} {modality} images per trial"] = [len(lists[split, modality, t][0])
+                                                               for t in REGDB_TRIALS]
+    return figures

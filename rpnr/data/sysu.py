@@ -164,4 +164,18 @@ def plan_sysu(root: str) -> PreparePlan:
         ("gallery union (trials 0-9)", "RGB", gal.pids, gal.cams),
     ]
     info = {"modes": list(SYSU_MODES), "gallery_trials": list(SYSU_TRIALS)}
-    return PreparePlan("sysu", root, sets, arrays, views, info)
+    return PreparePlan("sysu", root, sets, arrays, views, info, _figures(rgb, ir, query, galleries))
+
+
+def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int], Split]) -> dict[str, list[int]]:
+    """The counts that :data:`rpnr.data.published.PUBLISHED` lists for SYSU-MM01."""
+    test_ids = np.unique(np.concatenate([query.pids] + [g.pids for g in galleries.values()]))
+    return {
+        "train identities": [len(np.unique(np.concatenate([rgb.pids, ir.pids])))],
+        "train visible images": [len(rgb.paths)],
+        "train infrared images": [len(ir.paths)],
+        "test identities": [len(test_ids)],
+        "query infrared images": [len(query.paths)],
+        "all-search gallery images per trial": [len(galleries["all", t].paths) for t in SYSU_TRIALS],
+        "indoor-search gallery images per trial": [len(galleries["indoor", t].paths) for t in SYSU_TRIALS],
+    }

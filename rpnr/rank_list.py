@@ -1,0 +1,208 @@
+"""Rank lists: a picture of the top gallery matches of a few queries, to look at what a model retrieves.
+
+One row per query: the query image, then its top-k gallery images of the first test trial,
+each framed green for the query's identity and red for another, with its rank, similarity
+and identity written under it. Queries are chosen deterministically, spread over identities.
+
+    write_rank_list(model, "sysu", "data/sysu", "logs/sysu_s2/ranks.png", device="cuda")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from rpnr.evaluation import extract_features_uint8
+from rpnr.protocols import trial_sets
+
+MIN_IMAGE_HEIGHT = 128  # small images are scaled up by an integer factor to at least this height
+BORDER = 4  # frame width (pixels)
+GAP = 6  # space between cells
+FONT_SIZE = 13
+SAME, OTHER, QUERY, EMPTY = (0, 160, 0), (215, 0, 0), (40, 90, 200), (200, 200, 200)
+
+
+@dataclass
+class RankList:
+    """Top-k gallery matches of a few queries (images at their stored size)."""
+
+    title: str
+    query_images: np.ndarray  # uint8 [R, H, W, 3]
+    query_pids: np.ndarray  # int64 [R]
+    query_cams: np.ndarray  # int64 [R]
+    gallery_images: np.ndarray  # uint8 [R, K, H, W, 3] (zeros where index is -1)
+    gallery_pids: np.ndarray  # int64 [R, K] (-1 where index is -1)
+    index: np.ndarray  # int64 [R, K] gallery rows, best first; -1 where fewer than K images remain
+    similarity: np.ndarray  # float32 [R, K] (nan where index is -1)
+    gallery_size: int
+
+    @property
+    def matches(self) -> np.ndarray:
+        """bool [R, K]: the gallery image shows the query's identity."""
+        return (self.index >= 0) & (self.gallery_pids == self.query_pids[:, None])
+
+
+def spread_queries(pids: np.ndarray, num: int) -> np.ndarray:
+    """``num`` query rows (int64), deterministic: the first image of identities evenly spaced over the
+    sorted identities; more images (evenly spaced over the rest) when there are fewer identities."""
+    if num < 1:
+        raise ValueError(f"the number of queries must be positive, got {num}")
+    pids = np.asarray(pids)
+    ids = np.unique(pids)
+    picks = ids[np.round(np.linspace(0, len(ids) - 1, min(num, len(ids)))).astype(np.int64)]
+    rows = [int(np.flatnonzero(pids == pid)[0]) for pid in picks]
+    rest = np.setdiff1d(np.arange(len(pids)), rows)
+    if num > len(rows) and len(rest):
+        extra = rest[np.round(np.linspace(0, len(rest) - 1, min(num - len(rows), len(rest)))).astype(np.int64)]
+        rows.extend(int(r) for r in extra)
+    return np.array(rows, dtype=np.int64)
+
+
+def top_matches(q_feat: np.ndarray, g_feat: np.ndarray, excluded: np.ndarray,
+                top_k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``(index int64 [Q, top_k], similarity float32 [Q, top_k])`` of the most similar gallery images per
+    query, best first (ties: lower gallery row first), skipping ``excluded`` [Q, G] pairs; index -1 and
+    similarity nan where fewer than ``top_k`` images remain."""
+    sim = np.matmul(q_feat, g_feat.T).astype(np.float32)  # [Q, G]
+    sim = np.where(excluded, -np.inf, sim)  # [Q, G]
+    sim = np.concatenate([sim, np.full((len(sim), max(0, top_k - sim.shape[1])), -np.inf, np.float32)], 1)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :top_k]  # [Q, top_k]
+    top = np.take_along_axis(sim, order, axis=1)  # [Q, top_k]
+    missing = ~np.isfinite(top)
+    return np.where(missing, -1, order).astype(np.int64), np.where(missing, np.nan, top).astype(np.float32)
+
+
+def rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial: int | None = None,
+              num_queries: int = 8, top_k: int = 10, device: str | torch.device | None = None,
+              batch_size: int = 64) -> RankList:
+    """The rank list of ``model`` on the main query/gallery pair of ``dataset`` (SYSU all-search
+    against the gallery of ``trial``, RegDB visible-to-thermal of ``trial``; default: the first trial)
+    with the test embedding (flip average, L2-normalised)."""
+    sets = trial_sets(dataset, data_dir, trial)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    query = sets.query.subset(spread_queries(sets.query.pids, num_queries))
+    q_feat = extract_features_uint8(model, query.images, sets.query_modal, batch_size=batch_size,
+                                    device=device).cpu().numpy()  # [R, 2048]
+    g_feat = extract_features_uint8(model, sets.gallery.images, sets.gallery_modal, batch_size=batch_size,
+                                    device=device).cpu().numpy()  # [G, 2048]
+    index, sim = top_matches(q_feat, g_feat, sets.excluded(query.cams, sets.gallery.cams), top_k)
+    safe = np.maximum(index, 0)  # [R, K]
+    images = np.asarray(sets.gallery.images)[safe]  # [R, K, H, W, 3]
+    images[index < 0] = 0
+    return RankList(title=sets.title, query_images=np.asarray(query.images), query_pids=query.pids,
+                    query_cams=query.cams, gallery_images=images,
+                    gallery_pids=np.where(index >= 0, sets.gallery.pids[safe], -1), index=index,
+                    similarity=sim, gallery_size=len(sets.gallery))
+
+
+def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable default font (Pillow >= 10.1)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+@dataclass
+class Layout:
+    """Pixel geometry of a drawn rank list: a title band, then one row of cells per query."""
+
+    image_size: tuple[int, int]  # (height, width) of a drawn image
+    cell_size: tuple[int, int]  # (height, width) of a cell: framed image and two text lines
+    line_height: int
+    columns: int  # query + top-k
+    rows: int
+
+    @property
+    def header(self) -> int:
+        return 2 * self.line_height + GAP
+
+    @property
+    def width(self) -> int:
+        return self.cell_x(self.columns - 1) + self.cell_size[1] + GAP
+
+    @property
+    def height(self) -> int:
+        return self.header + self.rows * (self.cell_size[0] + GAP) + GAP
+
+    def cell_x(self, column: int) -> int:
+        """Left edge of ``column`` (0 = the query; a wider gap separates it from the matches)."""
+        return GAP if column == 0 else GAP + self.cell_size[1] + 3 * GAP + (column - 1) * (self.cell_size[1] + GAP)
+
+    def frame_box(self, row: int, column: int) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)`` (inclusive) of the coloured frame around the image of ``row``/``column``."""
+        img_h, img_w = self.image_size
+        x0 = self.cell_x(column) + (self.cell_size[1] - img_w - 2 * BORDER) // 2
+        y0 = self.header + row * (self.cell_size[0] + GAP)
+        return x0, y0, x0 + img_w + 2 * BORDER - 1, y0 + img_h + 2 * BORDER - 1
+
+
+def layout(ranks: RankList, font: ImageFont.ImageFont | None = None) -> Layout:
+    """Where :func:`draw_rank_list` puts everything: images scaled up by an integer factor to at least
+    ``MIN_IMAGE_HEIGHT`` pixels, cells wide enough for their text."""
+    font = font or _font()
+    height, width = ranks.query_images.shape[1:3]
+    scale = max(1, math.ceil(MIN_IMAGE_HEIGHT / height))
+    img_h, img_w = height * scale, width * scale
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = int(probe.textbbox((0, 0), "Ag#0", font=font)[3]) + 3
+    cell_w = max(img_w + 2 * BORDER, int(probe.textlength("#10 -0.000", font=font)) + 4)
+    cell_h = img_h + 2 * BORDER + 2 * line_h + 2
+    rows, k = ranks.index.shape
+    return Layout((img_h, img_w), (cell_h, cell_w), line_h, k + 1, rows)
+
+
+def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:
+    """Write ``ranks`` as a PNG (written under a temporary name, then renamed)."""
+    font = _font()
+    grid = layout(ranks, font)
+    img_h, img_w = grid.image_size
+    canvas = Image.new("RGB", (grid.width, grid.height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((GAP, 2), f"{ranks.title}: top {ranks.index.shape[1]} of {ranks.gallery_size} gallery images "
+              f"per query", fill="black", font=font)
+    draw.text((GAP, 2 + grid.line_height), "green frame: same identity as the query; red: another identity; "
+              "under each image: rank, similarity, identity", fill="black", font=font)
+
+    def cell(row: int, column: int, image: np.ndarray | None, color: tuple, lines: tuple[str, str]) -> None:
+        x0, y0, x1, y1 = grid.frame_box(row, column)
+        draw.rectangle([x0, y0, x1, y1], fill=color)
+        if image is not None:
+            canvas.paste(Image.fromarray(image).resize((img_w, img_h), Image.BICUBIC), (x0 + BORDER, y0 + BORDER))
+        for n, text in enumerate(lines):
+            tx = grid.cell_x(column) + (grid.cell_size[1] - int(draw.textlength(text, font=font))) // 2
+            draw.text((tx, y1 + 2 + n * grid.line_height), text, fill=color, font=font)
+
+    for r in range(grid.rows):
+        cell(r, 0, ranks.query_images[r], QUERY, ("query", f"id {ranks.query_pids[r]} cam {ranks.query_cams[r]}"))
+        for j in range(grid.columns - 1):
+            if ranks.index[r, j] < 0:
+                cell(r, j + 1, None, EMPTY, (f"#{j + 1}", "none left"))
+            else:
+                cell(r, j + 1, ranks.gallery_images[r, j], SAME if ranks.matches[r, j] else OTHER,
+                     (f"#{j + 1} {ranks.similarity[r, j]:.3f}", f"id {ranks.gallery_pids[r, j]}"))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        canvas.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, path: str | os.PathLike,
+                    trial: int | None = None, num_queries: int = 8, top_k: int = 10,
+                    device: str | torch.device | None = None, batch_size: int = 64) -> None:
+    """Compute (:func:`rank_list`) and draw (:func:`draw_rank_list`) the rank list of ``model`` into ``path``."""
+    draw_rank_list(rank_list(model, dataset, data_dir, trial, num_queries, top_k, device, batch_size), path)
