@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+DATASET=${DATASET:-sysu}                              # run_train_llcm.sh runs this script with llcm
 DATA_DIR=${DATA_DIR:-data/sysu_288x144}               # prepared folder
 IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights ("none": random)
 DEVICE=${DEVICE:-cuda}
@@ -25,7 +26,7 @@ MOMENTUM=${MOMENTUM:-0.1}
 NPROC=${NPROC:-1}                                     # processes (GPUs) of this machine
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 
-COMMON=(--dataset sysu --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
+COMMON=(--dataset "$DATASET" --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
         --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
         --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
 INIT=(--imagenet "$IMAGENET")
@@ -38,6 +39,6 @@ fi
 
 "${TRAIN[@]}" "${COMMON[@]}" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR"
 "${TRAIN[@]}" "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR"
-# train.py ends with the ten-trial test (all and indoor) of the best-on-test model and of the last
-# epoch's model (test.json); the summary shows both side by side.
+# train.py ends with the ten-trial test (SYSU: all and indoor; LLCM: both directions) of the best-on-test
+# model and of the last epoch's model (test.json); the summary shows both side by side.
 python -m rpnr.results "$S2_DIR/test.json" --json "$S2_DIR/summary.json" | tee "$S2_DIR/summary.txt"

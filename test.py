@@ -1,12 +1,16 @@
-"""Ten-trial test of a trained model on prepared SYSU-MM01 or RegDB data.
+"""Ten-trial test of a trained model on prepared SYSU-MM01, RegDB or LLCM data.
 
     python test.py --dataset sysu --data-dir data/sysu_288x144 --checkpoint logs/sysu/model_best.pth --mode all
     python test.py --dataset regdb --data-dir data/regdb_288x144 --checkpoint 'logs/regdb_{trial}/model_best.pth'
+    python test.py --dataset llcm --data-dir data/llcm_288x144 --checkpoint logs/llcm_s2/model_best.pth.tar
 
 SYSU: query features once, galleries of trials 0..N-1, mean reported. RegDB: trials 1..N, each
-with its own checkpoint when ``--checkpoint`` contains ``{trial}``, both directions.
+with its own checkpoint when ``--checkpoint`` contains ``{trial}``, both directions. LLCM: both
+directions (every test image of one modality against the sampled gallery of trials 0..N-1 in the
+other), each test image embedded once.
 Official release checkpoints load as they are. ``--ranks-png PATH`` also draws a rank list (top-10
-gallery images of a few queries on the first trial: SYSU all-search, RegDB visible to thermal).
+gallery images of a few queries on the first trial: SYSU all-search, RegDB visible to thermal, LLCM
+visible to infrared).
 """
 
 import argparse
@@ -22,6 +26,8 @@ from rpnr.data.prepared import PreparedDataError, check_prepared
 from rpnr.models import build_model, load_weights
 from rpnr.protocols import (
     DIRECTIONS,
+    LLCM_DIRECTIONS,
+    evaluate_llcm_directions,
     evaluate_regdb_directions,
     evaluate_sysu,
     format_result,
@@ -31,7 +37,8 @@ from rpnr.protocols import (
 )
 from rpnr.rank_list import write_rank_list
 
-DIRECTION_LABEL = {"visible_to_thermal": "Visible to Thermal", "thermal_to_visible": "Thermal to Visible"}
+DIRECTION_LABEL = {"visible_to_thermal": "Visible to Thermal", "thermal_to_visible": "Thermal to Visible",
+                   "visible_to_infrared": "Visible to Infrared", "infrared_to_visible": "Infrared to Visible"}
 
 
 class UsageError(Exception):
@@ -40,12 +47,19 @@ class UsageError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["sysu", "regdb"], required=True)
-    parser.add_argument("--data-dir", required=True, help="prepared folder (prepare_sysu.py / prepare_regdb.py)")
+    parser.add_argument("--dataset", choices=["sysu", "regdb", "llcm"], required=True)
+    parser.add_argument("--data-dir", required=True,
+                        help="prepared folder (prepare_sysu.py / prepare_regdb.py / prepare_llcm.py)")
     parser.add_argument("--checkpoint", required=True,
                         help="model checkpoint (ours or the official release's); RegDB: may contain {trial}")
     parser.add_argument("--mode", choices=["all", "indoor"], default="all", help="SYSU search mode")
-    parser.add_argument("--trials", type=int, default=10, help="number of trials (SYSU 0..N-1, RegDB 1..N)")
+    parser.add_argument("--trials", type=int, default=10, help="number of trials (SYSU, LLCM 0..N-1, RegDB 1..N)")
+    parser.add_argument("--v2i-sampled-infrared-queries", action="store_true",
+                        help="LLCM: compute visible to infrared as the LLCM release's test.py does (test_mode [2, 1]): "
+                             "the sampled infrared gallery images of each trial are the queries and every visible "
+                             "test image is the gallery, instead of every visible image as a query against the "
+                             "sampled infrared gallery (default, as DMDL and CEIL). For comparisons with supervised "
+                             "papers that used the release's script")
     parser.add_argument("--height", type=int, default=None, help="expected prepared height (checked)")
     parser.add_argument("--width", type=int, default=None, help="expected prepared width (checked)")
     parser.add_argument("--json", default=None, help="write the mean metrics (percent) to this file")
@@ -55,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ranks-png", default=None, metavar="PATH",
                         help="also draw a rank list PNG: one row per query, its top-10 gallery images of the first "
                              "trial framed green (same identity) or red (SYSU: all-search; RegDB: the trial-1 model, "
-                             "visible to thermal)")
+                             "visible to thermal; LLCM: visible to infrared)")
     parser.add_argument("--ranks-queries", type=int, default=8, metavar="N",
                         help="queries in the rank list, spread over identities (default 8)")
     return parser.parse_args(argv)
@@ -121,6 +135,32 @@ def run_regdb(args, device: torch.device) -> dict:
     return out
 
 
+def run_llcm(args, device: torch.device) -> dict:
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    model = load_model(args.checkpoint, device)
+    variant = ("sampled infrared queries against every visible image, as the LLCM release's test.py"
+               if args.v2i_sampled_infrared_queries else "every visible image against the sampled infrared gallery")
+    print(f"LLCM, galleries of trials 0-{args.trials - 1}, checkpoint {args.checkpoint}; visible to infrared: "
+          f"{variant}")
+    both = evaluate_llcm_directions(model, args.data_dir, range(args.trials), device, args.batch_size, progress=True,
+                                    v2i_sampled_infrared_queries=args.v2i_sampled_infrared_queries)
+    label = {d: DIRECTION_LABEL[d] for d in LLCM_DIRECTIONS}
+    if args.v2i_sampled_infrared_queries:
+        label["visible_to_infrared"] += " (sampled infrared queries)"
+    for k in range(args.trials):
+        for d in LLCM_DIRECTIONS:
+            one = both[d]["per_trial"][k]
+            print(format_result(one, f"Trial {one['trial']} {label[d]}:"))
+    for d in LLCM_DIRECTIONS:
+        print(format_result(both[d], f"Mean of {args.trials} trials {label[d]}:"))
+    write_ranks(model, args, device)
+    return {d: to_percent(both[d]) for d in LLCM_DIRECTIONS}
+
+
+RUNS = {"sysu": run_sysu, "regdb": run_regdb, "llcm": run_llcm}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -130,11 +170,13 @@ def main(argv=None) -> int:
             raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
         if args.ranks_queries < 1:
             raise UsageError(f"--ranks-queries must be positive, got {args.ranks_queries}")
+        if args.v2i_sampled_infrared_queries and args.dataset != "llcm":
+            raise UsageError("--v2i-sampled-infrared-queries applies to --dataset llcm only")
         manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
         device = resolve_device(args.device)
         print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, "
               f"device {device}")
-        metrics = run_sysu(args, device) if args.dataset == "sysu" else run_regdb(args, device)
+        metrics = RUNS[args.dataset](args, device)
         if args.json:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
             with open(args.json, "w") as fh:

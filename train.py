@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train RPNR: stage 1 (``--stage baseline``) or stage 2 (``--stage rpnr``) on prepared SYSU-MM01 or RegDB.
+"""Train RPNR: stage 1 (``--stage baseline``) or stage 2 (``--stage rpnr``) on prepared SYSU-MM01, RegDB or LLCM.
 
 Every hyperparameter defaults to the official value for the dataset and stage
 (DESIGN.md sections 3-5). Examples:
@@ -7,6 +7,7 @@ Every hyperparameter defaults to the official value for the dataset and stage
     python train.py --dataset sysu --stage baseline --data-dir data/sysu_prepared --imagenet resnet50.pth
     python train.py --dataset sysu --stage rpnr --data-dir data/sysu_prepared
     python train.py --dataset regdb --trial 3 --stage baseline --data-dir data/regdb --imagenet r50.pth
+    python train.py --dataset llcm --stage baseline --data-dir data/llcm --imagenet r50.pth   # SYSU settings
     python train.py ... --resume        # continue from <logs-dir>/checkpoint.pth.tar
     torchrun --nproc_per_node 4 train.py --dataset sysu --stage rpnr ...   # one process per GPU
 """
@@ -59,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stage", required=True, choices=STAGES,
                    help="baseline = stage 1 (ImageNet start); rpnr = stage 2 (starts from --baseline)")
     p.add_argument("--data-dir", required=True,
-                   help="prepared dataset folder (prepare_sysu.py / prepare_regdb.py)")
+                   help="prepared dataset folder (prepare_sysu.py / prepare_regdb.py / prepare_llcm.py)")
     p.add_argument("--logs-dir", default=None,
                    help="output folder; default baseline/<dataset>_s1 (stage 1) or logs/<dataset>_s2, "
                         "plus /<trial> for RegDB; '{trial}' is replaced by --trial")
@@ -69,24 +70,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("sampling and optimisation")
     g.add_argument("--batch-size", "-b", type=int, default=128, help="infrared images per batch")
     g.add_argument("--rgb-batch-size", type=int, default=None,
-                   help="visible images per batch, each in two views (default: batch-size for SYSU stage 2, "
+                   help="visible images per batch, each in two views (default: batch-size for SYSU and LLCM stage 2, "
                         "else batch-size / 2)")
     g.add_argument("--num-instances", type=int, default=16, help="images per pseudo identity in a batch")
     g.add_argument("--iters", type=int, default=None,
-                   help="iterations per epoch (default 200 SYSU, 100 RegDB)")
+                   help="iterations per epoch (default 200 SYSU and LLCM, 100 RegDB)")
     g.add_argument("--epochs", type=int, default=50)
     g.add_argument("--lr", type=float, default=3.5e-4)
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--step-size", type=int, default=20, help="StepLR period in epochs")
     g.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
     g = p.add_argument_group("pseudo labels and memories")
-    g.add_argument("--eps", type=float, default=None, help="DBSCAN eps (default 0.6 SYSU, 0.3 RegDB)")
+    g.add_argument("--eps", type=float, default=None, help="DBSCAN eps (default 0.6 SYSU and LLCM, 0.3 RegDB)")
     g.add_argument("--k1", type=int, default=30)
     g.add_argument("--k2", type=int, default=6)
     g.add_argument("--momentum", type=float, default=0.1, help="memory update momentum")
     g.add_argument("--temp", type=float, default=0.05, help="memory temperature")
     g.add_argument("--top-k", type=int, default=None,
-                   help="NPC prototype members (stage 2; default 20 SYSU, 5 RegDB, as the release)")
+                   help="NPC prototype members (stage 2; default 20 SYSU and LLCM, 5 RegDB, as the release)")
     g.add_argument("--ot-reg", type=float, default=5.0, help="Sinkhorn entropic regularisation (stage 2)")
     g.add_argument("--w-cross", type=float, default=0.25, help="cross-modality memory term weight (stage 2)")
     g.add_argument("--w-hybrid", type=float, default=0.5, help="hybrid memory term weight (stage 2)")
@@ -104,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--workers", type=int, default=4, help="threads that read training batches ahead")
     g.add_argument("--feature-batch-size", type=int, default=256, help="batch size of feature extraction")
-    g.add_argument("--test-trials", type=int, default=10, help="SYSU galleries in the final test")
+    g.add_argument("--test-trials", type=int, default=10, help="galleries in the final test (SYSU, LLCM)")
     g.add_argument("--no-amp", action="store_true",
                    help="train in float32 on CUDA (default: bf16 autocast; the release trains in float32)")
     g.add_argument("--bn-splits", type=int, default=None,

@@ -182,6 +182,24 @@ def eval_sysu_official(
     max_rank: int = 20,
 ) -> tuple[np.ndarray, float, float]:
     """SYSU-MM01 protocol: (new CMC [max_rank] float32, mAP, mINP) with the per-query official loop."""
+    return _eval_first_position_official(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, "sysu")
+
+
+def eval_llcm_official(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    max_rank: int = 20,
+) -> tuple[np.ndarray, float, float]:
+    """The LLCM release's eval_llcm (ZYK100/LLCM DEEN/eval_metrics.py): as SYSU, but a query skips the
+    gallery images of its own identity taken by its own camera."""
+    return _eval_first_position_official(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, "llcm")
+
+
+def _eval_first_position_official(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int,
+                                  removal: str) -> tuple[np.ndarray, float, float]:
     num_q, num_g = distmat.shape
     if num_g < max_rank:
         max_rank = num_g
@@ -195,7 +213,10 @@ def eval_sysu_official(
         q_pid = q_pids[q_idx]
         q_camid = q_camids[q_idx]
         order = indices[q_idx]
-        remove = (q_camid == 3) & (g_camids[order] == 2)  # camera-3 queries skip camera-2 gallery
+        if removal == "sysu":
+            remove = (q_camid == 3) & (g_camids[order] == 2)  # camera-3 queries skip camera-2 gallery
+        else:
+            remove = (g_pids[order] == q_pid) & (g_camids[order] == q_camid)  # same identity and camera
         keep = np.invert(remove)
 
         # official CMC: every gallery identity counts once, at its first position

@@ -1,4 +1,5 @@
-"""Test protocols on prepared data: SYSU-MM01 (one query set, ten galleries) and RegDB (both directions).
+"""Test protocols on prepared data: SYSU-MM01 (one query set, ten galleries), RegDB (both directions)
+and LLCM (both directions, ten galleries each).
 
 Result dicts (all metrics are fractions in [0, 1]):
 ``{"cmc": np.ndarray [20], "mAP": float, "mINP": float, "rank1", "rank5", "rank10", "rank20": float}``
@@ -16,11 +17,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rpnr.data.prepared import ImageSet, check_prepared, load_set, regdb_trial, sysu_gallery_index
-from rpnr.evaluation import eval_regdb, eval_sysu, extract_features_uint8
+from rpnr.data.prepared import (
+    LLCM_MODALITIES,
+    ImageSet,
+    check_prepared,
+    llcm_gallery_index,
+    load_set,
+    regdb_trial,
+    sysu_gallery_index,
+)
+from rpnr.evaluation import eval_llcm, eval_regdb, eval_sysu, extract_features_uint8
 
 RANKS = (1, 5, 10, 20)
 DIRECTIONS = ("visible_to_thermal", "thermal_to_visible")
+# LLCM direction -> (query modality, gallery modality); the gallery is sampled per trial
+LLCM_DIRECTIONS = {"visible_to_infrared": ("visible", "infrared"), "infrared_to_visible": ("infrared", "visible")}
 METRIC_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 
@@ -74,12 +85,16 @@ def format_result(result: dict, label: str = "") -> str:
 
 def _features(model: nn.Module, images, modal: str, device: torch.device, batch_size: int,
               desc: str, progress: bool) -> np.ndarray:
-    """Test embeddings (flip average, L2-normalised) of uint8 images -> float32 [N, 2048]."""
+    """Test embeddings (flip average, L2-normalised) of uint8 images -> float64 [N, 2048].
+
+    Computed in float32, held in float64 as the release's test scripts do (their feature arrays are
+    ``np.zeros((n, 2048))``), so distances, and the order of near ties, are the release's.
+    """
     with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True,
               dynamic_ncols=True) as bar:
         feats = extract_features_uint8(model, images, modal, batch_size=batch_size, flip=True, normalize=True,
                                        device=device, progress=bar.update)
-    return feats.cpu().numpy()
+    return feats.cpu().numpy().astype(np.float64)
 
 
 def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -151,6 +166,86 @@ def evaluate_regdb(model: nn.Module, root: str | os.PathLike, trial: int = 1,
     return evaluate_regdb_directions(model, root, trial, device, batch_size, progress)[direction]
 
 
+def evaluate_llcm_directions(model: nn.Module, root: str | os.PathLike, trials: Iterable[int] = range(10),
+                             device: str | torch.device | None = None, batch_size: int = 64, progress: bool = False,
+                             v2i_sampled_infrared_queries: bool = False) -> dict:
+    """LLCM over the galleries of ``trials``: ``{"visible_to_infrared": mean, "infrared_to_visible": mean}``
+    (mean result dicts with ``"per_trial"``, each with ``"trial"``).
+
+    The LLCM release's protocol (DEEN/data_manager.py, eval_metrics.eval_llcm): every test image of
+    the query modality is a query; the gallery of trial t holds one image per test identity and
+    camera of the other modality (``random.seed(t)``, stored by prepare_llcm.py); distance = -(q @ g.T);
+    gallery images of the query's identity and camera are ignored. visible_to_infrared takes every
+    visible image as a query against the sampled infrared gallery (as DMDL and CEIL report it);
+    infrared_to_visible every infrared image against the sampled visible gallery (the release's
+    default, ``test_mode = [1, 2]``).
+
+    ``v2i_sampled_infrared_queries=True`` computes visible_to_infrared as the LLCM release's
+    ``test.py`` does with ``test_mode = [2, 1]``: the roles are swapped, the sampled infrared images
+    of each trial are the queries and every visible test image is the gallery. Supervised papers
+    that ran that script report this variant.
+
+    Each test image is embedded once (visible stem for visible, infrared stem for infrared images),
+    however many trials and directions use it.
+    """
+    return _llcm_results(model, root, tuple(LLCM_DIRECTIONS), trials, device, batch_size, progress,
+                         v2i_sampled_infrared_queries)
+
+
+def evaluate_llcm(model: nn.Module, root: str | os.PathLike, direction: str = "visible_to_infrared",
+                  trials: Iterable[int] = range(10), device: str | torch.device | None = None, batch_size: int = 64,
+                  progress: bool = False, v2i_sampled_infrared_queries: bool = False) -> dict:
+    """One LLCM direction ("visible_to_infrared"|"infrared_to_visible") over the galleries of ``trials``:
+    the mean result dict with ``"per_trial"`` (see :func:`evaluate_llcm_directions`; only the images
+    this direction uses are embedded)."""
+    return _llcm_results(model, root, (direction,), trials, device, batch_size, progress,
+                         v2i_sampled_infrared_queries)[direction]
+
+
+def _llcm_results(model: nn.Module, root: str | os.PathLike, directions: Sequence[str], trials: Iterable[int],
+                  device: str | torch.device | None, batch_size: int, progress: bool,
+                  v2i_sampled_infrared_queries: bool) -> dict:
+    """``{direction: mean result}`` for the LLCM ``directions``, each test image embedded once."""
+    for direction in directions:
+        if direction not in LLCM_DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(LLCM_DIRECTIONS)}, got {direction!r}")
+    check_prepared(root, "llcm")
+    device = _device(model, device)
+    trials = list(trials)
+    sets = {m: load_set(root, f"test_{m}") for m in LLCM_MODALITIES}
+    galleries = {(m, t): llcm_gallery_index(root, m, t) for m in LLCM_MODALITIES for t in trials}
+    needed: dict[str, list[np.ndarray]] = {m: [] for m in LLCM_MODALITIES}  # rows each direction uses
+    for direction in directions:
+        q_mod, g_mod = LLCM_DIRECTIONS[direction]
+        needed[q_mod].append(np.arange(len(sets[q_mod])))
+        needed[g_mod].extend(galleries[g_mod, t] for t in trials)
+    feats = {}
+    for modality, parts in needed.items():
+        # float64 as the release (its feature arrays are np.zeros((n, 2048)), so its distances are float64)
+        feats[modality] = np.zeros((len(sets[modality]), 2048), dtype=np.float64)  # [N, 2048]; unused rows stay 0
+        if parts:
+            rows = np.unique(np.concatenate(parts))
+            feats[modality][rows] = _features(model, _Rows(sets[modality].images, rows), modality, device,
+                                              batch_size, f"{modality} test", progress)
+    out = {}
+    for direction in directions:
+        q_mod, g_mod = LLCM_DIRECTIONS[direction]
+        query = sets[q_mod]
+        per_trial = []
+        for t in trials:
+            idx = galleries[g_mod, t]  # [G_t] rows of the gallery modality's test set, in the release's order
+            g_pids, g_cams = sets[g_mod].pids[idx], sets[g_mod].cams[idx]
+            if direction == "visible_to_infrared" and v2i_sampled_infrared_queries:
+                distmat = -np.matmul(feats[g_mod][idx], feats[q_mod].T)  # [G_t, N_vis]: sampled IR are the queries
+                cmc, m_ap, m_inp = eval_llcm(distmat, g_pids, query.pids, g_cams, query.cams)
+            else:
+                distmat = -np.matmul(feats[q_mod], feats[g_mod][idx].T)  # [N_q, G_t]
+                cmc, m_ap, m_inp = eval_llcm(distmat, query.pids, g_pids, query.cams, g_cams)
+            per_trial.append({**summarize(cmc, m_ap, m_inp), "trial": t})
+        out[direction] = mean_results(per_trial)
+    return out
+
+
 def trial_checkpoint(template: str, trial: int) -> str:
     """The checkpoint path of ``trial``: ``{trial}`` in ``template`` replaced by the trial number."""
     return template.replace("{trial}", str(trial))
@@ -170,13 +265,22 @@ class TrialSets:
     title: str  # e.g. "SYSU-MM01 all-search, gallery of trial 0"
     # (query camera, gallery camera) pairs never compared (SYSU: cameras 3 and 2 share a room)
     skip_cameras: tuple[tuple[int, int], ...] = ()
+    # LLCM: a gallery image of the query's identity taken by the query's camera is never compared
+    skip_same_id_and_camera: bool = False
 
-    def excluded(self, q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
-        """bool [Q, G]: True where a gallery image is ignored for a query (``skip_cameras``)."""
+    def excluded(self, q_cams: np.ndarray, g_cams: np.ndarray, q_pids: np.ndarray | None = None,
+                 g_pids: np.ndarray | None = None) -> np.ndarray:
+        """bool [Q, G]: True where a gallery image is ignored for a query (``skip_cameras``, and with
+        ``skip_same_id_and_camera`` the same identity and camera: then the pids are needed)."""
         q_cams, g_cams = np.asarray(q_cams), np.asarray(g_cams)
         out = np.zeros((len(q_cams), len(g_cams)), dtype=bool)  # [Q, G]
         for q_cam, g_cam in self.skip_cameras:
             out |= (q_cams == q_cam)[:, None] & (g_cams == g_cam)[None, :]
+        if self.skip_same_id_and_camera:
+            if q_pids is None or g_pids is None:
+                raise ValueError("the same-identity-and-camera rule needs the query and gallery pids")
+            same_id = np.asarray(q_pids)[:, None] == np.asarray(g_pids)[None, :]  # [Q, G]
+            out |= same_id & (q_cams[:, None] == g_cams[None, :])
         return out
 
 
@@ -202,25 +306,38 @@ def regdb_trial_sets(root: str | os.PathLike, trial: int = 1, direction: str = "
     return TrialSets(thermal, visible, "infrared", "visible", f"RegDB {label}, trial {trial}")
 
 
+def llcm_trial_sets(root: str | os.PathLike, trial: int = 0, direction: str = "visible_to_infrared") -> TrialSets:
+    """Every LLCM test image of the query modality of ``direction`` against the sampled gallery of ``trial``
+    in the other modality (gallery images of the query's identity and camera skipped, as ``eval_llcm``)."""
+    if direction not in LLCM_DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(LLCM_DIRECTIONS)}, got {direction!r}")
+    check_prepared(root, "llcm")
+    q_mod, g_mod = LLCM_DIRECTIONS[direction]
+    gallery = load_set(root, f"test_{g_mod}").subset(llcm_gallery_index(root, g_mod, trial))
+    return TrialSets(load_set(root, f"test_{q_mod}"), gallery, q_mod, g_mod,
+                     f"LLCM {direction.replace('_', ' ')}, gallery of trial {trial}", skip_same_id_and_camera=True)
+
+
 # the query/gallery pair that per-epoch evaluation and rank lists use, and each dataset's first trial
 TRIAL_SETS: dict[str, Callable[[str | os.PathLike, int], TrialSets]] = {
     "sysu": lambda root, trial: sysu_trial_sets(root, "all", trial),
     "regdb": lambda root, trial: regdb_trial_sets(root, trial, "visible_to_thermal"),
+    "llcm": lambda root, trial: llcm_trial_sets(root, trial, "visible_to_infrared"),
 }
-FIRST_TRIAL = {"sysu": 0, "regdb": 1}
+FIRST_TRIAL = {"sysu": 0, "regdb": 1, "llcm": 0}
 
 
 def epoch_test_trial(dataset: str, run_trial: int) -> int:
     """The test trial that a training run on ``run_trial`` evaluates every epoch (and draws its rank list
-    on): SYSU's gallery of trial 0 whatever the run, RegDB the run's own trial."""
+    on): the gallery of trial 0 for SYSU and LLCM whatever the run, RegDB the run's own trial."""
     if dataset not in FIRST_TRIAL:
         raise ValueError(f"unknown dataset {dataset!r} (choose from {', '.join(FIRST_TRIAL)})")
     return run_trial if dataset == "regdb" else FIRST_TRIAL[dataset]
 
 
 def trial_sets(dataset: str, root: str | os.PathLike, trial: int | None = None) -> TrialSets:
-    """The main query/gallery pair of ``dataset`` (SYSU all-search, RegDB visible-to-thermal) for ``trial``
-    (default: the dataset's first trial)."""
+    """The main query/gallery pair of ``dataset`` (SYSU all-search, RegDB visible-to-thermal, LLCM
+    visible-to-infrared) for ``trial`` (default: the dataset's first trial)."""
     if dataset not in TRIAL_SETS:
         raise ValueError(f"unknown dataset {dataset!r} (choose from {', '.join(TRIAL_SETS)})")
     return TRIAL_SETS[dataset](root, FIRST_TRIAL[dataset] if trial is None else trial)

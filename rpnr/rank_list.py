@@ -83,8 +83,9 @@ def rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial
               num_queries: int = 8, top_k: int = 10, device: str | torch.device | None = None,
               batch_size: int = 64) -> RankList:
     """The rank list of ``model`` on the main query/gallery pair of ``dataset`` (SYSU all-search
-    against the gallery of ``trial``, RegDB visible-to-thermal of ``trial``; default: the first trial)
-    with the test embedding (flip average, L2-normalised)."""
+    against the gallery of ``trial``, RegDB visible-to-thermal of ``trial``, LLCM visible-to-infrared
+    against the gallery of ``trial``; default: the first trial) with the test embedding (flip
+    average, L2-normalised)."""
     sets = trial_sets(dataset, data_dir, trial)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -93,7 +94,8 @@ def rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial
                                     device=device).cpu().numpy()  # [R, 2048]
     g_feat = extract_features_uint8(model, sets.gallery.images, sets.gallery_modal, batch_size=batch_size,
                                     device=device).cpu().numpy()  # [G, 2048]
-    index, sim = top_matches(q_feat, g_feat, sets.excluded(query.cams, sets.gallery.cams), top_k)
+    excluded = sets.excluded(query.cams, sets.gallery.cams, query.pids, sets.gallery.pids)  # [R, G]
+    index, sim = top_matches(q_feat, g_feat, excluded, top_k)
     safe = np.maximum(index, 0)  # [R, K]
     images = np.asarray(sets.gallery.images)[safe]  # [R, K, H, W, 3]
     images[index < 0] = 0

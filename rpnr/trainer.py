@@ -4,7 +4,7 @@ memories, training iterations, evaluation and checkpoints.
 Stage "baseline" (stage 1): DBSCAN labels per modality, CMhcl memories, L_ir + L_rgb.
 Stage "rpnr" (stage 2): adds NPC label calibration, OT prototype matching, the hybrid
 memory, the alternating cross-modality terms and the neighbour relation loss.
-One code path serves SYSU-MM01 and RegDB; the differences are settings.
+One code path serves SYSU-MM01, RegDB and LLCM; the differences are settings.
 
 Under torchrun (section 8) every rank runs the same loop: clustering features are
 extracted in shards, pseudo labels are computed on rank 0 and shared, each rank
@@ -52,11 +52,13 @@ BEST = "model_best.pth.tar"
 TEST_JSON = "test.json"
 RANKS_PNG = "ranks.png"
 STAGES = ("baseline", "rpnr")
-DATASETS = ("sysu", "regdb")
-EPS = {"sysu": 0.6, "regdb": 0.3}
-ITERS = {"sysu": 200, "regdb": 100}
+DATASETS = ("sysu", "regdb", "llcm")
+# LLCM has no release recipe: SYSU's settings (DESIGN.md section 9)
+EPS = {"sysu": 0.6, "regdb": 0.3, "llcm": 0.6}
+ITERS = {"sysu": 200, "regdb": 100, "llcm": 200}
 # NPC prototype members: the release's train_sysu.py keeps heapq.nlargest(20, ...), train_regdb.py nlargest(5, ...)
-TOP_K = {"sysu": 20, "regdb": 5}
+TOP_K = {"sysu": 20, "regdb": 5, "llcm": 20}
+TRIALED = ("regdb",)  # datasets trained per trial (a model per trial); the others test on ten galleries
 MODALITY_NAMES = {"rgb": "visible", "ir": "infrared"}
 
 
@@ -134,14 +136,15 @@ class ModalityLabels:
 
 
 def default_rgb_batch(dataset: str, stage: str, batch_size: int) -> int:
-    """RGB images per batch (each seen in two views): stage 2 SYSU uses ``batch_size``, the others half."""
-    return batch_size if (dataset, stage) == ("sysu", "rpnr") else batch_size // 2
+    """RGB images per batch (each seen in two views): stage 2 on SYSU (and LLCM) uses ``batch_size``,
+    the others half."""
+    return batch_size if stage == "rpnr" and dataset in ("sysu", "llcm") else batch_size // 2
 
 
 def default_logs_dir(dataset: str, stage: str, trial: int) -> str:
     """Where a stage writes by default; stage 2 reads stage 1's model_best from there."""
     base = f"baseline/{dataset}_s1" if stage == "baseline" else f"logs/{dataset}_s2"
-    return f"{base}/{trial}" if dataset == "regdb" else base
+    return f"{base}/{trial}" if dataset in TRIALED else base
 
 
 def default_baseline(dataset: str, trial: int) -> str:
@@ -418,12 +421,16 @@ def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) ->
 
 def evaluate_epoch(model: nn.Module, dataset: str, data_dir: str, trial: int, device: torch.device,
                    batch_size: int) -> dict:
-    """Per-epoch test: SYSU all-search on gallery trial 0, RegDB visible-to-thermal on ``trial``.
+    """Per-epoch test: SYSU all-search on gallery trial 0, RegDB visible-to-thermal on ``trial``,
+    LLCM visible-to-infrared on gallery trial 0.
 
     Returns {"rank1", "mAP", "mINP"} in percent.
     """
     if dataset == "sysu":
         res = protocols.evaluate_sysu(model, data_dir, mode="all", trials=[0], device=device,
+                                      batch_size=batch_size)
+    elif dataset == "llcm":
+        res = protocols.evaluate_llcm(model, data_dir, "visible_to_infrared", trials=[0], device=device,
                                       batch_size=batch_size)
     else:
         res = protocols.evaluate_regdb(model, data_dir, trial=trial, direction="visible_to_thermal",
@@ -433,20 +440,19 @@ def evaluate_epoch(model: nn.Module, dataset: str, data_dir: str, trial: int, de
 
 def final_test(model: nn.Module, dataset: str, data_dir: str, trial: int, trials: int, device: torch.device,
                batch_size: int) -> dict:
-    """Full test of the (best) model: SYSU all and indoor over ``trials`` galleries; RegDB both
-    directions of ``trial``. {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}} in percent."""
-    out = {}
+    """Full test of a model: SYSU all and indoor over ``trials`` galleries; RegDB both directions of
+    ``trial``; LLCM both directions over ``trials`` galleries.
+    {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}} in percent."""
     if dataset == "sysu":
-        for mode in ("all", "indoor"):
-            res = protocols.evaluate_sysu(model, data_dir, mode=mode, trials=range(trials), device=device,
-                                          batch_size=batch_size)
-            out[mode] = protocols.to_percent(res)
+        results = {mode: protocols.evaluate_sysu(model, data_dir, mode=mode, trials=range(trials), device=device,
+                                                 batch_size=batch_size) for mode in ("all", "indoor")}
+    elif dataset == "llcm":
+        results = protocols.evaluate_llcm_directions(model, data_dir, trials=range(trials), device=device,
+                                                     batch_size=batch_size)  # each test image embedded once
     else:
-        both = protocols.evaluate_regdb_directions(model, data_dir, trial=trial, device=device,
-                                                   batch_size=batch_size)  # each test image embedded once
-        for direction, res in both.items():
-            out[direction] = protocols.to_percent(res)
-    return out
+        results = protocols.evaluate_regdb_directions(model, data_dir, trial=trial, device=device,
+                                                      batch_size=batch_size)  # each test image embedded once
+    return {setting: protocols.to_percent(res) for setting, res in results.items()}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -484,7 +490,7 @@ def _load_resume(path: Path, cfg: TrainConfig, world_size: int, model: nn.Module
         if ckpt.get(key) != getattr(cfg, key):
             raise TrainingError(f"{path} is a {ckpt.get('dataset')} {ckpt.get('stage')} checkpoint; "
                                 f"cannot resume it as {cfg.dataset} {cfg.stage}")
-    if cfg.dataset == "regdb" and ckpt.get("args", {}).get("trial") != cfg.trial:
+    if cfg.dataset in TRIALED and ckpt.get("args", {}).get("trial") != cfg.trial:
         raise TrainingError(f"{path} was trained on RegDB trial {ckpt.get('args', {}).get('trial')}, "
                             f"not --trial {cfg.trial}")
     saved_world = int(ckpt.get("world_size", 1))

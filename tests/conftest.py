@@ -72,6 +72,15 @@ def train_script():
     return module
 
 
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """``one_thread`` for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: on a busy 2-core machine two spinning OpenMP threads cost several times more."""

@@ -30,15 +30,9 @@ from rpnr.rank_list import (
     write_rank_list,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

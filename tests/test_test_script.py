@@ -21,6 +21,7 @@ from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD, eval_regdb, eval_sysu
 from rpnr.models import _OFFICIAL_PREFIXES, build_model
 from rpnr.protocols import evaluate_regdb, evaluate_sysu
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
 REPO = Path(__file__).resolve().parents[1]
 H, W = 64, 32
 KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
@@ -155,14 +156,6 @@ def assert_close(got: dict, want: dict, tol: float = 1e-3):
     for k in KEYS:
         assert abs(got[k] - want[k]) < tol, (k, got[k], want[k])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches: one thread is faster than two on a busy 2-core machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

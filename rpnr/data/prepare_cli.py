@@ -1,4 +1,4 @@
-"""The command line shared by ``prepare_sysu.py`` and ``prepare_regdb.py``."""
+"""The command line shared by ``prepare_sysu.py``, ``prepare_regdb.py`` and ``prepare_llcm.py``."""
 
 from __future__ import annotations
 

@@ -15,6 +15,11 @@ SYSU-MM01 sets: ``train_rgb``, ``train_ir`` (bicubic), ``query`` and ``gallery``
 RegDB sets: ``{visible,thermal}_train`` (bicubic) and ``{visible,thermal}_test`` (Lanczos),
 with ``trial{t}_{train,test}_{visible,thermal}_{index,labels}`` for t = 1..10 (labels as in
 the ``idx`` files).
+LLCM sets: ``train_rgb``, ``train_ir`` (bicubic; the images of ``idx/train_vis.txt`` and
+``idx/train_nir.txt`` sorted by path, the release's clustering order), ``test_visible`` and
+``test_infrared`` (Lanczos; every test image of the modality in the official query order), with
+``gallery_index_{visible,infrared}_{trial}`` giving the official gallery of each modality and
+trial 0-9 (rows of that modality's test set).
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ from rpnr.data.raw_images import RESAMPLE, read_images_into
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DATASETS = ("sysu", "regdb")
+DATASETS = ("sysu", "regdb", "llcm")
 SYSU_MODES = ("all", "indoor")
 SYSU_TRIALS = tuple(range(10))
 REGDB_TRIALS = tuple(range(1, 11))
-PREPARE_SCRIPT = {"sysu": "prepare_sysu.py", "regdb": "prepare_regdb.py"}
+LLCM_MODALITIES = ("visible", "infrared")
+LLCM_TRIALS = tuple(range(10))
+PREPARE_SCRIPT = {"sysu": "prepare_sysu.py", "regdb": "prepare_regdb.py", "llcm": "prepare_llcm.py"}
 
 
 class PreparedDataError(Exception):
@@ -213,8 +220,8 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise PreparedDataError(f"prepared data folder not found: {root}")
     path = root / MANIFEST
     if not path.is_file():
-        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_sysu.py or "
-                                f"prepare_regdb.py first)")
+        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_sysu.py, "
+                                f"prepare_regdb.py or prepare_llcm.py first)")
     try:
         with open(path) as fh:
             manifest = json.load(fh)
@@ -303,10 +310,10 @@ def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
 def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
     """Training sets ``(rgb, ir)`` in the release's clustering order; ``trial`` (1..10) only for RegDB.
 
-    SYSU images are memory-mapped; RegDB images are read into memory.
+    SYSU and LLCM images are memory-mapped; RegDB images are read into memory.
     """
     check_prepared(root, dataset)
-    if dataset == "sysu":
+    if dataset in ("sysu", "llcm"):
         return load_set(root, "train_rgb"), load_set(root, "train_ir")
     return (regdb_trial(root, "train", "visible", trial, release_order=True),
             regdb_trial(root, "train", "thermal", trial, release_order=True))
@@ -331,3 +338,24 @@ def load_regdb_test(root: str | os.PathLike, trial: int = 1) -> tuple[ImageSet, 
     """``(visible, thermal)`` test sets of a RegDB trial."""
     check_prepared(root, "regdb")
     return regdb_trial(root, "test", "visible", trial), regdb_trial(root, "test", "thermal", trial)
+
+
+def _check_llcm_modality(modality: str) -> None:
+    if modality not in LLCM_MODALITIES:
+        raise PreparedDataError(f"LLCM modality must be 'visible' or 'infrared', got {modality!r}")
+
+
+def llcm_gallery_index(root: str | os.PathLike, modality: str = "infrared", trial: int = 0) -> np.ndarray:
+    """Rows of the stored ``test_<modality>`` set that form the official LLCM gallery of ``trial``
+    (one image per test identity and camera, in the release's order): int64 [G]."""
+    _check_llcm_modality(modality)
+    _check_trial(trial, LLCM_TRIALS, "LLCM gallery")
+    return load_array(root, f"gallery_index_{modality}_{trial}")
+
+
+def load_llcm_test(root: str | os.PathLike, modality: str) -> ImageSet:
+    """Every LLCM test image of ``modality`` ("visible"|"infrared") in the official query order
+    (memory-mapped)."""
+    _check_llcm_modality(modality)
+    check_prepared(root, "llcm")
+    return load_set(root, f"test_{modality}")

@@ -15,8 +15,13 @@ Sources (checked for this table):
 - RegDB: Nguyen et al., "Person Recognition System Based on a Combination of Body Images from
   Visible Light and Thermal Cameras", Sensors 2017 (412 persons, 10 visible + 10 thermal images
   each); the ten-trial protocol (Ye et al., 2018) splits them into 206 training and 206 test ids.
-- LLCM (no prepare script yet): Zhang and Wang, "Diverse Embedding Expansion Network and
-  Low-Light Cross-Modality Benchmark for Visible-Infrared Person Re-identification", CVPR 2023.
+- LLCM: Zhang and Wang, "Diverse Embedding Expansion Network and Low-Light Cross-Modality
+  Benchmark for Visible-Infrared Person Re-identification", CVPR 2023 (46,767 bounding boxes of
+  1,064 identities from 9 cameras, split into 713 training identities, 16,946 visible + 13,975
+  infrared images, and 351 test identities, 8,680 visible + 7,166 infrared images); the release's
+  DEEN/AGW code trains a 713-class classifier. The authors adjusted the dataset after publication
+  (ZYK100/LLCM issue #28, 2024), so a copy received later may differ from these figures: the
+  manifest records the counts that were prepared.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import numpy as np
 
 from rpnr.data.prepared import REGDB_TRIALS, PreparePlan, SetSpec
 from rpnr.data.raw_images import RawDataError
+from rpnr.data.raw_layout import read_path_labels
 
 MODALITIES = ("visible", "thermal")
 SPLITS = ("train", "test")
@@ -26,30 +27,8 @@ def idx_path(root: str, split: str, modality: str, trial: int) -> str:
 
 def read_idx(root: str, split: str, modality: str, trial: int) -> tuple[list[str], np.ndarray]:
     """``(relative paths, labels int64)`` of one idx file, in file order; every file must exist."""
-    path = idx_path(root, split, modality, trial)
-    if not os.path.isfile(path):
-        raise RawDataError(f"missing {path} (expected the RegDB layout with idx/{{train,test}}_"
-                           f"{{visible,thermal}}_{{1..10}}.txt)")
-    paths, labels = [], []
-    with open(path) as fh:
-        for number, line in enumerate(fh.read().splitlines(), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                labels.append(int(fields[1]))
-            except ValueError:
-                raise RawDataError(f"{path} line {number}: expected 'relative/path.bmp label', "
-                                   f"got {line.strip()!r}") from None
-            if not os.path.isfile(os.path.join(root, fields[0])):
-                raise RawDataError(f"image {os.path.join(root, fields[0])} listed in {path} line {number} "
-                                   f"does not exist")
-            paths.append(fields[0])
-    if not paths:
-        raise RawDataError(f"{path} lists no images")
-    return paths, np.array(labels, dtype=np.int64)
+    return read_path_labels(root, idx_path(root, split, modality, trial),
+                            "expected the RegDB layout with idx/{train,test}_{visible,thermal}_{1..10}.txt")
 
 
 def plan_regdb(root: str) -> PreparePlan:

@@ -7,13 +7,12 @@ Raw layout: ``cam1 ... cam6/<pid as 4 digits>/<file>.jpg`` and ``exp/{train,val,
 from __future__ import annotations
 
 import os
-import random
-from typing import NamedTuple
 
 import numpy as np
 
 from rpnr.data.prepared import SYSU_MODES, SYSU_TRIALS, PreparePlan, SetSpec
 from rpnr.data.raw_images import RawDataError
+from rpnr.data.raw_layout import Split, folder_images, read_id_line, sample_folder_images
 
 RGB_CAMERAS = ("cam1", "cam2", "cam4", "cam5")
 IR_CAMERAS = ("cam3", "cam6")
@@ -22,39 +21,15 @@ GALLERY_CAMERAS = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "
 ALL_CAMERAS = tuple(f"cam{i}" for i in range(1, 7))
 
 
-class Split(NamedTuple):
-    """Image paths with their identity and camera ids."""
-
-    paths: list[str]
-    pids: np.ndarray  # int64 [N]
-    cams: np.ndarray  # int64 [N]
-
-
 def read_ids(root: str, split: str) -> list[str]:
     """Ids of ``exp/<split>_id.txt`` as 4-digit strings, in file order.
 
     As the official code: only the FIRST line is read, split on ',', each value int()-ed.
     """
-    path = os.path.join(root, "exp", f"{split}_id.txt")
     if not os.path.isdir(root):
         raise RawDataError(f"SYSU-MM01 folder not found: {root}")
-    if not os.path.isfile(path):
-        raise RawDataError(f"missing {path} (expected the SYSU-MM01 layout with exp/train_id.txt, "
-                           f"exp/val_id.txt, exp/test_id.txt)")
-    with open(path) as fh:
-        lines = fh.read().splitlines()
-    if not lines or not lines[0].strip():
-        raise RawDataError(f"{path} is empty (expected one line of comma-separated ids)")
-    try:
-        ids = [int(y) for y in lines[0].split(",")]
-    except ValueError:
-        raise RawDataError(f"{path}: first line is not a comma-separated list of integer ids") from None
-    return [f"{x:04d}" for x in ids]  # the official "%04d" % x
-
-
-def _sorted_files(img_dir: str) -> list[str]:
-    """``sorted(img_dir + '/' + name)`` over the folder's entries, as the official code builds them."""
-    return sorted([img_dir + "/" + name for name in os.listdir(img_dir)])
+    return read_id_line(os.path.join(root, "exp", f"{split}_id.txt"),
+                        "expected the SYSU-MM01 layout with exp/train_id.txt, exp/val_id.txt, exp/test_id.txt")
 
 
 def _split_from_paths(paths: list[str]) -> Split:
@@ -73,13 +48,7 @@ def _check_mode(mode: str) -> None:
 def query_split(root: str, mode: str = "all") -> Split:
     """IR query images of the test ids (cam3 then cam6 per id, ids in sorted order, files sorted)."""
     _check_mode(mode)
-    files = []
-    for pid in sorted(read_ids(root, "test")):
-        for cam in QUERY_CAMERAS:
-            img_dir = os.path.join(root, cam, pid)
-            if os.path.isdir(img_dir):
-                files.extend(_sorted_files(img_dir))
-    return _split_from_paths(files)
+    return _split_from_paths(folder_images(root, QUERY_CAMERAS, read_ids(root, "test")))
 
 
 def gallery_split(root: str, mode: str = "all", trial: int = 0) -> Split:
@@ -89,32 +58,14 @@ def gallery_split(root: str, mode: str = "all", trial: int = 0) -> Split:
     ``random.Random(trial).choice``, so the global random state is left alone.
     """
     _check_mode(mode)
-    rng = random.Random(trial)
-    files = []
-    for pid in sorted(read_ids(root, "test")):
-        for cam in GALLERY_CAMERAS[mode]:
-            img_dir = os.path.join(root, cam, pid)
-            if os.path.isdir(img_dir):
-                candidates = _sorted_files(img_dir)
-                if not candidates:
-                    raise RawDataError(f"empty image folder {img_dir} (a gallery camera folder needs images)")
-                files.append(rng.choice(candidates))
-    return _split_from_paths(files)
+    return _split_from_paths(sample_folder_images(root, GALLERY_CAMERAS[mode], read_ids(root, "test"), trial))
 
 
 def train_split(root: str) -> tuple[Split, Split]:
     """``(rgb, ir)`` training images of train + val ids (official pre-processing order)."""
-    ids = sorted(read_ids(root, "train") + read_ids(root, "val"))
-    out = []
-    for cameras in (RGB_CAMERAS, IR_CAMERAS):
-        files = []
-        for pid in ids:
-            for cam in cameras:
-                img_dir = os.path.join(root, cam, pid)
-                if os.path.isdir(img_dir):
-                    files.extend(_sorted_files(img_dir))
-        out.append(_split_from_paths(files))
-    return out[0], out[1]
+    ids = read_ids(root, "train") + read_ids(root, "val")
+    return (_split_from_paths(folder_images(root, RGB_CAMERAS, ids)),
+            _split_from_paths(folder_images(root, IR_CAMERAS, ids)))
 
 
 def check_layout(root: str) -> None:
