@@ -71,9 +71,14 @@ TAIL=45 step real_run 200 bash -c "$(declare -f real_run); $(declare -p DEVICE O
 torchrun_one() {
     local data=/tmp/rpnr_gpu_check
     [ -d "$data/prepared" ] || { echo "run real_run first"; return 1; }
-    python3 -m torch.distributed.run --standalone --nproc_per_node 1 train.py --dataset sysu --data-dir \
-        "$data/prepared" --device "$DEVICE" --height "${HW[0]}" --width "${HW[1]}" "${BATCH[@]}" --iters 20 \
-        --epochs 1 --seed 1 --test-trials 1 --stage baseline --no-imagenet --eps 0.5 --logs-dir "$data/s1_torchrun"
+    local eps
+    for eps in 0.5 0.4 0.6 0.3; do  # random start, as in real_run
+        python3 -m torch.distributed.run --standalone --nproc_per_node 1 train.py --dataset sysu --data-dir \
+            "$data/prepared" --device "$DEVICE" --height "${HW[0]}" --width "${HW[1]}" "${BATCH[@]}" --iters 20 \
+            --epochs 1 --seed 1 --test-trials 1 --stage baseline --no-imagenet --eps "$eps" \
+            --logs-dir "$data/s1_torchrun" && return 0
+    done
+    return 1
 }
 step torchrun_one 150 bash -c "$(declare -f torchrun_one); $(declare -p DEVICE HW BATCH); torchrun_one"
 # one full-size synthetic SYSU stage-2 epoch, seconds per phase (writes ~5 GB under /tmp)
