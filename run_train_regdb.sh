@@ -29,10 +29,13 @@ MOMENTUM=${MOMENTUM:-0.1}
 GPUS=${GPUS:-}                                        # e.g. "0 1 2 3": trials in parallel, one per GPU
 NPROC=${NPROC:-1}                                     # torchrun processes per trial (not with GPUS)
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
+EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
 
 COMMON=(--dataset regdb --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
         --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
         --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
+read -r -a EXTRA_ARGS <<< "$EXTRA"
+COMMON+=("${EXTRA_ARGS[@]}")
 INIT=(--imagenet "$IMAGENET")
 [ "$IMAGENET" != none ] || INIT=(--no-imagenet)
 if [ "$NPROC" -gt 1 ]; then

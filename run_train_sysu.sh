@@ -25,10 +25,13 @@ EPS=${EPS:-0.6}
 MOMENTUM=${MOMENTUM:-0.1}
 NPROC=${NPROC:-1}                                     # processes (GPUs) of this machine
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
+EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
 
 COMMON=(--dataset "$DATASET" --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
         --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
         --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
+read -r -a EXTRA_ARGS <<< "$EXTRA"
+COMMON+=("${EXTRA_ARGS[@]}")
 INIT=(--imagenet "$IMAGENET")
 [ "$IMAGENET" != none ] || INIT=(--no-imagenet)
 if [ "$NPROC" -gt 1 ]; then

@@ -6,6 +6,8 @@ The raw trees are session-scoped and must not be modified by tests (copy them fi
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,19 @@ def tiny_regdb(tmp_path_factory) -> Path:
     write_regdb(base / "raw", ids=16, per_modality=6, height=64, width=32, seed=0)
     write_prepared(plan_regdb(str(base / "raw")), base / "prepared_32x16", 32, 16, workers=2)
     return base / "prepared_32x16"
+
+
+@pytest.fixture(scope="session")
+def tiny_llcm(tmp_path_factory) -> Path:
+    """A synthetic raw LLCM tree (default size) prepared at 32x16 by the command-line tools."""
+    base = tmp_path_factory.mktemp("tiny_llcm")
+    for cmd in ([sys.executable, "-m", "rpnr.data.synthetic", "--dataset", "llcm", "--out", str(base / "raw"),
+                 "--height", "64", "--width", "32"],
+                [sys.executable, str(REPO / "prepare_llcm.py"), "--data-dir", str(base / "raw"), "--output-dir",
+                 str(base / "prepared"), "--height", "32", "--width", "16"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+    return base / "prepared"
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from rpnr.checkpoint import load_checkpoint
 
@@ -16,19 +12,6 @@ TINY = ["--dataset", "llcm", "--height", "32", "--width", "16", "--batch-size", 
         "--iters", "3", "--epochs", "2", "--k1", "10", "--k2", "3", "--eps", "0.6", "--workers", "1",
         "--feature-batch-size", "64", "--device", "cpu", "--seed", "3", "--test-trials", "2"]
 DIRECTIONS = {"visible_to_infrared", "infrared_to_visible"}
-
-
-@pytest.fixture(scope="module")
-def tiny_llcm(tmp_path_factory) -> Path:
-    """A synthetic raw LLCM tree prepared at 32x16 by the command-line tools."""
-    base = tmp_path_factory.mktemp("tiny_llcm")
-    for cmd in ([sys.executable, "-m", "rpnr.data.synthetic", "--dataset", "llcm", "--out", str(base / "raw"),
-                 "--height", "64", "--width", "32"],
-                [sys.executable, str(REPO / "prepare_llcm.py"), "--data-dir", str(base / "raw"), "--output-dir",
-                 str(base / "prepared"), "--height", "32", "--width", "16"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-        assert done.returncode == 0, done.stderr
-    return base / "prepared"
 
 
 def test_llcm_stage1_then_stage2(tiny_llcm, train_script, tmp_path, monkeypatch, capsys, one_thread):
