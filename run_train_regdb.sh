@@ -30,19 +30,9 @@ GPUS=${GPUS:-}                                        # e.g. "0 1 2 3": trials i
 NPROC=${NPROC:-1}                                     # torchrun processes per trial (not with GPUS)
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
+DATASET=regdb
 
-COMMON=(--dataset regdb --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
-        --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
-        --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
-read -r -a EXTRA_ARGS <<< "$EXTRA"
-COMMON+=("${EXTRA_ARGS[@]}")
-INIT=(--imagenet "$IMAGENET")
-[ "$IMAGENET" != none ] || INIT=(--no-imagenet)
-if [ "$NPROC" -gt 1 ]; then
-    TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" train.py)
-else
-    TRAIN=(python train.py)
-fi
+source ./train_command.sh  # COMMON, INIT and TRAIN
 
 train_trial() {  # stage 1 then stage 2 of one trial
     "${TRAIN[@]}" "${COMMON[@]}" --trial "$1" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR/$1"

@@ -27,18 +27,7 @@ NPROC=${NPROC:-1}                                     # processes (GPUs) of this
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
 
-COMMON=(--dataset "$DATASET" --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
-        --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
-        --momentum "$MOMENTUM" --seed "$SEED" --bn-splits "$BN_SPLITS")
-read -r -a EXTRA_ARGS <<< "$EXTRA"
-COMMON+=("${EXTRA_ARGS[@]}")
-INIT=(--imagenet "$IMAGENET")
-[ "$IMAGENET" != none ] || INIT=(--no-imagenet)
-if [ "$NPROC" -gt 1 ]; then
-    TRAIN=(torchrun --standalone --nproc_per_node "$NPROC" train.py)
-else
-    TRAIN=(python train.py)
-fi
+source ./train_command.sh  # COMMON, INIT and TRAIN
 
 "${TRAIN[@]}" "${COMMON[@]}" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR"
 "${TRAIN[@]}" "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR"
