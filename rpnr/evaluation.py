@@ -89,13 +89,17 @@ def _eval_first_position(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids
     return cmc.astype(np.float32), float(np.mean(np.concatenate(aps))), float(np.mean(np.concatenate(inps)))
 
 
-def _sysu_dropped(q_pids, q_cams, ranked_pids, ranked_cams) -> np.ndarray:
-    # camera 2 (indoor RGB) is ignored for queries of camera 3 (indoor IR): the same room
-    return (q_cams == 3) & (ranked_cams == 2)
+def sysu_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
+    """SYSU-MM01's gallery rule (broadcast bool): camera 2 (indoor RGB) is ignored for queries of
+    camera 3 (indoor IR), the same room. The pids are not used (may be None)."""
+    return (q_cams == 3) & (g_cams == 2)
 
 
-def _same_identity_and_camera(q_pids, q_cams, ranked_pids, ranked_cams) -> np.ndarray:
-    return (ranked_pids == q_pids) & (ranked_cams == q_cams)
+def llcm_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
+    """LLCM's gallery rule (broadcast bool): images of the query's identity taken by the query's camera."""
+    if q_pids is None or g_pids is None:
+        raise ValueError("the same-identity-and-camera rule needs the query and gallery pids")
+    return (g_pids == q_pids) & (g_cams == q_cams)
 
 
 def eval_sysu(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
@@ -107,7 +111,7 @@ def eval_sysu(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
     queries without any match are summed too, but the sum is divided by the number of
     valid queries (official quirk).
     """
-    return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, _sysu_dropped, max_rank)
+    return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, sysu_ignored, max_rank)
 
 
 def eval_llcm(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
@@ -121,7 +125,7 @@ def eval_llcm(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
     distinct identities remain (the release's curves would then be ragged) the curve keeps its
     last value.
     """
-    return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, _same_identity_and_camera, max_rank)
+    return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, llcm_ignored, max_rank)
 
 
 def eval_regdb(distmat: np.ndarray, q_pids, g_pids, max_rank: int = 20) -> tuple[np.ndarray, float, float]:

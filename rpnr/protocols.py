@@ -26,7 +26,7 @@ from rpnr.data.prepared import (
     regdb_trial,
     sysu_gallery_index,
 )
-from rpnr.evaluation import eval_llcm, eval_regdb, eval_sysu, extract_features_uint8
+from rpnr.evaluation import eval_llcm, eval_regdb, eval_sysu, extract_features_uint8, llcm_ignored, sysu_ignored
 
 RANKS = (1, 5, 10, 20)
 DIRECTIONS = ("visible_to_thermal", "thermal_to_visible")
@@ -221,7 +221,6 @@ def _llcm_results(model: nn.Module, root: str | os.PathLike, directions: Sequenc
         needed[g_mod].extend(galleries[g_mod, t] for t in trials)
     feats = {}
     for modality, parts in needed.items():
-        # float64 as the release (its feature arrays are np.zeros((n, 2048)), so its distances are float64)
         feats[modality] = np.zeros((len(sets[modality]), 2048), dtype=np.float64)  # [N, 2048]; unused rows stay 0
         if parts:
             rows = np.unique(np.concatenate(parts))
@@ -263,25 +262,20 @@ class TrialSets:
     query_modal: str  # "visible" | "infrared"
     gallery_modal: str
     title: str  # e.g. "SYSU-MM01 all-search, gallery of trial 0"
-    # (query camera, gallery camera) pairs never compared (SYSU: cameras 3 and 2 share a room)
-    skip_cameras: tuple[tuple[int, int], ...] = ()
-    # LLCM: a gallery image of the query's identity taken by the query's camera is never compared
-    skip_same_id_and_camera: bool = False
+    # the metric's gallery rule (rpnr.evaluation.sysu_ignored / llcm_ignored); None: every image compared
+    ignored: Callable | None = None
 
     def excluded(self, q_cams: np.ndarray, g_cams: np.ndarray, q_pids: np.ndarray | None = None,
                  g_pids: np.ndarray | None = None) -> np.ndarray:
-        """bool [Q, G]: True where a gallery image is ignored for a query (``skip_cameras``, and with
-        ``skip_same_id_and_camera`` the same identity and camera: then the pids are needed)."""
+        """bool [Q, G]: True where a gallery image is ignored for a query, by the rule the metric applies
+        (LLCM's rule needs the pids)."""
         q_cams, g_cams = np.asarray(q_cams), np.asarray(g_cams)
-        out = np.zeros((len(q_cams), len(g_cams)), dtype=bool)  # [Q, G]
-        for q_cam, g_cam in self.skip_cameras:
-            out |= (q_cams == q_cam)[:, None] & (g_cams == g_cam)[None, :]
-        if self.skip_same_id_and_camera:
-            if q_pids is None or g_pids is None:
-                raise ValueError("the same-identity-and-camera rule needs the query and gallery pids")
-            same_id = np.asarray(q_pids)[:, None] == np.asarray(g_pids)[None, :]  # [Q, G]
-            out |= same_id & (q_cams[:, None] == g_cams[None, :])
-        return out
+        shape = (len(q_cams), len(g_cams))
+        if self.ignored is None:
+            return np.zeros(shape, dtype=bool)
+        q_pids = None if q_pids is None else np.asarray(q_pids)[:, None]
+        g_pids = None if g_pids is None else np.asarray(g_pids)[None, :]
+        return np.broadcast_to(self.ignored(q_pids, q_cams[:, None], g_pids, g_cams[None, :]), shape)
 
 
 def sysu_trial_sets(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> TrialSets:
@@ -290,7 +284,7 @@ def sysu_trial_sets(root: str | os.PathLike, mode: str = "all", trial: int = 0) 
     check_prepared(root, "sysu")
     index = sysu_gallery_index(root, mode, trial)
     return TrialSets(load_set(root, "query"), load_set(root, "gallery").subset(index), "infrared", "visible",
-                     f"SYSU-MM01 {mode}-search, gallery of trial {trial}", skip_cameras=((3, 2),))
+                     f"SYSU-MM01 {mode}-search, gallery of trial {trial}", ignored=sysu_ignored)
 
 
 def regdb_trial_sets(root: str | os.PathLike, trial: int = 1, direction: str = "visible_to_thermal") -> TrialSets:
@@ -315,7 +309,7 @@ def llcm_trial_sets(root: str | os.PathLike, trial: int = 0, direction: str = "v
     q_mod, g_mod = LLCM_DIRECTIONS[direction]
     gallery = load_set(root, f"test_{g_mod}").subset(llcm_gallery_index(root, g_mod, trial))
     return TrialSets(load_set(root, f"test_{q_mod}"), gallery, q_mod, g_mod,
-                     f"LLCM {direction.replace('_', ' ')}, gallery of trial {trial}", skip_same_id_and_camera=True)
+                     f"LLCM {direction.replace('_', ' ')}, gallery of trial {trial}", ignored=llcm_ignored)
 
 
 # the query/gallery pair that per-epoch evaluation and rank lists use, and each dataset's first trial
