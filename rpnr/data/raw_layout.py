@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -52,19 +52,23 @@ def sorted_files(img_dir: str) -> list[str]:
     return sorted([img_dir + "/" + name for name in os.listdir(img_dir)])
 
 
+def _id_folders(root: str, folders: Sequence[str], ids: Sequence[str]) -> Iterator[str]:
+    """The existing ``os.path.join(root, folder, pid)`` folders: ids in sorted order, then ``folders`` in
+    the given order (the official visiting order)."""
+    for pid in sorted(ids):
+        for folder in folders:
+            img_dir = os.path.join(root, folder, pid)
+            if os.path.isdir(img_dir):
+                yield img_dir
+
+
 def folder_images(root: str, folders: Sequence[str], ids: Sequence[str]) -> list[str]:
     """Every image of ``ids`` (visited in sorted order) in each of ``folders`` (in the given order)
     that has a folder for the id, files sorted: the official query order.
 
     Paths are ``os.path.join(root, folder, pid) + '/' + name``, as the official code builds them.
     """
-    files = []
-    for pid in sorted(ids):
-        for folder in folders:
-            img_dir = os.path.join(root, folder, pid)
-            if os.path.isdir(img_dir):
-                files.extend(sorted_files(img_dir))
-    return files
+    return [file for img_dir in _id_folders(root, folders, ids) for file in sorted_files(img_dir)]
 
 
 def sample_folder_images(root: str, folders: Sequence[str], ids: Sequence[str], trial: int) -> list[str]:
@@ -76,14 +80,11 @@ def sample_folder_images(root: str, folders: Sequence[str], ids: Sequence[str], 
     """
     rng = random.Random(trial)
     files = []
-    for pid in sorted(ids):
-        for folder in folders:
-            img_dir = os.path.join(root, folder, pid)
-            if os.path.isdir(img_dir):
-                candidates = sorted_files(img_dir)
-                if not candidates:
-                    raise RawDataError(f"empty image folder {img_dir} (a gallery camera folder needs images)")
-                files.append(rng.choice(candidates))
+    for img_dir in _id_folders(root, folders, ids):
+        candidates = sorted_files(img_dir)
+        if not candidates:
+            raise RawDataError(f"empty image folder {img_dir} (a gallery camera folder needs images)")
+        files.append(rng.choice(candidates))
     return files
 
 
