@@ -16,7 +16,13 @@ INSTANCES=${INSTANCES:-4}
 EPS=${EPS:-0.4}               # from a random start, 0.3 leaves too few infrared clusters by epoch 4
 SEED=${SEED:-1}
 
+# the demo replaces only a folder it made itself (marked by $OUT/.rpnr-demo); anything else is left alone
+if [ -e "$OUT" ] && [ ! -e "$OUT/.rpnr-demo" ] && [ -n "$(ls -A "$OUT" 2>/dev/null || echo file)" ]; then
+    echo "error: $OUT exists and was not made by run_demo.sh; it is left alone: pass OUT=another/folder" >&2
+    exit 1
+fi
 rm -rf "$OUT"
+mkdir -p "$OUT" && touch "$OUT/.rpnr-demo"
 python -m rpnr.data.synthetic --dataset regdb --out "$OUT/raw_regdb" --seed "$SEED"
 python prepare_regdb.py --data-dir "$OUT/raw_regdb" --output-dir "$OUT/regdb_${HEIGHT}x${WIDTH}" \
     --height "$HEIGHT" --width "$WIDTH"

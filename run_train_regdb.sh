@@ -30,14 +30,16 @@ GPUS=${GPUS:-}                                        # e.g. "0 1 2 3": trials i
 NPROC=${NPROC:-1}                                     # torchrun processes per trial (not with GPUS)
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
+RESUME=${RESUME:-0}                                   # 1: continue each stage that has a checkpoint
 DATASET=regdb
 
 source ./train_command.sh  # COMMON, INIT and TRAIN
 
 train_trial() {  # stage 1 then stage 2 of one trial
-    "${TRAIN[@]}" "${COMMON[@]}" --trial "$1" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR/$1"
+    "${TRAIN[@]}" "${COMMON[@]}" --trial "$1" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR/$1" \
+        $(continue_flag "$S1_DIR/$1")
     "${TRAIN[@]}" "${COMMON[@]}" --trial "$1" --stage rpnr --baseline "$S1_DIR/$1/model_best.pth.tar" \
-        --logs-dir "$S2_DIR/$1"
+        --logs-dir "$S2_DIR/$1" $(continue_flag "$S2_DIR/$1")
 }
 
 if [ -z "$GPUS" ]; then

@@ -26,11 +26,13 @@ MOMENTUM=${MOMENTUM:-0.1}
 NPROC=${NPROC:-1}                                     # processes (GPUs) of this machine
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
+RESUME=${RESUME:-0}                                   # 1: continue each stage that has a checkpoint
 
 source ./train_command.sh  # COMMON, INIT and TRAIN
 
-"${TRAIN[@]}" "${COMMON[@]}" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR"
-"${TRAIN[@]}" "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR"
+"${TRAIN[@]}" "${COMMON[@]}" --stage baseline "${INIT[@]}" --logs-dir "$S1_DIR" $(continue_flag "$S1_DIR")
+"${TRAIN[@]}" "${COMMON[@]}" --stage rpnr --baseline "$S1_DIR/model_best.pth.tar" --logs-dir "$S2_DIR" \
+    $(continue_flag "$S2_DIR")
 # train.py ends with the ten-trial test (SYSU: all and indoor; LLCM: both directions) of the best-on-test
 # model and of the last epoch's model (test.json); the summary shows both side by side.
 python -m rpnr.results "$S2_DIR/test.json" --json "$S2_DIR/summary.json" | tee "$S2_DIR/summary.txt"

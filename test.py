@@ -14,15 +14,15 @@ visible to infrared).
 """
 
 import argparse
-import json
 import os
 import signal
 import sys
 
 import torch
 
-from rpnr.checkpoint import CheckpointError
+from rpnr.checkpoint import CheckpointError, load_checkpoint
 from rpnr.data.prepared import PreparedDataError, check_prepared
+from rpnr.files import os_error_line, sha256_file, write_json
 from rpnr.models import build_model, load_weights
 from rpnr.protocols import (
     DIRECTIONS,
@@ -90,8 +90,6 @@ def load_model(path: str, device: torch.device) -> torch.nn.Module:
 
 
 def run_sysu(args, device: torch.device) -> dict:
-    if not os.path.isfile(args.checkpoint):
-        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     model = load_model(args.checkpoint, device)
     print(f"SYSU-MM01 {args.mode}-search, galleries of trials 0-{args.trials - 1}, checkpoint {args.checkpoint}")
     result = evaluate_sysu(model, args.data_dir, args.mode, range(args.trials), device, args.batch_size,
@@ -101,6 +99,42 @@ def run_sysu(args, device: torch.device) -> dict:
     print(format_result(result, f"Mean of {args.trials} trials ({args.mode}-search):"))
     write_ranks(model, args, device)
     return to_percent(result)
+
+
+def checkpoint_files(args) -> dict[int, str]:
+    """The checkpoint of each tested trial (RegDB: ``{trial}`` in the path replaced); 0 for a single file."""
+    if args.dataset != "regdb":
+        return {0: args.checkpoint}
+    return {t: trial_checkpoint(args.checkpoint, t) for t in range(1, args.trials + 1)}
+
+
+def check_checkpoints(args, files: dict[int, str], manifest: dict) -> None:
+    """Refuse a checkpoint trained on another dataset, and a RegDB model of trial t tested on other trials
+    (they test on identities it trained on); warn about another training image size (DESIGN.md section 10)."""
+    unrecorded = []
+    for trial, path in files.items():
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint not found: {path}" + (f" (trial {trial})" if trial else ""))
+        ckpt = load_checkpoint(path)
+        if "dataset" not in ckpt:
+            unrecorded.append(path)
+            continue
+        saved = ckpt.get("args", {})
+        if ckpt["dataset"] != args.dataset:
+            raise UsageError(f"{path} was trained on {ckpt['dataset']}, not {args.dataset}; test it with "
+                             f"--dataset {ckpt['dataset']}")
+        if trial and saved.get("trial", trial) != trial:
+            hint = "" if "{trial}" in args.checkpoint else (" (put {trial} in --checkpoint to test each trial with "
+                                                            "its own model, or pass --trials 1)")
+            raise UsageError(f"{path} was trained on RegDB trial {saved['trial']}; testing it on trial {trial} "
+                             f"would test it on identities it trained on{hint}")
+        size = (saved.get("height"), saved.get("width"))
+        if None not in size and size != (manifest["height"], manifest["width"]):
+            print(f"warning: {path} was trained at {size[0]}x{size[1]} but {args.data_dir} holds "
+                  f"{manifest['height']}x{manifest['width']} images")
+    if unrecorded:
+        print(f"note: {unrecorded[0]} records no dataset, trial or image size (an official release checkpoint?); "
+              f"tested as given")
 
 
 def write_ranks(model: torch.nn.Module, args, device: torch.device) -> None:
@@ -113,10 +147,7 @@ def write_ranks(model: torch.nn.Module, args, device: torch.device) -> None:
 
 def run_regdb(args, device: torch.device) -> dict:
     trials = range(1, args.trials + 1)
-    paths = {t: trial_checkpoint(args.checkpoint, t) for t in trials}
-    missing = [f"{p} (trial {t})" for t, p in paths.items() if not os.path.isfile(p)]
-    if missing:
-        raise CheckpointError(f"checkpoint not found: {missing[0]}")
+    paths = checkpoint_files(args)
     results = {d: [] for d in DIRECTIONS}
     for t in trials:
         model = load_model(paths[t], device)
@@ -136,8 +167,6 @@ def run_regdb(args, device: torch.device) -> dict:
 
 
 def run_llcm(args, device: torch.device) -> dict:
-    if not os.path.isfile(args.checkpoint):
-        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     model = load_model(args.checkpoint, device)
     variant = ("sampled infrared queries against every visible image, as the LLCM release's test.py"
                if args.v2i_sampled_infrared_queries else "every visible image against the sampled infrared gallery")
@@ -174,15 +203,21 @@ def main(argv=None) -> int:
             raise UsageError("--v2i-sampled-infrared-queries applies to --dataset llcm only")
         manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
         device = resolve_device(args.device)
+        files = checkpoint_files(args)
+        check_checkpoints(args, files, manifest)
         print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, "
               f"device {device}")
         metrics = RUNS[args.dataset](args, device)
         if args.json:
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json, "w") as fh:
-                json.dump(metrics, fh, indent=1)
-    except (CheckpointError, PreparedDataError, UsageError, OSError) as exc:
+            hashes = {str(t): sha256_file(p) for t, p in files.items()}
+            metrics["checkpoint"] = {"path": args.checkpoint,
+                                     "sha256": hashes.popitem()[1] if len(hashes) == 1 else hashes}
+            write_json(args.json, metrics)
+    except (CheckpointError, PreparedDataError, UsageError) as exc:
         print(f"test.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"test.py: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

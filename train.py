@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 
 import torch
@@ -26,7 +27,9 @@ from rpnr.checkpoint import CheckpointError
 from rpnr.data.prepared import PreparedDataError
 from rpnr.distributed import DistributedError
 from rpnr.evaluation import PRECISIONS
+from rpnr.files import os_error_line
 from rpnr.models import IMAGENET_HINT
+from rpnr.run_folder import RunFolderError
 from rpnr.trainer import (
     DATASETS,
     EPS,
@@ -54,8 +57,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
+
+
+def named_settings(argv=None) -> frozenset[str]:
+    """The settings the command line names (a resumed run keeps the checkpoint's others)."""
+    parser = _parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset({"no_amp": "amp"}.get(k, k) for k in vars(parser.parse_args(argv)))
+
+
+def _parser() -> argparse.ArgumentParser:
     p = _Parser(description="Train RPNR stage 1 (baseline) or stage 2 (rpnr).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", "-d", required=True, choices=DATASETS)
     p.add_argument("--stage", required=True, choices=STAGES,
                    help="baseline = stage 1 (ImageNet start); rpnr = stage 2 (starts from --baseline)")
@@ -100,7 +115,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--baseline", default=None,
                    help="stage-1 checkpoint for stage 2 (default baseline/<dataset>_s1/model_best.pth.tar, "
                         "baseline/regdb_s1/<trial>/model_best.pth.tar for RegDB)")
-    g.add_argument("--resume", action="store_true", help="continue from <logs-dir>/checkpoint.pth.tar")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --logs-dir from its checkpoint.pth.tar, with its saved settings")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a --logs-dir that holds an earlier run: its outputs are removed first")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--workers", type=int, default=4, help="threads that read training batches ahead")
@@ -115,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--feature-precision", choices=PRECISIONS, default="tf32",
                    help="arithmetic of the clustering features on CUDA (tf32 = what the release's PyTorch 1.8 "
                         "did on Ampere and later GPUs); test embeddings are always float32")
-    return p.parse_args(argv)
+    return p
 
 
 def _require(ok: bool, message: str) -> None:
@@ -171,6 +189,8 @@ def build_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
     _require(args.height >= 16 and args.width >= 16,
              f"--height/--width must be at least 16 pixels, got {args.height}x{args.width}")
     _require(1 <= args.test_trials <= 10, f"--test-trials must be in 1..10, got {args.test_trials}")
+    _require(not (args.resume and args.overwrite), "pass either --resume (continue the run) or --overwrite (start "
+                                                   "afresh), not both")
     if args.dataset == "regdb":
         _require(1 <= args.trial <= 10, f"--trial must be in 1..10 for RegDB, got {args.trial}")
     bn_splits = args.bn_splits if args.bn_splits is not None else (world if world > 1 else 2)
@@ -205,6 +225,7 @@ def build_config(args: argparse.Namespace, world: int = 1) -> TrainConfig:
         imagenet=imagenet, baseline=baseline, resume=args.resume, device=device, seed=args.seed,
         workers=args.workers, feature_batch_size=args.feature_batch_size, test_trials=args.test_trials,
         amp=not args.no_amp, bn_splits=bn_splits, feature_precision=args.feature_precision,
+        overwrite=args.overwrite,
     )
 
 
@@ -227,19 +248,28 @@ def _check_device(name: str, world: int = 1) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     world, rank = distributed.launched_processes()[:2]
-    group = distributed.SINGLE
+    group, cfg = distributed.SINGLE, None
     try:
         cfg = build_config(args, world)
         group, device = distributed.start(cfg.device)
-        run(dataclasses.replace(cfg, device=device), group)
+        run(dataclasses.replace(cfg, device=device), group, named_settings(argv),
+            ["train.py", *(sys.argv[1:] if argv is None else argv)])
     except (UsageError, TrainingError, PreparedDataError, CheckpointError, DistributedError,
-            FileNotFoundError) as exc:
+            RunFolderError) as exc:
         if rank == 0:  # every rank meets the same error; one line is enough
             print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if rank == 0:
+            kept = cfg is not None and os.path.isfile(os.path.join(cfg.logs_dir, "checkpoint.pth.tar"))
+            print(f"error: {os_error_line(exc)}" + (" (the last checkpoint is intact)" if kept else ""),
+                  file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if rank == 0:
-            print("interrupted; continue with --resume", file=sys.stderr)
+            kept = cfg is not None and os.path.isfile(os.path.join(cfg.logs_dir, "checkpoint.pth.tar"))
+            print("interrupted; " + ("continue with --resume" if kept else "no checkpoint was written yet (start "
+                                     "again with --overwrite)"), file=sys.stderr)
         return 130
     finally:
         distributed.stop(group)
@@ -247,4 +277,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM (kill, torchrun) ends like Ctrl-C
     sys.exit(main())

@@ -7,13 +7,14 @@ import os
 import pickle
 import pickletools
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from rpnr.files import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -151,25 +152,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically: temporary file in the same folder, fsync, rename.
+    """Write ``state`` atomically (:func:`rpnr.files.atomic_write`): a process killed at any moment, or a
+    full disk, leaves the previous file or the new one.
 
-    A process killed at any moment leaves either the previous file or the new one.
+    The state is serialised in memory first, so that a full disk is an ``OSError`` (ENOSPC) rather
+    than PyTorch's ``unexpected pos`` error from inside its zip writer.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getbuffer())

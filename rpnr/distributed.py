@@ -111,6 +111,23 @@ class ProcessGroup:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather_objects(self, obj: T) -> list[T]:
+        """Every rank's ``obj``, in rank order (picklable objects)."""
+        if not self.is_distributed:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def check_same(self, value: int, what: str) -> None:
+        """Raise :class:`DistributedError` (``what`` + which rank differs) unless every rank passed the same
+        ``value`` (e.g. a hash of the epoch's batches)."""
+        values = self.gather_objects(value)
+        differ = [rank for rank, v in enumerate(values) if v != values[0]]
+        if differ:
+            raise DistributedError(f"{what} (rank {differ[0]} differs from rank 0); every process must run the "
+                                   f"same code on the same data")
+
     def from_main(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run ``fn`` on rank 0 only and return its result on every rank.
 

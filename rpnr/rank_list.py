@@ -9,10 +9,10 @@ and identity written under it. Queries are chosen deterministically, spread over
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from rpnr.evaluation import extract_features_uint8
+from rpnr.files import atomic_write
 from rpnr.protocols import trial_sets
 
 MIN_IMAGE_HEIGHT = 128  # small images are scaled up by an integer factor to at least this height
@@ -191,16 +192,9 @@ def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:
                 cell(r, j + 1, ranks.gallery_images[r, j], SAME if ranks.matches[r, j] else OTHER,
                      (f"#{j + 1} {ranks.similarity[r, j]:.3f}", f"id {ranks.gallery_pids[r, j]}"))
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    atomic_write(path, buffer.getbuffer())
 
 
 def write_rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, path: str | os.PathLike,

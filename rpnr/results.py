@@ -27,7 +27,7 @@ METRIC_LABEL = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank
 
 def settings(result: dict) -> list[str]:
     """The test settings of a best/last result (e.g. ["all", "indoor"]), in stored order."""
-    return [k for k in result["best"] if k != "epoch"]
+    return [k for k, v in result["best"].items() if isinstance(v, dict) and "rank1" in v]
 
 
 def mean_results(results: Sequence[dict]) -> dict:

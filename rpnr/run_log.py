@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,30 +14,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the Agg backend
 from tqdm import tqdm  # noqa: E402
 
-TIME_PREFIX = "time_"  # metrics keys that hold seconds (differ between otherwise identical runs)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from rpnr.files import atomic_write, write_json  # noqa: E402
 
 
 class RunLog:
     """Prints lines (tqdm-safe) and appends them to ``log.txt``; keeps ``metrics.json`` and ``curves.png``.
 
     ``resume_epoch``: keep the log and the metrics records of epochs up to this
-    number (a resumed run); ``None`` starts both afresh. ``enabled=False`` (torchrun
-    ranks other than 0) prints and writes nothing.
+    number (a resumed run); ``None`` starts both afresh. ``log_bytes``: with
+    ``resume_epoch``, cut ``log.txt`` back to this length (what it held when the
+    checkpoint was written). ``enabled=False`` (torchrun ranks other than 0) prints
+    and writes nothing.
     """
 
-    def __init__(self, logs_dir: str | os.PathLike, resume_epoch: int | None = None, enabled: bool = True):
+    def __init__(self, logs_dir: str | os.PathLike, resume_epoch: int | None = None, enabled: bool = True,
+                 log_bytes: int | None = None):
         self.dir = Path(logs_dir)
         self.enabled = enabled
         self.log_path = self.dir / "log.txt"
@@ -51,7 +42,10 @@ class RunLog:
             self.log_path.write_text("")
             for stale in (self.metrics_path, self.curves_path):
                 stale.unlink(missing_ok=True)
-        elif self.metrics_path.is_file():
+            return
+        if log_bytes is not None and self.log_path.is_file() and self.log_path.stat().st_size > log_bytes:
+            os.truncate(self.log_path, log_bytes)  # nothing past the checkpoint's epoch
+        if self.metrics_path.is_file():
             try:
                 records = json.loads(self.metrics_path.read_text())
             except json.JSONDecodeError:
@@ -63,6 +57,10 @@ class RunLog:
             tqdm.write(line)
             self.note(line)
 
+    def size(self) -> int:
+        """The length of ``log.txt`` in bytes (0 when absent)."""
+        return self.log_path.stat().st_size if self.log_path.is_file() else 0
+
     def note(self, line: str) -> None:
         """Append ``line`` to ``log.txt`` only (e.g. an error the caller prints itself)."""
         if self.enabled:
@@ -72,7 +70,7 @@ class RunLog:
     def write_json(self, name: str, obj) -> None:
         """Write ``obj`` as ``name`` in the logs folder (atomically)."""
         if self.enabled:
-            _atomic_write_text(self.dir / name, json.dumps(obj, indent=1) + "\n")
+            write_json(self.dir / name, obj)
 
     def add_record(self, record: dict) -> None:
         """Append one epoch's record (replacing an older one of the same epoch); rewrite json and curves."""
@@ -99,13 +97,9 @@ def plot_curves(records: list[dict], path: str | os.PathLike) -> None:
     ax_k.set_title("pseudo identities")
     ax_k.legend()
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=80)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, buffer.getbuffer())

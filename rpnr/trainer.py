@@ -17,6 +17,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
+import math
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -36,6 +40,7 @@ from rpnr.data.prepared import ImageSet, check_prepared, load_train
 from rpnr.data.sampler import BatchStream, RandomMultipleGallerySampler
 from rpnr.distributed import SINGLE, ProcessGroup
 from rpnr.evaluation import extract_features_uint8
+from rpnr.files import remove_temporaries, sha256_file
 from rpnr.matching import hybrid_centers, match_clusters
 from rpnr.memory import ClusterMemory
 from rpnr.models import build_model, load_weights
@@ -43,12 +48,11 @@ from rpnr.pseudo_labels import calibrate_labels, cluster_centers, cluster_featur
 from rpnr.rank_list import write_rank_list
 from rpnr.results import side_by_side
 from rpnr.rng import capture_rng_state, restore_rng_state, seed_everything
+from rpnr.run_folder import BEST, CHECKPOINT, OUTPUTS, RunFolder, device_name, provenance, write_run_json
 from rpnr.run_log import RunLog
 from rpnr.training import stage1_loss, stage2_loss
 
 FORMAT_VERSION = 1
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
 TEST_JSON = "test.json"
 RANKS_PNG = "ranks.png"
 STAGES = ("baseline", "rpnr")
@@ -60,6 +64,11 @@ ITERS = {"sysu": 200, "regdb": 100, "llcm": 200}
 TOP_K = {"sysu": 20, "regdb": 5, "llcm": 20}
 TRIALED = ("regdb",)  # datasets trained per trial (a model per trial); the others test on ten galleries
 MODALITY_NAMES = {"rgb": "visible", "ir": "infrared"}
+# settings that change what a run computes: a resumed run must keep them (DESIGN.md section 10)
+COMPUTED = ("trial", "height", "width", "batch_size", "rgb_batch_size", "num_instances", "iters", "lr", "weight_decay",
+            "step_size", "gamma", "eps", "k1", "k2", "min_samples", "momentum", "temp", "top_k", "ot_reg", "w_cross",
+            "w_hybrid", "w_nrl", "sigma", "delta", "seed", "amp", "bn_splits", "feature_precision")
+CURRENT = ("data_dir", "logs_dir", "resume", "overwrite", "device")  # a resumed run takes these from the command
 
 
 class TrainingError(RuntimeError):
@@ -106,6 +115,7 @@ class TrainConfig:
     imagenet: str | None = None
     baseline: str | None = None
     resume: bool = False
+    overwrite: bool = False  # a fresh run replaces the outputs of an earlier run in logs_dir
     device: str = "cpu"
     seed: int | None = 1
     workers: int = 4
@@ -301,8 +311,14 @@ class RunState:
     train_ir: ImageSet
     log: RunLog
     args: dict
+    folder: RunFolder
+    data_id: str  # identity of the prepared data (checked on resume)
     start_epoch: int = 0
-    best_rank1: float = -1.0
+    best: dict = dataclasses.field(default_factory=lambda: {"epoch": 0, "rank1": -1.0, "mAP": 0.0})
+
+    @property
+    def best_rank1(self) -> float:
+        return float(self.best["rank1"])
 
     @property
     def logs_dir(self) -> Path:
@@ -366,13 +382,22 @@ def epoch_batches(labels: EpochLabels, train_rgb: ImageSet, train_ir: ImageSet, 
     stream_rgb.new_epoch()
     pos_ir = group.batch_positions(cfg.batch_size)
     pos_rgb = group.batch_positions(2 * cfg.rgb_batch_size)
-    return [IterationBatch(rows_ir[p_ir], rows_rgb[p_rgb], pos_ir, pos_rgb)
-            for p_ir, p_rgb in zip(stream_ir.take(cfg.iters), stream_rgb.take(cfg.iters))]
+    batches = [IterationBatch(rows_ir[p_ir], rows_rgb[p_rgb], pos_ir, pos_rgb)
+               for p_ir, p_rgb in zip(stream_ir.take(cfg.iters), stream_rgb.take(cfg.iters))]
+    digest = hashlib.blake2b(digest_size=8)
+    for array in [labels.ir.train, labels.rgb.train, *(a for b in batches for a in (b.rows_ir, b.rows_rgb))]:
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+    group.check_same(int.from_bytes(digest.digest(), "little"), f"epoch {epoch + 1}: the processes drew "
+                     f"different batches or labels")  # section 10: never train on different batches
+    return batches
 
 
 def train_step(s: RunState, batch: IterationBatch, img_ir: Tensor, img_rgb: Tensor, labels: EpochLabels,
-               memories: dict, epoch: int) -> dict:
-    """One iteration on the global batch; returns the loss terms (and "total") as floats."""
+               memories: dict, epoch: int, iteration: int) -> dict:
+    """One iteration on the global batch; returns the loss terms (and "total") as floats.
+
+    A loss that is not finite stops the run before the optimizer step (:class:`TrainingError`).
+    """
     cfg, device = s.cfg, s.device
     y_ir = torch.from_numpy(labels.ir.train[batch.rows_ir]).to(device)  # [B_ir]
     y = torch.from_numpy(labels.rgb.train[batch.rows_rgb]).to(device)  # [B_rgb]
@@ -393,10 +418,16 @@ def train_step(s: RunState, batch: IterationBatch, img_ir: Tensor, img_rgb: Tens
         total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, labels.r2i, labels.i2r, epoch,
                                    w_cross=cfg.w_cross, w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl,
                                    sigma=cfg.sigma, delta=cfg.delta)
+    parts["total"] = total.item()
+    if not all(math.isfinite(v) for v in parts.values()):
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+        kept = f"checkpoint of epoch {epoch} intact" if epoch else "no checkpoint was written"
+        raise TrainingError(f"epoch {epoch + 1}, iteration {iteration}: the loss is not finite ({terms}); "
+                            f"lower --lr; {kept}")
     s.optimizer.zero_grad(set_to_none=True)
     total.backward()  # memories updated identically on every rank; DDP averages the gradients
     s.optimizer.step()
-    return {**parts, "total": total.item()}
+    return parts
 
 
 def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) -> dict:
@@ -410,8 +441,8 @@ def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) ->
     sums: dict[str, float] = {}
     bar = _progress(s.group, zip(loaded, batches), total=cfg.iters, desc=f"epoch {epoch + 1} train", unit="it",
                     leave=False)
-    for (img_ir, img_rgb), batch in bar:
-        parts = train_step(s, batch, img_ir, img_rgb, labels, memories, epoch)
+    for iteration, ((img_ir, img_rgb), batch) in enumerate(bar, 1):
+        parts = train_step(s, batch, img_ir, img_rgb, labels, memories, epoch, iteration)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.set_postfix(loss=f"{parts['total']:.3f}")
@@ -464,14 +495,29 @@ def _init_model(cfg: TrainConfig, device: torch.device, initialise: bool) -> nn.
     else:
         model = build_model("agw")
     if cfg.stage == "rpnr" and initialise:
-        if not Path(cfg.baseline).is_file():
-            raise TrainingError(f"stage-1 checkpoint not found: {cfg.baseline} (run train.py --stage "
-                                f"baseline first or pass --baseline PATH)")
         load_weights(model, cfg.baseline)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def check_baseline(cfg: TrainConfig) -> str | None:
+    """Refuse a stage-1 model of another dataset or (RegDB) another trial, whose training identities would be
+    this trial's test identities; a note for a checkpoint that records neither (the official release's)."""
+    if not Path(cfg.baseline).is_file():
+        raise TrainingError(f"stage-1 checkpoint not found: {cfg.baseline} (run train.py --stage "
+                            f"baseline first or pass --baseline PATH)")
+    ckpt = load_checkpoint(cfg.baseline)
+    saved = ckpt.get("args", {})
+    if "dataset" not in ckpt:
+        return f"{cfg.baseline} records no dataset or trial (an official release checkpoint?); used as given"
+    if ckpt["dataset"] != cfg.dataset:
+        raise TrainingError(f"--baseline {cfg.baseline} was trained on {ckpt['dataset']}, not {cfg.dataset}")
+    if cfg.dataset in TRIALED and saved.get("trial", cfg.trial) != cfg.trial:
+        raise TrainingError(f"--baseline {cfg.baseline} was trained on RegDB trial {saved['trial']}, not --trial "
+                            f"{cfg.trial} (its training identities include this trial's test identities)")
+    return None
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, object]:
@@ -481,28 +527,69 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
     return optimizer, scheduler
 
 
-def _load_resume(path: Path, cfg: TrainConfig, world_size: int, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore model, optimizer and scheduler from ``checkpoint.pth.tar``; returns the checkpoint."""
-    ckpt = load_checkpoint(path)
+def _flag(name: str, value) -> str:
+    """A setting as its command-line flag (``amp`` is spelled ``--no-amp``)."""
+    return f"--no-amp {not value}" if name == "amp" else f"--{name.replace('_', '-')} {value}"
+
+
+def resumed_config(cfg: TrainConfig, saved: dict, given: frozenset[str], path: Path) -> TrainConfig:
+    """The settings of a resumed run: the checkpoint's, except the flags of ``CURRENT`` and the other
+    flags the command gave (``given``); a given setting of ``COMPUTED`` that differs from the saved
+    one is a :class:`TrainingError` listing ``--flag saved -> given`` for each."""
+    differ = [f"{_flag(k, saved[k])} -> {_flag(k, getattr(cfg, k)).split(' ', 1)[1]}"
+              for k in COMPUTED if k in given and k in saved and saved[k] != getattr(cfg, k)]
+    if differ:
+        raise TrainingError(f"{path} was trained with other settings, so resuming would compute something else: "
+                            f"{', '.join(differ)} (leave these flags out to resume with the saved values, or start "
+                            f"afresh with --overwrite)")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(CURRENT) - set(given)
+    return dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known})
+
+
+def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
+    """The checkpoint belongs to this dataset, stage, process count and prepared data."""
     if ckpt.get("format_version") != FORMAT_VERSION or "optimizer" not in ckpt:
         raise TrainingError(f"{path} is not a training checkpoint of this project (cannot resume from it)")
-    for key in ("stage", "dataset"):
-        if ckpt.get(key) != getattr(cfg, key):
-            raise TrainingError(f"{path} is a {ckpt.get('dataset')} {ckpt.get('stage')} checkpoint; "
-                                f"cannot resume it as {cfg.dataset} {cfg.stage}")
-    if cfg.dataset in TRIALED and ckpt.get("args", {}).get("trial") != cfg.trial:
-        raise TrainingError(f"{path} was trained on RegDB trial {ckpt.get('args', {}).get('trial')}, "
-                            f"not --trial {cfg.trial}")
+    if (ckpt.get("stage"), ckpt.get("dataset")) != (cfg.stage, cfg.dataset):
+        raise TrainingError(f"{path} is a {ckpt.get('dataset')} {ckpt.get('stage')} checkpoint; "
+                            f"cannot resume it as {cfg.dataset} {cfg.stage}")
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != world_size:
         raise TrainingError(f"{path} was written by a run of {saved_world} process(es); resume it with the same "
                             f"number (torchrun --nproc_per_node {saved_world}), not {world_size}")
+    if ckpt.get("data_id", data_id) != data_id:
+        raise TrainingError(f"{path} was trained on other prepared data than --data-dir {cfg.data_dir} "
+                            f"(--data-dir {ckpt.get('args', {}).get('data_dir')} -> {cfg.data_dir}); pass the "
+                            f"folder it was trained on")
     if int(ckpt["epoch"]) > cfg.epochs:
         raise TrainingError(f"{path} already holds {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}")
-    load_weights(model, path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    return ckpt
+
+
+def _best_state(model_state: dict, best: dict, args: dict) -> dict:
+    """The contents of model_best.pth.tar."""
+    return {"model": model_state, "epoch": best["epoch"], "rank1": best["rank1"], "mAP": best["mAP"], "args": args,
+            "stage": args["stage"], "dataset": args["dataset"]}
+
+
+def reconcile_best(folder: Path, ckpt: dict) -> str | None:
+    """Make model_best agree with the checkpoint's best epoch after a kill between the two writes.
+
+    The checkpoint is written first: when it names its own epoch as the best one but model_best holds
+    an older epoch (or none), model_best is rewritten from the checkpoint's model (the returned note
+    says so). Any other disagreement is a :class:`TrainingError`.
+    """
+    best = ckpt.get("best")
+    if best is None:  # written before the best epoch was recorded
+        return None
+    path = folder / BEST
+    held = int(load_checkpoint(path)["epoch"]) if path.is_file() else None
+    if held == best["epoch"]:
+        return None
+    if best["epoch"] == ckpt["epoch"] and (held is None or held < best["epoch"]):
+        save_checkpoint(_best_state(ckpt["model"], best, ckpt["args"]), path)
+        return f"{BEST} rewritten from {CHECKPOINT}: the run stopped between the two writes of epoch {best['epoch']}"
+    raise TrainingError(f"{path} holds epoch {held} but {folder / CHECKPOINT} names epoch {best['epoch']} as the best; "
+                        f"restore the run's files or start afresh with --overwrite")
 
 
 def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict, result: dict, best: float,
@@ -521,58 +608,93 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
     return lines
 
 
-def _prepare_logs_dir(logs_dir: Path) -> None:
-    """Create the logs folder and remove temporary files a killed run may have left from its atomic writes."""
-    logs_dir.mkdir(parents=True, exist_ok=True)
-    for name in (CHECKPOINT, BEST, TEST_JSON, RANKS_PNG, "metrics.json", "curves.png"):
-        for tmp in logs_dir.glob(f".{name}.*"):
-            tmp.unlink(missing_ok=True)
-
-
-def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
-    """The prepared training sets of both modalities, checked against the settings."""
-    check_prepared(cfg.data_dir, cfg.dataset, cfg.height, cfg.width)
+def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
+    """The prepared training sets of both modalities, checked against the settings, and the data's identity."""
+    manifest = check_prepared(cfg.data_dir, cfg.dataset, cfg.height, cfg.width)
     train_rgb, train_ir = load_train(cfg.data_dir, cfg.dataset, trial=cfg.trial)
     for name, images in (("visible", train_rgb), ("infrared", train_ir)):
         if len(images) <= cfg.k1:
             raise TrainingError(f"--k1 {cfg.k1} needs more {name} training images than the {len(images)} "
                                 f"in {cfg.data_dir}; pass a smaller --k1")
-    return train_rgb, train_ir
+    return train_rgb, train_ir, data_identity(manifest)
 
 
-def open_run(cfg: TrainConfig, group: ProcessGroup) -> RunState:
-    """Data, model (fresh or resumed), optimizer and log of a run; the first log line written."""
+def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list[str]) -> None:
+    """Rank 0, once every check passed: remove an earlier run's outputs (``--overwrite``), write run.json and
+    print the notes."""
+    if cfg.overwrite and not cfg.resume:
+        folder.clear()
+    remove_temporaries(folder.path, OUTPUTS)  # of writes a killed run left unfinished
+    write_run_json(folder.path, record, resumed=cfg.resume)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset(),
+             command: list[str] | None = None) -> RunState:
+    """Lock the logs folder, check everything, then start or resume the run: data, model, optimizer, log.
+
+    ``given``: the settings the command line named (a resumed run keeps the checkpoint's others).
+    Nothing in the folder changes before every check has passed.
+    """
     device = torch.device(cfg.device)
-    train_rgb, train_ir = _load_data(cfg)
-    logs_dir = Path(cfg.logs_dir)
-    group.on_main(_prepare_logs_dir, logs_dir)
-    ckpt_path = logs_dir / CHECKPOINT
-    if cfg.resume and not ckpt_path.is_file():
-        raise TrainingError(f"nothing to resume: {ckpt_path} does not exist")
+    folder = RunFolder(cfg.logs_dir)
+    group.from_main(folder.lock)  # rank 0 holds the lock; the others share its verdict
+    group.from_main(folder.check_fresh, cfg.resume, cfg.overwrite, keep=cfg.baseline)
+    ckpt_path = folder.path / CHECKPOINT
+    ckpt = None
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise TrainingError(f"nothing to resume: {ckpt_path} does not exist")
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = resumed_config(cfg, ckpt.get("args", {}), given, ckpt_path)
+    train_rgb, train_ir, data_id = _load_data(cfg)
+    if ckpt is not None:
+        _check_resumable(ckpt, ckpt_path, cfg, group.world_size, data_id)
     if cfg.seed is not None:
         seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    net = _init_model(cfg, device, initialise=not cfg.resume)
+    notes = [check_baseline(cfg) if cfg.stage == "rpnr" and ckpt is None else None]
+    net = _init_model(cfg, device, initialise=ckpt is None)
     net.bn_splits = cfg.bn_splits // group.world_size  # this rank's slices of the global batch
     optimizer, scheduler = _make_optimizer(net, cfg)
-    start_epoch, best_rank1, rng_state = 0, -1.0, None
-    if cfg.resume:
-        ckpt = _load_resume(ckpt_path, cfg, group.world_size, net, optimizer, scheduler)
-        start_epoch, best_rank1, rng_state = int(ckpt["epoch"]), float(ckpt["best_rank1"]), ckpt["rng"]
-    log = RunLog(logs_dir, resume_epoch=start_epoch if cfg.resume else None, enabled=group.is_main)
     args = dataclasses.asdict(cfg)
-    if cfg.resume:
-        log.print(f"resuming from {ckpt_path} after epoch {start_epoch} (best Rank-1 {best_rank1:.2f}%)")
+    names = group.gather_objects(device_name(device))
+    record = provenance(command or sys.argv, args, device, names, group.world_size)
+    notes.append(group.from_main(reconcile_best, folder.path, ckpt) if ckpt is not None else None)
+    group.from_main(_claim_folder, folder, cfg, record, [n for n in notes if n])
+    state = RunState(cfg=cfg, group=group, device=device, net=net, model=group.wrap(net, device),
+                     optimizer=optimizer, scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, log=None,
+                     args=args, folder=folder, data_id=data_id)
+    if ckpt is not None:
+        _restore(state, ckpt)
     else:
-        log.print(f"{cfg.dataset} {cfg.stage}: {len(train_rgb)} visible and {len(train_ir)} infrared "
-                  f"training images; {group.world_size} process(es), batch norm in {cfg.bn_splits} slice(s); "
-                  f"args {args}")
-    if rng_state is not None:
-        restore_rng_state(rng_state)  # the resumed epoch sees the random stream of the uninterrupted run
-    return RunState(cfg=cfg, group=group, device=device, net=net, model=group.wrap(net, device),
-                    optimizer=optimizer, scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, log=log,
-                    args=args, start_epoch=start_epoch, best_rank1=best_rank1)
+        state.log = RunLog(folder.path, enabled=group.is_main)
+        state.log.print(f"{cfg.dataset} {cfg.stage}: {len(train_rgb)} visible and {len(train_ir)} infrared "
+                        f"training images; {group.world_size} process(es), batch norm in {cfg.bn_splits} slice(s); "
+                        f"args {args}")
+    return state
+
+
+def _restore(s: RunState, ckpt: dict) -> None:
+    """Model, optimizer, scheduler, best epoch, log and random streams of a resumed run."""
+    load_weights(s.net, s.folder.path / CHECKPOINT)
+    s.optimizer.load_state_dict(ckpt["optimizer"])
+    s.scheduler.load_state_dict(ckpt["scheduler"])
+    s.start_epoch = int(ckpt["epoch"])
+    s.best = dict(ckpt.get("best") or {"epoch": 0, "rank1": float(ckpt["best_rank1"]), "mAP": 0.0})
+    s.log = RunLog(s.folder.path, resume_epoch=s.start_epoch, enabled=s.group.is_main,
+                   log_bytes=ckpt.get("log_bytes"))
+    s.log.print(f"resuming from {s.folder.path / CHECKPOINT} after epoch {s.start_epoch} "
+                f"(best Rank-1 {s.best_rank1:.2f}%)")
+    restore_rng_state(ckpt["rng"])  # the resumed epoch sees the random stream of the uninterrupted run
+
+
+def data_identity(manifest: dict) -> str:
+    """A fingerprint of a prepared folder's manifest (where it lies and when it was written left out)."""
+    content = {k: v for k, v in manifest.items() if k not in ("created", "source")}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def epoch_labels(s: RunState, epoch: int, times: dict) -> EpochLabels:
@@ -602,7 +724,7 @@ def run_epoch(s: RunState, epoch: int) -> None:
         times["time_clustering"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         losses = train_epoch(s, labels, memories, epoch)
-    except PseudoLabelError as exc:
+    except TrainingError as exc:
         s.log.note(f"error: {exc}")
         raise
     lr = s.optimizer.param_groups[0]["lr"]
@@ -610,6 +732,7 @@ def run_epoch(s: RunState, epoch: int) -> None:
     _sync(s.device)
     times["time_training"] = time.perf_counter() - t0
     del memories
+    check_finite_weights(s.net, epoch + 1)
     t0 = time.perf_counter()
     result = s.group.from_main(evaluate_epoch, s.net, cfg.dataset, cfg.data_dir, cfg.trial, s.device,
                                cfg.feature_batch_size)
@@ -617,15 +740,23 @@ def run_epoch(s: RunState, epoch: int) -> None:
     finish_epoch(s, epoch + 1, labels, losses, result, lr, times)
 
 
+def check_finite_weights(net: nn.Module, epoch: int) -> None:
+    """Raise :class:`TrainingError` when a weight or running statistic is not finite (never saved)."""
+    bad = next((k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        kept = f"checkpoint of epoch {epoch - 1} intact" if epoch > 1 else "no checkpoint was written"
+        raise TrainingError(f"epoch {epoch}: the model's weights are not finite ({bad}); lower --lr; {kept}")
+
+
 def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, result: dict, lr: float,
                  times: dict) -> None:
-    """Keep the best model, log the epoch, add its metrics record and write the checkpoint (rank 0)."""
+    """Log the epoch, add its metrics record, write the checkpoint, then model_best when the epoch improved
+    (rank 0; this order is what :func:`reconcile_best` relies on)."""
     cfg = s.cfg
-    if result["rank1"] > s.best_rank1:
-        s.best_rank1 = result["rank1"]
-        s.group.on_main(save_checkpoint, {"model": s.net.state_dict(), "epoch": done, "rank1": result["rank1"],
-                                          "mAP": result["mAP"], "args": s.args, "stage": cfg.stage,
-                                          "dataset": cfg.dataset}, s.logs_dir / BEST)
+    improved = result["rank1"] > s.best_rank1
+    if improved:
+        s.best = {"epoch": done, "rank1": result["rank1"], "mAP": result["mAP"]}
     for line in _epoch_lines(done, cfg, labels, losses, result, s.best_rank1,
                              {k[len("time_"):]: v for k, v in times.items()}):
         s.log.print(line)
@@ -638,35 +769,46 @@ def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, resu
         "relabeled_ir": labels.ir.relabeled if calibrate else None,
         "purity_rgb": labels.rgb.purity, "purity_ir": labels.ir.purity,
         **{f"loss_{k}": v for k, v in losses.items()}, **times})
+    model_state = s.net.state_dict()
     s.group.on_main(save_checkpoint, {
-        "model": s.net.state_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-        "epoch": done, "best_rank1": s.best_rank1, "rng": capture_rng_state(), "args": s.args, "stage": cfg.stage,
-        "dataset": cfg.dataset, "world_size": s.group.world_size, "format_version": FORMAT_VERSION},
-        s.logs_dir / CHECKPOINT)
+        "model": model_state, "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+        "epoch": done, "best_rank1": s.best_rank1, "best": s.best, "rng": capture_rng_state(), "args": s.args,
+        "stage": cfg.stage, "dataset": cfg.dataset, "world_size": s.group.world_size, "data_id": s.data_id,
+        "log_bytes": s.log.size(), "format_version": FORMAT_VERSION}, s.logs_dir / CHECKPOINT)
+    if improved:
+        s.group.on_main(save_checkpoint, _best_state(model_state, s.best, s.args), s.logs_dir / BEST)
 
 
-def run(cfg: TrainConfig, group: ProcessGroup = SINGLE) -> dict:
+def run(cfg: TrainConfig, group: ProcessGroup = SINGLE, given: frozenset[str] = frozenset(),
+        command: list[str] | None = None) -> dict:
     """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best and the last model.
 
-    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png, test.json
-    and ranks.png into ``cfg.logs_dir`` (rank 0 only under torchrun); returns the final test
-    results ``{"best": ..., "last": ...}`` (on every rank).
+    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png, test.json,
+    ranks.png and run.json into ``cfg.logs_dir`` (rank 0 only under torchrun), which it holds locked;
+    returns the final test results ``{"best": ..., "last": ...}`` (on every rank).
     """
-    state = open_run(cfg, group)
-    for epoch in range(state.start_epoch, cfg.epochs):
-        run_epoch(state, epoch)
-    return test_best(state)
+    state = open_run(cfg, group, given, command)
+    try:
+        for epoch in range(state.start_epoch, state.cfg.epochs):
+            run_epoch(state, epoch)
+        return test_best(state)
+    finally:
+        state.folder.release()
 
 
 def _final_tests(s: RunState) -> tuple[float, dict]:
     """Full test of the last epoch's model (in memory) and of model_best (loaded), ranks.png of the best.
 
-    Returns (Rank-1 that selected the best model, {"best": {"epoch", settings...}, "last": {...}}).
+    Returns (Rank-1 that selected the best model, {"best": {"epoch", "checkpoint", settings...},
+    "last": {...}}); "checkpoint" is ``{"path", "sha256"}`` of the file holding that model.
     """
     cfg = s.cfg
     run_test = functools.partial(final_test, dataset=cfg.dataset, data_dir=cfg.data_dir, trial=cfg.trial,
                                  trials=cfg.test_trials, device=s.device, batch_size=cfg.feature_batch_size)
-    last = {"epoch": cfg.epochs, **run_test(s.net)}
+    files = {name: {"path": str(s.logs_dir / name), "sha256": sha256_file(s.logs_dir / name)}
+             for name in (CHECKPOINT, BEST)}
+    tested = run_test(s.net)
+    last = {"epoch": cfg.epochs, "checkpoint": files[CHECKPOINT], **tested}
     best_path = s.logs_dir / BEST
     try:
         load_weights(s.net, best_path)
@@ -674,7 +816,7 @@ def _final_tests(s: RunState) -> tuple[float, dict]:
         raise TrainingError(str(exc)) from None
     best_ckpt = load_checkpoint(best_path)
     epoch = int(best_ckpt["epoch"])
-    best = dict(last) if epoch == cfg.epochs else {"epoch": epoch, **run_test(s.net)}
+    best = {"epoch": epoch, "checkpoint": files[BEST], **(tested if epoch == cfg.epochs else run_test(s.net))}
     write_rank_list(s.net, cfg.dataset, cfg.data_dir, s.logs_dir / RANKS_PNG,
                     trial=protocols.epoch_test_trial(cfg.dataset, cfg.trial), device=s.device,
                     batch_size=cfg.feature_batch_size)

@@ -308,7 +308,8 @@ def test_test_script_llcm_both_directions_match_the_release(llcm_prepared, llcm_
                                 "--ranks-png", tmp_path / "ranks.png", "--ranks-queries", 3)
     assert status == 0, err
     got = json.loads((tmp_path / "llcm.json").read_text())
-    assert set(got) == {"visible_to_infrared", "infrared_to_visible"}
+    assert set(got) == {"visible_to_infrared", "infrared_to_visible", "checkpoint"}
+    assert got["checkpoint"]["path"] == str(path) and len(got["checkpoint"]["sha256"]) == 64
     lines = out.splitlines()
     assert sum(line.startswith("Trial ") for line in lines) == 20
     assert "Mean of 10 trials Infrared to Visible: Rank-1: " in out and (tmp_path / "ranks.png").is_file()
@@ -316,7 +317,7 @@ def test_test_script_llcm_both_directions_match_the_release(llcm_prepared, llcm_
                               "--v2i-sampled-infrared-queries")
     assert status == 1 and err.strip() == ("test.py: error: --v2i-sampled-infrared-queries applies to "
                                            "--dataset llcm only")
-    for direction in got:
+    for direction in ("visible_to_infrared", "infrared_to_visible"):
         assert set(got[direction]) == set(KEYS)
         assert all(0.0 <= v <= 100.0 for v in got[direction].values())
         assert got[direction]["rank1"] <= got[direction]["rank5"] <= got[direction]["rank20"]

@@ -196,7 +196,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(dataset, kind, synthetic_sysu_
 
 def test_interrupted_write_leaves_nothing(synthetic_regdb_raw, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = prepared.read_images_into
+    original = prepared.write_image_array
 
     def interrupt_on_third(*args, **kwargs):
         calls["n"] += 1
@@ -204,7 +204,7 @@ def test_interrupted_write_leaves_nothing(synthetic_regdb_raw, tmp_path, monkeyp
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(prepared, "read_images_into", interrupt_on_third)
+    monkeypatch.setattr(prepared, "write_image_array", interrupt_on_third)
     out = tmp_path / "regdb"
     with pytest.raises(KeyboardInterrupt):
         prepared.write_prepared(plan_regdb(str(synthetic_regdb_raw)), out, 32, 16, workers=1)
@@ -220,3 +220,108 @@ def test_manifest_is_json_with_counts(prepared_sysu):
     stats = {(s["split"], s["modality"]): s for s in manifest["stats"]}
     assert stats["train", "IR"]["images"] == counts["train_ir"]
     assert stats["gallery indoor (trial 0)", "RGB"]["cameras"] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- nothing lost (DESIGN.md section 10)
+
+
+def _tree(folder: Path) -> dict:
+    """Every file under ``folder`` with its contents."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _prepare(capsys, *args) -> tuple[int, str]:
+    """prepare_regdb.py's main() in this process: (exit status, its one stderr line)."""
+    from rpnr.data.prepare_cli import prepare_main
+
+    capsys.readouterr()
+    status = prepare_main("prepare_regdb.py", "", "", plan_regdb, [str(a) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 1, err
+    return status, err[0] if err else ""
+
+
+def test_prepare_never_deletes_the_raw_dataset(synthetic_regdb_raw, tmp_path, capsys):
+    raw = tmp_path / "data" / "RegDB"
+    shutil.copytree(synthetic_regdb_raw, raw)
+    before = _tree(tmp_path)
+    for out in (raw, raw.parent, tmp_path):  # the raw folder itself, and folders that hold it
+        status, err = _prepare(capsys, "--data-dir", raw, "--output-dir", out, "--overwrite", "--height", 32,
+                               "--width", 16)
+        assert status == 1 and "is the raw dataset folder or holds it" in err, err
+    assert _tree(tmp_path) == before
+
+
+def test_overwrite_replaces_only_a_folder_this_project_prepared(synthetic_regdb_raw, tmp_path, capsys):
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "paper.tex").write_text("months of work")
+    status, err = _prepare(capsys, "--data-dir", synthetic_regdb_raw, "--output-dir", other, "--overwrite",
+                           "--height", 32, "--width", 16)
+    assert status == 1 and "was not prepared by this project" in err and "left alone" in err
+    assert "pass --overwrite" not in err
+    assert _tree(other) == {"paper.tex": b"months of work"}
+
+
+def test_prepare_checks_free_space_first(synthetic_regdb_raw, tmp_path, capsys, monkeypatch):
+    usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(prepared.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5000, 5000))
+    status, err = _prepare(capsys, "--data-dir", synthetic_regdb_raw, "--output-dir", tmp_path / "out", "--height",
+                           32, "--width", 16)
+    assert status == 1 and err.startswith("prepare_regdb.py: error: not enough space for the prepared arrays: they "
+                                          "need about ") and f"5.0 kB free on {tmp_path}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure, status, words", [
+    (OSError(28, "No space left on device"), 1, "no space left on the device: free some space (nothing was written)"),
+    (KeyboardInterrupt(), 130, "interrupted;"),
+])
+def test_full_disk_or_ctrl_c_while_writing_leave_nothing(synthetic_regdb_raw, tmp_path, capsys, monkeypatch,
+                                                         failure, status, words):
+    calls = []
+
+    def fail_on_third(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise failure
+        return original(*args, **kwargs)
+
+    original = prepared.write_image_array
+    monkeypatch.setattr(prepared, "write_image_array", fail_on_third)
+    out = tmp_path / "out"
+    got, err = _prepare(capsys, "--data-dir", synthetic_regdb_raw, "--output-dir", out, "--height", 32, "--width", 16)
+    assert got == status and words in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftovers_of_killed_runs_are_cleaned_up(synthetic_regdb_raw, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    out = tmp_path / "regdb"
+    (tmp_path / f"regdb.tmp-{pid}").mkdir()
+    (tmp_path / f"regdb.tmp-{pid}" / "visible_train_images.npy").write_bytes(b"half")
+    (tmp_path / f"regdb.old-{pid}").mkdir()  # killed between the two renames: the previous output, no OUT
+    (tmp_path / f"regdb.old-{pid}" / "manifest.json").write_text(json.dumps({"format_version": 1, "dataset": "regdb"}))
+    prepared.write_prepared(plan_regdb(str(synthetic_regdb_raw)), out, 32, 16, overwrite=True, workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["regdb"]
+    assert check_prepared(out, "regdb", 32, 16)["height"] == 32
+
+
+def test_prepared_arrays_are_checked_against_the_manifest(prepared_regdb, tmp_path):
+    copy = tmp_path / "regdb"
+    shutil.copytree(prepared_regdb, copy)
+    images = np.load(copy / "visible_train_images.npy")
+    np.save(copy / "visible_train_images.npy", images[:, ::2, ::2])  # another image size
+    with pytest.raises(PreparedDataError, match=r"visible_train_images.npy holds uint8 \[\d+x32x16x3\] but "
+                                                r"manifest.json says uint8 \[\d+x64x32x3\]"):
+        check_prepared(copy, "regdb")
+    np.save(copy / "visible_train_images.npy", images)
+    np.save(copy / "thermal_test_pids.npy", np.load(copy / "thermal_test_pids.npy").astype(np.float32))
+    with pytest.raises(PreparedDataError, match="thermal_test_pids.npy holds float32"):
+        check_prepared(copy, "regdb")
+    np.save(copy / "thermal_test_pids.npy", np.load(prepared_regdb / "thermal_test_pids.npy"))
+    data = (copy / "thermal_test_images.npy").read_bytes()
+    (copy / "thermal_test_images.npy").write_bytes(data[:-100])
+    with pytest.raises(PreparedDataError, match="thermal_test_images.npy is truncated"):
+        check_prepared(copy, "regdb")

@@ -39,5 +39,5 @@ def test_llcm_script_runs_the_sysu_script_with_llcm(tiny_llcm, tmp_path):
     args = json.loads((tmp_path / "s2" / "metrics.json").read_text())[0]
     assert args["world_size"] == 1 and args["bn_splits"] == 2
     summary = json.loads((tmp_path / "s2" / "summary.json").read_text())
-    assert set(summary["best"]) == {"epoch", "visible_to_infrared", "infrared_to_visible"}
+    assert set(summary["best"]) == {"epoch", "checkpoint", "visible_to_infrared", "infrared_to_visible"}
     assert "visible_to_infrared  Rank-1" in done.stdout

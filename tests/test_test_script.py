@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -152,6 +153,7 @@ def mean_percent(results: list[dict]) -> dict:
 
 
 def assert_close(got: dict, want: dict, tol: float = 1e-3):
+    got = {k: v for k, v in got.items() if k != "checkpoint"}  # test.py --json also records the checkpoint
     assert set(got) == set(KEYS)
     for k in KEYS:
         assert abs(got[k] - want[k]) < tol, (k, got[k], want[k])
@@ -244,3 +246,59 @@ def test_errors_are_one_line(prepared_sysu, prepared_regdb, checkpoints, tmp_pat
     res = run_test(*cases[0][0])  # the command itself: exit status 1, one line, no traceback
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         f"test.py: error: checkpoint not found: {tmp_path / 'none.pth'}"]
+
+
+# ----------------------------------------------------------------------------- what test.py is given (section 10)
+
+
+def _recorded(folder, name: str, dataset: str, **args) -> Path:
+    """A checkpoint of this project that records its dataset and training settings."""
+    path = folder / name
+    save_checkpoint({"model": random_model(1).state_dict(), "epoch": 2, "dataset": dataset,
+                     "args": {"trial": 1, "height": H, "width": W, **args}}, path)
+    return path
+
+
+def test_checkpoint_of_another_dataset_or_trial_is_refused(prepared_sysu, prepared_regdb, tmp_path, capsys):
+    regdb_1 = _recorded(tmp_path, "regdb_1.pth", "regdb", trial=1)
+    status, _, err = run_main(capsys, "--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", regdb_1)
+    assert status == 1 and err.strip() == f"test.py: error: {regdb_1} was trained on regdb, not sysu; test it with " \
+                                          f"--dataset regdb"
+    status, _, err = run_main(capsys, "--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint", regdb_1,
+                              "--trials", 10)
+    assert status == 1 and f"{regdb_1} was trained on RegDB trial 1; testing it on trial 2 would test it on " \
+                           f"identities it trained on (put {{trial}} in --checkpoint" in err
+    _recorded(tmp_path, "regdb_2.pth", "regdb", trial=7)  # a template that names the wrong model
+    status, _, err = run_main(capsys, "--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint",
+                              tmp_path / "regdb_{trial}.pth", "--trials", 2)
+    assert status == 1 and "regdb_2.pth was trained on RegDB trial 7; testing it on trial 2" in err
+
+
+def test_checkpoint_records_size_and_sha256(prepared_regdb, tmp_path, capsys):
+    for trial in (1, 2):
+        _recorded(tmp_path, f"m_{trial}.pth", "regdb", trial=trial, height=288, width=144)
+    status, out, err = run_main(capsys, "--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint",
+                                tmp_path / "m_{trial}.pth", "--trials", 2, "--json", tmp_path / "out.json")
+    assert status == 0, err
+    assert f"warning: {tmp_path / 'm_1.pth'} was trained at 288x144 but {prepared_regdb} holds 64x32 images" in out
+    record = json.loads((tmp_path / "out.json").read_text())["checkpoint"]
+    assert record["path"] == str(tmp_path / "m_{trial}.pth")
+    assert record["sha256"] == {str(t): hashlib.sha256((tmp_path / f"m_{t}.pth").read_bytes()).hexdigest()
+                                for t in (1, 2)}
+
+
+def test_official_checkpoint_gets_a_note_and_nan_weights_are_refused(prepared_sysu, checkpoints, tmp_path, capsys):
+    folder, _ = checkpoints
+    status, out, err = run_main(capsys, "--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint",
+                                folder / "official.pth", "--trials", 1, "--json", tmp_path / "o.json")
+    assert status == 0, err
+    assert f"note: {folder / 'official.pth'} records no dataset, trial or image size" in out
+    record = json.loads((tmp_path / "o.json").read_text())["checkpoint"]
+    assert record == {"path": str(folder / "official.pth"),
+                      "sha256": hashlib.sha256((folder / "official.pth").read_bytes()).hexdigest()}
+    state = random_model(1).state_dict()
+    state["bottleneck.weight"][3] = float("inf")
+    save_checkpoint({"model": state, "dataset": "sysu", "args": {}}, tmp_path / "nan.pth")
+    status, _, err = run_main(capsys, "--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint",
+                              tmp_path / "nan.pth", "--trials", 1)
+    assert status == 1 and "holds weights that are not finite (e.g. bottleneck.weight)" in err

@@ -27,7 +27,7 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
     for name in ("checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json",
                  "ranks.png"):
         assert (logs / name).is_file(), name
-    assert not list(logs.glob(".*")), "temporary files left behind"
+    assert [p.name for p in logs.glob(".*")] == [".lock"], "temporary files left behind"
     records = json.loads((logs / "metrics.json").read_text())
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
@@ -63,7 +63,7 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
     assert test["last"]["visible_to_thermal"]["rank1"] == pytest.approx(records[-1]["rank1"])
     assert test["last"]["visible_to_thermal"]["mAP"] == pytest.approx(records[-1]["mAP"])
     for column in ("best", "last"):
-        assert set(test[column]) == {"epoch", "visible_to_thermal", "thermal_to_visible"}
+        assert set(test[column]) == {"epoch", "checkpoint", "visible_to_thermal", "thermal_to_visible"}
         assert set(test[column]["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
     assert Image.open(logs / "ranks.png").size[0] >= 11 * 32  # query + top 10 at least at the prepared width
     return records

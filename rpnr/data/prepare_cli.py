@@ -10,6 +10,7 @@ from collections.abc import Callable
 from rpnr.data.prepared import PreparedDataError, PreparePlan, format_stats, write_prepared
 from rpnr.data.published import format_published
 from rpnr.data.raw_images import RawDataError
+from rpnr.files import os_error_line
 
 
 def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[str], PreparePlan],
@@ -25,15 +26,23 @@ def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[st
     parser.add_argument("--output-dir", required=True, help="folder to create with the prepared arrays")
     parser.add_argument("--height", type=int, default=288)
     parser.add_argument("--width", type=int, default=144)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an output folder that this project prepared earlier (any other non-empty "
+                             "folder is refused and left alone)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: up to 8)")
     args = parser.parse_args(argv)
     try:
         manifest = write_prepared(plan(args.data_dir), args.output_dir, args.height, args.width, args.overwrite,
                                   args.workers)
-    except (RawDataError, PreparedDataError, OSError) as exc:
+    except (RawDataError, PreparedDataError) as exc:
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"{prog}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {args.output_dir} was left as it was", file=sys.stderr)
+        return 130
     print(format_stats(manifest))
     for line in format_published(manifest["published_check"]):
         print(line)

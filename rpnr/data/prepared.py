@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from rpnr.data.published import compare_published
-from rpnr.data.raw_images import RESAMPLE, read_images_into
+from rpnr.data.raw_images import RESAMPLE, write_image_array
+from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -116,82 +117,125 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Remove ``OUT.tmp-<pid>`` folders left by killed runs whose process is gone."""
-    for tmp in out.parent.glob(f"{out.name}.tmp-*"):
-        suffix = tmp.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
-            shutil.rmtree(tmp, ignore_errors=True)
+def _recover_killed_runs(out: Path) -> None:
+    """Clean up after prepare runs that were killed: remove their ``OUT.tmp-<pid>`` folders, and their
+    ``OUT.old-<pid>`` folders (the previous output, moved aside for the final rename), which go back to
+    ``OUT`` when a kill between the two renames left no ``OUT``."""
+    for leftover in sorted(out.parent.glob(f"{out.name}.tmp-*")) + sorted(out.parent.glob(f"{out.name}.old-*")):
+        suffix = leftover.name.rsplit("-", 1)[-1]
+        if not suffix.isdigit() or int(suffix) == os.getpid() or _pid_alive(int(suffix)):
+            continue
+        if leftover.name.startswith(f"{out.name}.old-") and not out.exists():
+            os.replace(leftover, out)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _check_output_dir(out: Path, overwrite: bool) -> None:
+def _prepared_by_us(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``manifest.json`` that this project wrote (format version and dataset)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION \
+        and isinstance(manifest.get("dataset"), str)
+
+
+def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is the raw folder or holds it, a non-empty folder that this project
+    did not prepare (even with ``overwrite``), and a prepared one without ``overwrite`` (DESIGN.md section 10)."""
+    if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
+        raise PreparedDataError(f"--output-dir {out} is the raw dataset folder or holds it ({raw}); nothing was "
+                                f"touched: choose an output folder outside the raw dataset")
     if out.exists() and not out.is_dir():
-        raise PreparedDataError(f"output path {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PreparedDataError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
+        raise PreparedDataError(f"output path {out} exists and is not a folder; choose another --output-dir")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not _prepared_by_us(out):
+        raise PreparedDataError(f"output folder {out} is not empty and was not prepared by this project (no "
+                                f"{MANIFEST} of ours); it is left alone: choose a new or empty --output-dir")
+    if not overwrite:
+        raise PreparedDataError(f"output folder {out} already holds prepared data (pass --overwrite to replace it)")
+
+
+def _check_free_space(plan: PreparePlan, folder: Path, height: int, width: int) -> None:
+    """Refuse to start when the arrays (their size is known up front) do not fit on the file system."""
+    images = sum(len(spec.paths) for spec in plan.sets)
+    need = images * (height * width * 3 + 3 * 8 + 256) + sum(8 * len(a) for a in plan.arrays.values()) + (1 << 20)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise PreparedDataError(f"not enough space for the prepared arrays: they need about {human_size(need)}, "
+                                f"{human_size(free)} free on {folder}")
 
 
 def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int, width: int,
                    overwrite: bool = False, workers: int | None = None) -> dict:
     """Read, resize and write every set of ``plan`` into ``output_dir``; returns the manifest.
 
-    Everything goes to ``OUT.tmp-<pid>`` first and is renamed to ``OUT`` at the end, so an
-    interrupted run leaves no half-written dataset. A non-empty ``OUT`` is replaced only
-    with ``overwrite``.
+    Refused untouched (:class:`PreparedDataError`): an output folder that is the raw folder or holds
+    it, a non-empty folder this project did not prepare, a prepared one without ``overwrite``, and a
+    file system without room for the arrays. Everything goes to ``OUT.tmp-<pid>`` first and is
+    renamed to ``OUT`` at the end; an error, a full disk or Ctrl-C removes the temporary folder, so
+    nothing half-written is left, and leftovers of earlier killed runs are cleaned up first.
     """
     if height <= 0 or width <= 0:
         raise PreparedDataError(f"image size must be positive, got {height}x{width}")
     out = Path(output_dir).absolute()
-    _check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out)
+    _check_output_dir(out, Path(plan.root), overwrite)
+    make_folder(out.parent)
+    _recover_killed_runs(out)
+    _check_free_space(plan, out.parent, height, width)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        sets_info = {}
-        for spec in plan.sets:
-            if spec.resample not in RESAMPLE:
-                raise ValueError(f"unknown resample {spec.resample!r}")
-            images = np.lib.format.open_memmap(tmp / f"{spec.name}_images.npy", mode="w+", dtype=np.uint8,
-                                               shape=(len(spec.paths), height, width, 3))
-            abs_paths = [os.path.join(plan.root, p) for p in spec.paths]
-            read_images_into(abs_paths, images, height, width, spec.resample, desc=f"{spec.name} ({spec.resample})",
-                             workers=workers)
-            images.flush()
-            del images
-            np.save(tmp / f"{spec.name}_pids.npy", np.asarray(spec.pids, dtype=np.int64))
-            np.save(tmp / f"{spec.name}_cams.npy", np.asarray(spec.cams, dtype=np.int64))
-            np.save(tmp / f"{spec.name}_paths.npy", np.asarray(spec.paths, dtype=str))
-            sets_info[spec.name] = {"count": len(spec.paths), "resample": spec.resample}
-        for name, arr in plan.arrays.items():
-            np.save(tmp / f"{name}.npy", np.asarray(arr, dtype=np.int64))
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "dataset": plan.dataset,
-            "height": int(height),
-            "width": int(width),
-            "source": str(Path(plan.root).absolute()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "sets": sets_info,
-            "arrays": sorted(plan.arrays),
-            "stats": [_view_stats(*view) for view in plan.views],
-            "published_check": compare_published(plan.dataset, plan.figures),
-            **plan.info,
-        }
-        with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=1)
-        old = None
+        manifest = _write_arrays(plan, tmp, height, width, workers)
         if out.exists():
             old = out.parent / f"{out.name}.old-{os.getpid()}"
             os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
+            os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_folder(out.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        exc.filename = exc.filename or str(out)
+        raise PreparedDataError(f"{os_error_line(exc)} (nothing was written)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return manifest
+
+
+def _write_arrays(plan: PreparePlan, folder: Path, height: int, width: int, workers: int | None) -> dict:
+    """Every set's images, pids, cams and paths, the index arrays and the manifest, into ``folder``."""
+    sets_info = {}
+    for spec in plan.sets:
+        if spec.resample not in RESAMPLE:
+            raise ValueError(f"unknown resample {spec.resample!r}")
+        write_image_array(folder / f"{spec.name}_images.npy", [os.path.join(plan.root, p) for p in spec.paths],
+                          height, width, spec.resample, desc=f"{spec.name} ({spec.resample})", workers=workers)
+        np.save(folder / f"{spec.name}_pids.npy", np.asarray(spec.pids, dtype=np.int64))
+        np.save(folder / f"{spec.name}_cams.npy", np.asarray(spec.cams, dtype=np.int64))
+        np.save(folder / f"{spec.name}_paths.npy", np.asarray(spec.paths, dtype=str))
+        sets_info[spec.name] = {"count": len(spec.paths), "resample": spec.resample}
+    for name, arr in plan.arrays.items():
+        np.save(folder / f"{name}.npy", np.asarray(arr, dtype=np.int64))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": plan.dataset,
+        "height": int(height),
+        "width": int(width),
+        "source": str(Path(plan.root).absolute()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "sets": sets_info,
+        "arrays": sorted(plan.arrays),
+        "stats": [_view_stats(*view) for view in plan.views],
+        "published_check": compare_published(plan.dataset, plan.figures),
+        **plan.info,
+    }
+    write_json(folder / MANIFEST, manifest)
     return manifest
 
 
@@ -247,12 +291,45 @@ def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = N
         raise PreparedDataError(f"{root} was prepared at {size[0]}x{size[1]} (HxW), not {height or size[0]}x"
                                 f"{width or size[1]}; prepare it again with --height/--width or pass the "
                                 f"matching size")
-    names = [f"{s}_{part}.npy" for s in manifest.get("sets", {}) for part in ("images", "pids", "cams", "paths")]
-    names += [f"{a}.npy" for a in manifest.get("arrays", [])]
-    missing = [n for n in names if not (Path(root) / n).is_file()]
-    if missing:
-        raise PreparedDataError(f"{root} is incomplete: missing {missing[0]} (prepare it again)")
+    for name, shape, kind in _expected_arrays(manifest):
+        _check_array(Path(root) / name, shape, kind)
     return manifest
+
+
+def _expected_arrays(manifest: dict) -> list[tuple[str, tuple, str]]:
+    """(file name, shape, dtype kind) of every array a manifest names: images uint8 [count, H, W, 3],
+    pids and cams int64 [count], paths str [count], index arrays int64 (1-D)."""
+    size = (manifest.get("height"), manifest.get("width"), 3)
+    expected = []
+    for name, info in manifest.get("sets", {}).items():
+        count = info.get("count") if isinstance(info, dict) else None
+        expected += [(f"{name}_images.npy", (count, *size), "u1"), (f"{name}_pids.npy", (count,), "i8"),
+                     (f"{name}_cams.npy", (count,), "i8"), (f"{name}_paths.npy", (count,), "U")]
+    return expected + [(f"{name}.npy", (None,), "i8") for name in manifest.get("arrays", [])]
+
+
+def _check_array(path: Path, shape: tuple, kind: str) -> None:
+    """Raise :class:`PreparedDataError` (one line naming the file) unless the ``.npy`` file ``path`` is
+    complete and holds ``shape`` (``None``: any length) of dtype ``kind`` ("u1", "i8" or "U")."""
+    if not path.is_file():
+        raise PreparedDataError(f"{path.parent} is incomplete: missing {path.name} (prepare it again)")
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            found, _, dtype = read(fh)
+            data_bytes = path.stat().st_size - fh.tell()
+    except (OSError, ValueError) as exc:
+        raise PreparedDataError(f"cannot read {path}: {' '.join(str(exc).split())} (prepare the data again)") from None
+    dtype_ok = dtype.kind == "U" if kind == "U" else dtype == np.dtype(kind)
+    shape_ok = len(found) == len(shape) and all(want is None or want == got for want, got in zip(shape, found))
+    wanted = "x".join("N" if n is None else str(n) for n in shape)
+    if not dtype_ok or not shape_ok:
+        raise PreparedDataError(f"{path} holds {dtype} [{'x'.join(map(str, found))}] but {MANIFEST} says "
+                                f"{'str' if kind == 'U' else np.dtype(kind)} [{wanted}] (prepare the data again)")
+    if data_bytes < int(np.prod(found)) * dtype.itemsize:
+        raise PreparedDataError(f"{path} is truncated ({data_bytes} of {int(np.prod(found)) * dtype.itemsize} "
+                                f"data bytes; prepare the data again)")
 
 
 def _load_npy(root: Path, name: str, mmap: bool = False) -> np.ndarray:

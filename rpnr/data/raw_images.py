@@ -38,22 +38,28 @@ def read_image(path: str | os.PathLike, height: int, width: int, resample: str) 
         raise RawDataError(f"cannot read image {path}: {reason}") from None
 
 
-def read_images_into(paths: Sequence[str], out: np.ndarray, height: int, width: int, resample: str,
-                     desc: str = "images", workers: int | None = None) -> None:
-    """Decode ``paths`` into ``out[i]`` (uint8 [N, height, width, 3]) in order, with a progress bar.
+def write_image_array(path: str | os.PathLike, paths: Sequence[str], height: int, width: int, resample: str,
+                      desc: str = "images", workers: int | None = None) -> None:
+    """Decode ``paths`` (resized with ``resample``) into the ``.npy`` file ``path``: uint8 [N, height, width, 3]
+    in the order of ``paths``, with a progress bar.
 
-    Decoding runs on ``workers`` threads (PIL releases the GIL); the order is that of ``paths``.
+    The file is written sequentially (no memory map), so a full disk is an ``OSError`` (ENOSPC), never
+    a bus error. Decoding runs on ``workers`` threads (PIL releases the GIL).
     """
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {sorted(RESAMPLE)}, got {resample!r}")
     workers = workers or min(8, os.cpu_count() or 1)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (len(paths), height, width, 3)}
     # the bar shows on terminals only (disable=None), so redirected logs and errors stay clean
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
+    with open(path, "wb") as fh, ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True, disable=None) as bar:
+        np.lib.format.write_array_header_2_0(fh, header)
         for start in range(0, len(paths), _CHUNK):
             chunk = paths[start:start + _CHUNK]
             arrays = pool.map(read_image, chunk, [height] * len(chunk), [width] * len(chunk),
                               [resample] * len(chunk))
-            for offset, arr in enumerate(arrays):
-                out[start + offset] = arr  # [H, W, 3]
+            fh.write(np.stack(list(arrays)).tobytes())  # [c, H, W, 3]
             bar.update(len(chunk))
+        fh.flush()
+        os.fsync(fh.fileno())

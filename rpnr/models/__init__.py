@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import resnet50
 
 from rpnr.checkpoint import CheckpointError, load_checkpoint
 from rpnr.models.agw import AGW, l2_normalize
@@ -62,17 +63,13 @@ def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int
 
 
 def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
-    """Initialise both stems and the shared layers from a torchvision ResNet-50 state dict."""
+    """Initialise both stems and the shared layers from a torchvision ResNet-50 state dict (checked by
+    :func:`check_resnet50`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ImageNet ResNet-50 weights not found at {path}: {IMAGENET_HINT}")
     state = load_checkpoint(path)
     state = state.get("state_dict", state)
-    needed = [k for k in model.state_dict() if k.startswith(("layer1.", "layer2.", "layer3.", "layer4."))]
-    missing = [k for k in needed + ["conv1.weight", "bn1.weight"] if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a torchvision ResNet-50 state dict (missing e.g. {missing[:3]}): {IMAGENET_HINT}"
-        )
+    check_resnet50(state, path)
     mapped: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith(("conv1.", "bn1.")):
@@ -81,6 +78,30 @@ def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
         elif key.startswith(("layer1.", "layer2.", "layer3.", "layer4.")):
             mapped[key] = value
     model.load_state_dict(mapped, strict=False)
+
+
+def check_resnet50(state: Mapping, path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming the first problem unless ``state`` is a ResNet-50 state dict: every
+    trunk tensor (conv1 ... layer4) present with torchvision's shape and a floating dtype, no key of a deeper
+    or wider network; ``fc.*`` and ``num_batches_tracked`` are optional (DESIGN.md section 10)."""
+    with torch.device("meta"):
+        reference = {k: v for k, v in resnet50().state_dict().items() if not k.startswith("fc.")}
+    problem = next((f"{key} is not in the file" for key in reference
+                    if key not in state and not key.endswith("num_batches_tracked")), None)
+    for key, value in state.items():
+        if problem:
+            break
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue
+        if key not in reference:
+            problem = f"it holds {key}, which a ResNet-50 does not have (a deeper network?)"
+        elif not isinstance(value, Tensor) or tuple(value.shape) != tuple(reference[key].shape):
+            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            problem = f"{key} has shape {shape}, a ResNet-50's is {list(reference[key].shape)} (a wider network?)"
+        elif not value.is_floating_point():
+            problem = f"{key} holds {value.dtype} values, not floating point"
+    if problem:
+        raise CheckpointError(f"{path} is not torchvision's ResNet-50 state dict: {problem}; {IMAGENET_HINT}")
 
 
 def convert_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -127,5 +148,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         if wrong_shape:
             parts.append(f"{len(wrong_shape)} keys of the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
         raise CheckpointError(f"{path} does not fit the AGW model: " + "; ".join(parts))
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds weights that are not finite (e.g. {bad}): it comes from a diverged "
+                              f"run and is not used (retrain with a lower --lr)")
     with torch.no_grad():
         model.load_state_dict(state, strict=True)

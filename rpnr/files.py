@@ -1,0 +1,115 @@
+"""Writing outputs safely (DESIGN.md section 10): every file goes through :func:`atomic_write`, and every
+refusal of the operating system becomes one line (:func:`os_error_line`)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+# what to do about an operating-system refusal, by errno
+_ADVICE = {
+    errno.ENOSPC: "no space left on the device: free some space",
+    errno.EDQUOT: "disk quota exceeded: free some space",
+    errno.EACCES: "permission denied: choose a folder you may write to",
+    errno.EPERM: "operation not permitted: choose a folder you may write to",
+    errno.EROFS: "read-only file system: choose a writable folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "the path is a folder, not a file",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def os_error_line(exc: OSError, action: str = "write") -> str:
+    """One line for an operating-system error: ``cannot <action> <path>: <reason and advice>``."""
+    path = exc.filename if exc.filename is not None else "a file"
+    reason = _ADVICE.get(exc.errno) or " ".join((exc.strerror or str(exc)).split()) or type(exc).__name__
+    return f"cannot {action} {path}: {reason}"
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` and its parents (``mkdir -p``); a regular file in the way is ``NotADirectoryError``
+    naming that file."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(part))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> None:
+    """Write ``data`` to ``path`` atomically (its folder created when missing): a temporary file in the same
+    folder, written, flushed and fsynced, renamed over ``path``, then the folder fsynced. The file gets
+    mode ``0o666 & ~umask``.
+
+    A process killed at any moment leaves the previous file or the new one; on any error (a full
+    disk included) the temporary file is removed and the previous file is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_folder(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None or exc.filename == tmp:
+            exc.filename = str(path)  # name the file being written, not its temporary
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make renames inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """``obj`` as indented JSON, written atomically."""
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
+
+
+def remove_temporaries(folder: str | os.PathLike, names) -> None:
+    """Remove the temporary files that a killed :func:`atomic_write` of ``names`` may have left in ``folder``."""
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def human_size(n: float) -> str:
+    """Bytes in GB, MB or kB (decimal), e.g. ``1.2 GB``."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{max(n, 0) / 1e3:.1f} kB"

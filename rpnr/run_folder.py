@@ -1,0 +1,146 @@
+"""One logs folder, one run (DESIGN.md section 10): the folder's lock, the refusal of a folder that holds
+an earlier run's outputs, ``--overwrite``, and ``run.json``, the record of what produced a run."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from rpnr.files import make_folder, write_json
+
+CHECKPOINT = "checkpoint.pth.tar"
+BEST = "model_best.pth.tar"
+RUN_JSON = "run.json"
+# every output of a run; --overwrite removes these and nothing else
+OUTPUTS = (CHECKPOINT, BEST, "metrics.json", "log.txt", "test.json", RUN_JSON, "curves.png", "ranks.png")
+LOCK = ".lock"
+VERSIONED = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "POT")
+
+
+class RunFolderError(RuntimeError):
+    """The logs folder cannot be used as asked (in use, or holding an earlier run); one-line message."""
+
+
+class RunFolder:
+    """A run's logs folder. :meth:`lock` holds an exclusive ``fcntl.flock`` on ``<folder>/.lock`` until
+    :meth:`release` or the end of the process, so two runs never write into one folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = None
+
+    def lock(self) -> None:
+        """Create the folder and take its lock, or raise :class:`RunFolderError` naming the other run's pid."""
+        make_folder(self.path)
+        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderError(f"logs folder {self.path} is in use by another run (pid {pid}); wait for it to "
+                                 f"end or choose another --logs-dir") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def outputs(self) -> list[str]:
+        """The names of the run outputs present in the folder."""
+        return [name for name in OUTPUTS if (self.path / name).exists()]
+
+    def check_fresh(self, resume: bool, overwrite: bool, keep: str | None = None) -> None:
+        """Refuse a fresh run (without ``overwrite``) into a folder that holds an earlier run's outputs, and
+        an ``overwrite`` that would remove ``keep`` (stage 2's ``--baseline`` inside the folder)."""
+        if (self.path / "manifest.json").is_file():
+            raise RunFolderError(f"--logs-dir {self.path} is a prepared data folder; choose another folder for the "
+                                 f"run's outputs")
+        found = self.outputs()
+        if resume or not found:
+            return
+        if not overwrite:
+            raise RunFolderError(f"logs folder {self.path} holds the outputs of an earlier run ({', '.join(found)}): "
+                                 f"pass --resume to continue it, or --overwrite to start afresh (removes them)")
+        if keep is not None and Path(keep).resolve() in {(self.path / name).resolve() for name in found}:
+            raise RunFolderError(f"--overwrite would remove {keep}, the stage-1 model this run starts from; "
+                                 f"choose another --logs-dir")
+
+    def clear(self) -> None:
+        """Remove the outputs of an earlier run (only those)."""
+        for name in self.outputs():
+            (self.path / name).unlink()
+
+
+def git_state(code_root: Path) -> dict | None:
+    """``{"commit", "dirty"}`` of the checkout that holds ``code_root``; None outside a checkout."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(code_root), *args], capture_output=True, text=True, timeout=30)
+        if done.returncode:
+            raise OSError(done.stderr)
+        return done.stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != code_root.resolve():
+            return None
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(command: list[str], args: dict, device: torch.device, device_names: list[str],
+               world_size: int) -> dict:
+    """What produced a run: command, settings, code, library versions, devices, host and start time."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "command": list(command),
+        "args": args,
+        "git": git_state(Path(__file__).resolve().parents[1]),
+        "versions": {"python": platform.python_version(), **{p: _version(p) for p in VERSIONED},
+                     "cuda": torch.version.cuda, "cudnn": cudnn},
+        "device": {"type": device.type, "names": device_names, "world_size": world_size,
+                   "count": torch.cuda.device_count() if device.type == "cuda" else 1},
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    """The model of the device this process computes on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def write_run_json(folder: str | os.PathLike, record: dict, resumed: bool) -> None:
+    """Write ``run.json`` for a fresh run, or append ``record`` under ``"resumed"`` for a resumed one."""
+    path = Path(folder) / RUN_JSON
+    if resumed and path.is_file():
+        try:
+            first = json.loads(path.read_text())
+        except ValueError:
+            first = None
+        if isinstance(first, dict):
+            record = {**first, "resumed": [*first.get("resumed", []), record]}
+    write_json(path, record)
