@@ -6,13 +6,11 @@ of trials 0-9.
 
 import sys
 
-from rpnr.data.llcm import plan_llcm
 from rpnr.data.prepare_cli import exit_on_sigterm, prepare_main
 
 
 def main(argv=None) -> int:
-    return prepare_main("prepare_llcm.py", __doc__, "raw LLCM folder (idx/, vis/, nir/, test_vis/, test_nir/)",
-                        plan_llcm, argv)
+    return prepare_main("llcm", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@
 import sys
 
 from rpnr.data.prepare_cli import exit_on_sigterm, prepare_main
-from rpnr.data.regdb import plan_regdb
 
 
 def main(argv=None) -> int:
-    return prepare_main("prepare_regdb.py", __doc__, "raw RegDB folder (Visible/, Thermal/, idx/)", plan_regdb, argv)
+    return prepare_main("regdb", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@
 import sys
 
 from rpnr.data.prepare_cli import exit_on_sigterm, prepare_main
-from rpnr.data.sysu import plan_sysu
 
 
 def main(argv=None) -> int:
-    return prepare_main("prepare_sysu.py", __doc__, "raw SYSU-MM01 folder (cam1..cam6, exp/)", plan_sysu, argv)
+    return prepare_main("sysu", argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 export DATASET=llcm
 export DATA_DIR=${DATA_DIR:-data/llcm_288x144}               # prepared folder
-export IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights ("none": random)
+export IMAGENET=${IMAGENET:-torchvision}                  # torchvision (its cache), a ResNet-50 file, or none
 export S1_DIR=${S1_DIR:-baseline/llcm_s1}                    # stage 1 output (stage 2 starts from its model_best)
 export S2_DIR=${S2_DIR:-logs/llcm_s2}
 export BATCH=${BATCH:-128}                                   # infrared images per batch

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 DATA_DIR=${DATA_DIR:-data/regdb_288x144}              # prepared folder
-IMAGENET=${IMAGENET:-pretrained/resnet50-19c8e357.pth} # torchvision ResNet-50 ImageNet weights ("none": random)
+IMAGENET=${IMAGENET:-torchvision}                  # torchvision (its cache), a ResNet-50 file, or none (random)
 DEVICE=${DEVICE:-cuda}
 HEIGHT=${HEIGHT:-288}
 WIDTH=${WIDTH:-144}
@@ -31,6 +31,7 @@ NPROC=${NPROC:-1}                                     # torchrun processes per t
 BN_SPLITS=${BN_SPLITS:-$(( NPROC > 1 ? NPROC : 2 ))}   # batch-norm slices (a multiple of NPROC)
 EXTRA=${EXTRA:-}                                      # any other train.py flags, e.g. "--k1 20 --no-amp"
 RESUME=${RESUME:-0}                                   # 1: continue each stage that has a checkpoint
+LOW_MEMORY=${LOW_MEMORY:-0}                           # 1: --low-memory (exact; one batch-norm slice in memory)
 DATASET=regdb
 
 source ./train_command.sh  # COMMON, INIT and TRAIN

@@ -1,7 +1,9 @@
 """Slow loop transcription of the official RPNR algorithms: the yardstick for the fast package code.
 
 Every function follows the official release step by step (per-row Python loops, dense numpy
-matrices, the same library calls), written from the description in DESIGN.md sections 3, 5 and 6.
+matrices, the release's faiss k-NN and sklearn DBSCAN), written from the description in DESIGN.md
+sections 3, 5 and 6; the OT plan (a plain Sinkhorn-Knopp loop) and the NRL loss (a loop over pairs)
+are written out instead of calling POT or the tensor expressions the package uses.
 It is meant for fidelity tests and benchmark baselines at small sizes, never for training.
 """
 
@@ -11,7 +13,6 @@ import heapq
 
 import faiss
 import numpy as np
-import ot
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
@@ -135,14 +136,31 @@ def calibrate_official(features: torch.Tensor, labels: np.ndarray, top_k: int = 
 def sinkhorn_plan_official(
     centers_rgb: torch.Tensor, centers_ir: torch.Tensor, reg: float = 5.0
 ) -> np.ndarray:
-    """Sinkhorn transport plan between normalised RGB and IR centres. -> [K_rgb, K_ir] float64"""
+    """Entropic OT plan between normalised RGB and IR centres. -> [K_rgb, K_ir] float64
+
+    The release (train_sysu.py, OTPM) builds the cost 1 / exp(cos) in float32 and calls POT's
+    ``ot.sinkhorn(a, b, M, reg=5, numItermax=5000, stopThr=1e-5)`` with uniform marginals. Here the same
+    plan diag(u) K diag(v), K = exp(-M / reg), comes from a plain Sinkhorn-Knopp loop run to a much
+    tighter marginal error (1e-9), so it differs from the release's plan by its early stop only.
+    """
     c_rgb = F.normalize(centers_rgb.detach().float().cpu(), dim=1)  # [K_rgb, d]
     c_ir = F.normalize(centers_ir.detach().float().cpu(), dim=1)  # [K_ir, d]
-    similarity = torch.exp(torch.mm(c_rgb, c_ir.t()))  # [K_rgb, K_ir]
-    cost = 1 / similarity
-    a = np.ones(c_rgb.size(0)) / c_rgb.size(0)
-    b = np.ones(c_ir.size(0)) / c_ir.size(0)
-    return ot.sinkhorn(a, b, np.array(cost), reg=reg, numItermax=5000, stopThr=1e-5)
+    cost = (1 / torch.exp(torch.mm(c_rgb, c_ir.t()))).numpy().astype(np.float64)  # [K_rgb, K_ir], float32 values
+    n_rgb, n_ir = cost.shape
+    a = np.full(n_rgb, 1.0 / n_rgb)
+    b = np.full(n_ir, 1.0 / n_ir)
+    kernel = np.exp(-cost / reg)  # [K_rgb, K_ir]
+    u = np.full(n_rgb, 1.0 / n_rgb)
+    v = np.full(n_ir, 1.0 / n_ir)
+    plan = u[:, None] * kernel * v[None, :]
+    for _ in range(100_000):
+        v = b / (kernel.T @ u)  # columns sum to b
+        u = a / (kernel @ v)  # rows sum to a
+        plan = u[:, None] * kernel * v[None, :]
+        error = max(np.abs(plan.sum(1) - a).max(), np.abs(plan.sum(0) - b).max())
+        if error < 1e-9:
+            break
+    return plan
 
 
 def match_official(
@@ -273,16 +291,27 @@ def eval_regdb_official(
 def nrl_official(
     s_emb: torch.Tensor, t_emb: torch.Tensor, sigma: float = 1.0, delta: float = 1.0
 ) -> torch.Tensor:
-    """Neighbour relation loss of a batch against the (detached) relations of a target batch."""
-    s_dist = torch.cdist(s_emb, s_emb)  # [N, N]
-    s_dist = s_dist / s_dist.mean(1, keepdim=True)
-    with torch.no_grad():
-        t_dist = torch.cdist(t_emb, t_emb)  # [N, N]
-        weight = torch.exp(-t_dist.pow(2) / sigma)
+    """Neighbour relation loss (the release's RCLoss) of a batch against the relations of a target batch,
+    pair by pair.
+
+    d_ij = ||s_i - s_j|| (d_ii = 0), D_ij = d_ij / mean_j d_ij (the row mean over all N entries, the
+    diagonal zero included, as the release's ``S_dist.mean(1)`` of the cdist matrix); W_ij =
+    exp(-||t_i - t_j||^2 / sigma) from the target without gradient. The loss sums, over the pairs
+    i != j, W_ij relu(D_ij)^2 + (1 - W_ij) relu(delta - D_ij)^2 and divides by N (N - 1).
+    """
     n = s_emb.size(0)
-    eye = torch.eye(n, device=s_emb.device)
-    pos_weight = weight * (1 - eye)
-    neg_weight = (1 - weight) * (1 - eye)
-    pull = (F.relu(s_dist).pow(2) * pos_weight).sum()
-    push = (F.relu(delta - s_dist).pow(2) * neg_weight).sum()
-    return (pull + push) / (n * (n - 1))
+    zero = s_emb.new_zeros(())
+    dist = [[zero if i == j else torch.sqrt(((s_emb[i] - s_emb[j]) ** 2).sum()) for j in range(n)]
+            for i in range(n)]
+    row_mean = [sum(dist[i]) / n for i in range(n)]
+    target = t_emb.detach()
+    total = zero
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            with torch.no_grad():
+                w = torch.exp(-((target[i] - target[j]) ** 2).sum() / sigma)
+            d = dist[i][j] / row_mean[i]
+            total = total + w * F.relu(d) ** 2 + (1 - w) * F.relu(delta - d) ** 2
+    return total / (n * (n - 1))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, autograd, nn
+from tqdm import tqdm
 
 from rpnr.rng import capture_rng_state, restore_rng_state
 
@@ -42,18 +43,32 @@ def launched_processes() -> tuple[int, int, int, int]:
     return world, rank, local_rank, local_world
 
 
-def process_device(device: str, local_rank: int, local_world: int, world: int) -> str:
-    """The device of a torchrun process: ``cuda:<local rank>`` with CUDA, else ``device``.
-
-    One process may name its GPU (``cuda:1``); several must pass ``cuda``.
-    """
-    dev = torch.device(device)
-    if dev.type != "cuda" or (world == 1 and dev.index is not None):
-        return device
-    if dev.index is not None:
-        raise DistributedError(f"--device {device}: under torchrun pass --device cuda; process k of a machine "
-                               f"takes cuda:k")
+def resolve_device(name: str | None, world: int = 1, local_rank: int = 0, local_world: int = 1,
+                   torchrun: bool = False) -> str:
+    """The device this process computes on: ``name`` ("cpu", "cuda", "cuda:N"; None: CUDA when available)
+    checked against the machine; under torchrun process k of a machine takes ``cuda:k`` (one process may
+    name its GPU, several must pass ``cuda``). A device that cannot work is a :class:`DistributedError`."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DistributedError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type != "cuda":
+        if dev.type != "cpu":
+            raise DistributedError(f"--device {name!r}: use cpu, cuda or cuda:N")
+        return name
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise DistributedError(f"--device {name}: CUDA is not available on this machine")
+    if dev.index is not None:
+        if world > 1:
+            raise DistributedError(f"--device {name}: under torchrun pass --device cuda; process k of a machine "
+                                   f"takes cuda:k")
+        if dev.index >= available:
+            raise DistributedError(f"--device {name}: only {available} CUDA device(s)")
+        return name
+    if not torchrun:
+        return name
     if available < local_world:
         raise DistributedError(f"--device cuda with {local_world} processes per machine, but this machine has "
                                f"{available} CUDA device(s); pass --nproc_per_node {max(available, 1)} or fewer")
@@ -87,7 +102,6 @@ class ProcessGroup:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     joined: bool = False
 
     @property
@@ -99,10 +113,6 @@ class ProcessGroup:
     def is_distributed(self) -> bool:
         return self.joined
 
-    def barrier(self) -> None:
-        if self.is_distributed:
-            dist.barrier()
-
     def broadcast_object(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (tensors inside should be on the CPU)."""
         if not self.is_distributed:
@@ -110,6 +120,10 @@ class ProcessGroup:
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def progress(self, *args, **kwargs) -> tqdm:
+        """A progress bar on rank 0 (tqdm's own settings, e.g. TQDM_DISABLE, apply); none on the other ranks."""
+        return tqdm(*args, **{**kwargs, "disable": True} if not self.is_main else kwargs)
 
     def gather_objects(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order (picklable objects)."""
@@ -224,12 +238,12 @@ def start(device: str) -> tuple[ProcessGroup, str]:
     world, rank, local_rank, local_world = launched_processes()
     if not launched_by_torchrun():
         return SINGLE, device
-    device = process_device(device, local_rank, local_world, world)
+    device = resolve_device(device, world, local_rank, local_world, torchrun=True)
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=TIMEOUT)
-    return ProcessGroup(rank=rank, world_size=world, local_rank=local_rank, joined=True), device
+    return ProcessGroup(rank=rank, world_size=world, joined=True), device
 
 
 def stop(group: ProcessGroup) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import ot
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,6 +14,8 @@ def transport_plan(centers_rgb: Tensor, centers_ir: Tensor, reg: float = 5.0) ->
     ir = F.normalize(centers_ir.detach().float().cpu(), dim=1)
     similarity = torch.mm(rgb, ir.T).exp()  # [K_rgb, K_ir]
     cost = (1 / similarity).numpy()  # the release computes exp(-cos) as 1 / exp(cos), in float32
+    import ot  # POT takes seconds to import: only stage 2 needs it
+
     a = np.ones(cost.shape[0]) / cost.shape[0]
     b = np.ones(cost.shape[1]) / cost.shape[1]
     return ot.sinkhorn(a, b, cost, reg=reg, numItermax=5000, stopThr=1e-5)

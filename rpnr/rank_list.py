@@ -4,7 +4,7 @@ One row per query: the query image, then its top-k gallery images of the first t
 each framed green for the query's identity and red for another, with its rank, similarity
 and identity written under it. Queries are chosen deterministically, spread over identities.
 
-    write_rank_list(model, "sysu", "data/sysu", "logs/sysu_s2/ranks.png", device="cuda")
+    write_rank_list(model, dataset, "data/<dataset>", "logs/<dataset>_s2/ranks.png", device="cuda")
 """
 
 from __future__ import annotations
@@ -83,20 +83,18 @@ def top_matches(q_feat: np.ndarray, g_feat: np.ndarray, excluded: np.ndarray,
 def rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial: int | None = None,
               num_queries: int = 8, top_k: int = 10, device: str | torch.device | None = None,
               batch_size: int = 64) -> RankList:
-    """The rank list of ``model`` on the main query/gallery pair of ``dataset`` (SYSU all-search
-    against the gallery of ``trial``, RegDB visible-to-thermal of ``trial``, LLCM visible-to-infrared
-    against the gallery of ``trial``; default: the first trial) with the test embedding (flip
-    average, L2-normalised)."""
+    """The rank list of ``model`` on the per-epoch setting of ``dataset`` (e.g. SYSU-MM01 all-search, RegDB
+    visible to thermal) in ``trial`` (default: the first trial) with the test embedding (flip average,
+    L2-normalised)."""
     sets = trial_sets(dataset, data_dir, trial)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     query = sets.query.subset(spread_queries(sets.query.pids, num_queries))
-    q_feat = extract_features_uint8(model, query.images, sets.query_modal, batch_size=batch_size,
+    q_feat = extract_features_uint8(model, query.images, sets.setting.query.modal, batch_size=batch_size,
                                     device=device).cpu().numpy()  # [R, 2048]
-    g_feat = extract_features_uint8(model, sets.gallery.images, sets.gallery_modal, batch_size=batch_size,
+    g_feat = extract_features_uint8(model, sets.gallery.images, sets.setting.gallery.modal, batch_size=batch_size,
                                     device=device).cpu().numpy()  # [G, 2048]
-    excluded = sets.excluded(query.cams, sets.gallery.cams, query.pids, sets.gallery.pids)  # [R, G]
-    index, sim = top_matches(q_feat, g_feat, excluded, top_k)
+    index, sim = top_matches(q_feat, g_feat, sets.excluded(query), top_k)
     safe = np.maximum(index, 0)  # [R, K]
     images = np.asarray(sets.gallery.images)[safe]  # [R, K, H, W, 3]
     images[index < 0] = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from rpnr.checkpoint import load_checkpoint, save_checkpoint
 from rpnr.files import make_folder, write_json
 
 CHECKPOINT = "checkpoint.pth.tar"
@@ -84,6 +85,32 @@ class RunFolder:
         """Remove the outputs of an earlier run (only those)."""
         for name in self.outputs():
             (self.path / name).unlink()
+
+
+def best_state(model_state: dict, best: dict, args: dict) -> dict:
+    """The contents of model_best.pth.tar: the model of the best epoch (``best``: its epoch, Rank-1 and mAP)."""
+    return {"model": model_state, "epoch": best["epoch"], "rank1": best["rank1"], "mAP": best["mAP"], "args": args,
+            "stage": args["stage"], "dataset": args["dataset"]}
+
+
+def reconcile_best(folder: str | os.PathLike, ckpt: dict) -> str | None:
+    """Make model_best agree with the checkpoint's best epoch after a kill between the two writes.
+
+    The checkpoint is written first: when it names its own epoch as the best one but model_best holds
+    an older epoch (or none), model_best is rewritten from the checkpoint's model (the returned note
+    says so). Any other disagreement is a :class:`RunFolderError`.
+    """
+    best, path = ckpt.get("best"), Path(folder) / BEST
+    if best is None:  # written before the best epoch was recorded
+        return None
+    held = int(load_checkpoint(path)["epoch"]) if path.is_file() else None
+    if held == best["epoch"]:
+        return None
+    if best["epoch"] == ckpt["epoch"] and (held is None or held < best["epoch"]):
+        save_checkpoint(best_state(ckpt["model"], best, ckpt["args"]), path)
+        return f"{BEST} rewritten from {CHECKPOINT}: the run stopped between the two writes of epoch {best['epoch']}"
+    raise RunFolderError(f"{path} holds epoch {held} but {Path(folder) / CHECKPOINT} names epoch {best['epoch']} as "
+                         f"the best; restore the run's files or start afresh with --overwrite")
 
 
 def git_state(code_root: Path) -> dict | None:

@@ -1,5 +1,6 @@
-"""Run outputs in the logs folder: ``log.txt`` (every printed line), ``metrics.json``
-(one record per epoch) and ``curves.png`` (Rank-1/mAP and cluster counts per epoch)."""
+"""Run outputs in the logs folder: ``log.txt`` (every printed line), ``metrics.json`` (one record per epoch)
+and ``curves.png`` (per epoch: Rank-1/mAP/mINP, every loss term, clusters and outliers per modality,
+pseudo-label purity and the learning rate)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the Agg backend
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from rpnr.files import atomic_write, write_json  # noqa: E402
@@ -81,21 +83,36 @@ class RunLog:
         plot_curves(self.records, self.curves_path)
 
 
+# the panels of curves.png: title -> (record key, label) of each line; "loss_*" stands for every loss term
+PANELS = {
+    "evaluation (%)": (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")),
+    "losses": (("loss_*", ""),),
+    "clusters": (("clusters_rgb", "visible"), ("clusters_ir", "infrared")),
+    "outliers": (("outliers_rgb", "visible"), ("outliers_ir", "infrared")),
+    "pseudo-label purity": (("purity_rgb", "visible"), ("purity_ir", "infrared")),
+    "learning rate": (("lr", "lr"),),
+}
+
+
 def plot_curves(records: list[dict], path: str | os.PathLike) -> None:
-    """Rank-1/mAP and cluster counts per epoch, drawn to ``path`` (PNG)."""
+    """Every panel of :data:`PANELS` per epoch (integer ticks), drawn to ``path`` (PNG); lines a record lacks
+    (e.g. purity without ground truth) are left out."""
     epochs = [r["epoch"] for r in records]
-    fig, (ax_acc, ax_k) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("rank1", "Rank-1"), ("mAP", "mAP")):
-        ax_acc.plot(epochs, [r.get(key) for r in records], marker="o", label=label)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("%")
-    ax_acc.set_title("evaluation")
-    ax_acc.legend()
-    for key, label in (("clusters_rgb", "visible clusters"), ("clusters_ir", "infrared clusters")):
-        ax_k.plot(epochs, [r.get(key) for r in records], marker="o", label=label)
-    ax_k.set_xlabel("epoch")
-    ax_k.set_title("pseudo identities")
-    ax_k.legend()
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for ax, (title, lines) in zip(axes.flat, PANELS.items()):
+        if lines[0][0] == "loss_*":
+            keys = dict.fromkeys(k for r in records for k in r if k.startswith("loss_"))  # in first-seen order
+            lines = [(k, k[len("loss_"):]) for k in keys]
+        for key, label in lines:
+            values = [r.get(key) for r in records]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.lines and len(ax.lines) > 1:
+            ax.legend(fontsize="small")
+    axes.flat[-1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     fig.tight_layout()
     buffer = io.BytesIO()
     try:

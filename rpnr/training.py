@@ -30,7 +30,8 @@ def stage1_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
 def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
                 memories: Mapping[str, ClusterMemory], r2i, i2r, epoch: int,
                 w_cross: float = 0.25, w_hybrid: float = 0.5, w_nrl: float = 10.0,
-                sigma: float = 1.0, delta: float = 1.0) -> tuple[Tensor, dict]:
+                sigma: float = 1.0, delta: float = 1.0, cross: bool = True, hybrid: bool = True,
+                nrl: bool = True) -> tuple[Tensor, dict]:
     """RPNR objective: L_ir + L_rgb + w_cross L_cross + w_hybrid L_hyb + w_nrl L_NRL.
 
     ``y_rgb`` covers both RGB views. Odd epochs: IR features against the RGB memory
@@ -38,20 +39,22 @@ def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
     the IR memory and the hybrid memory (labels r2i[y_rgb]). The terms are computed in
     the release's order (ir, rgb, cross, hybrid, NRL), so ``total.backward()`` updates
     the memories in its reverse order (hybrid, cross, rgb, ir), as the release does.
+    The paper's ablations leave terms out entirely (``cross``, ``hybrid``, ``nrl`` False; a left-out
+    memory term updates no memory), and ``parts`` then lacks them.
     """
     loss_ir = memories["ir"](f_ir, y_ir)
     loss_rgb = memories["rgb"](f_rgb, y_rgb)
-    if epoch % 2 == 1:
-        loss_cross = memories["rgb"](f_ir, _lookup(i2r, y_ir))
-        loss_hybrid = memories["hybrid"](f_ir, y_ir)
-    else:
-        rgb_to_ir = _lookup(r2i, y_rgb)
-        loss_cross = memories["ir"](f_rgb, rgb_to_ir)
-        loss_hybrid = memories["hybrid"](f_rgb, rgb_to_ir)
-    total = loss_ir + loss_rgb + w_cross * loss_cross + w_hybrid * loss_hybrid
-    loss_nrl = (neighbor_relation_loss(f_rgb, f_rgb.detach(), sigma, delta)
-                + neighbor_relation_loss(f_ir, f_ir.detach(), sigma, delta))
-    total = total + w_nrl * loss_nrl
-    parts = {"ir": loss_ir.item(), "rgb": loss_rgb.item(), "cross": loss_cross.item(),
-             "hybrid": loss_hybrid.item(), "nrl": loss_nrl.item()}
-    return total, parts
+    total, parts = loss_ir + loss_rgb, {"ir": loss_ir, "rgb": loss_rgb}
+    odd = epoch % 2 == 1
+    feats, targets = (f_ir, y_ir) if odd else (f_rgb, _lookup(r2i, y_rgb) if cross or hybrid else None)
+    if cross:
+        parts["cross"] = memories["rgb"](f_ir, _lookup(i2r, y_ir)) if odd else memories["ir"](f_rgb, targets)
+        total = total + w_cross * parts["cross"]
+    if hybrid:
+        parts["hybrid"] = memories["hybrid"](feats, targets)
+        total = total + w_hybrid * parts["hybrid"]
+    if nrl:
+        parts["nrl"] = (neighbor_relation_loss(f_rgb, f_rgb.detach(), sigma, delta)
+                        + neighbor_relation_loss(f_ir, f_ir.detach(), sigma, delta))
+        total = total + w_nrl * parts["nrl"]
+    return total, {name: value.item() for name, value in parts.items()}

@@ -1,27 +1,42 @@
-"""Shared fixtures: small synthetic raw SYSU-MM01 / RegDB trees and their 64x32 prepared folders.
+"""Shared fixtures: small synthetic raw SYSU-MM01 / RegDB trees and their 64x32 prepared folders, and the
+helpers several test files share (import them with ``from conftest import ...``).
 
 The raw trees are session-scoped and must not be modified by tests (copy them first).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-
-from rpnr.data.prepared import write_prepared
-from rpnr.data.regdb import plan_regdb
-from rpnr.data.synthetic import write_regdb, write_sysu
-from rpnr.data.sysu import plan_sysu
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # rpnr and bench importable under a bare ``pytest`` too (not only python -m pytest)
+    sys.path.insert(0, str(REPO))
+
+from rpnr.data.prepared import write_prepared  # noqa: E402
+from rpnr.data.regdb import plan_regdb, write_regdb  # noqa: E402
+from rpnr.data.sysu import plan_sysu, write_sysu  # noqa: E402
+from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from rpnr.models import build_model  # noqa: E402
+
 PREPARED_HEIGHT, PREPARED_WIDTH = 64, 32
 SYSU_SMALL = {"train_ids": 10, "val_ids": 2, "test_ids": 6, "per_camera": 3, "height": 96, "width": 48, "seed": 0}
 REGDB_SMALL = {"ids": 12, "per_modality": 4, "height": 96, "width": 48, "seed": 0}
+H, W = PREPARED_HEIGHT, PREPARED_WIDTH  # test images of the prepared folders and the official-pipeline references
+KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # metrics of test.py --json
+TEMP = 0.05  # cluster-memory temperature of the memory/loss references
+OFFICIAL_STATE_DICT = REPO / "tests" / "data" / "official_agw_state_dict.json"
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +118,137 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- the test script (test.py)
+
+
+@functools.cache
+def load_test_script():
+    """The top-level ``test.py`` as a module, loaded once (its ``main(argv)`` returns the exit status)."""
+    spec = importlib.util.spec_from_file_location("rpnr_test_script", REPO / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """test.py's main() on the CPU in this process (no second torch start-up): (status, stdout, stderr)."""
+    capsys.readouterr()
+    status = load_test_script().main(["--device", "cpu", *map(str, args)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- models and the release's layout
+
+
+def random_model(seed: int) -> torch.nn.Module:
+    """An eval-mode AGW model with non-trivial BN statistics and non-local weights, as a trained model has."""
+    torch.manual_seed(seed)
+    model = build_model()
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buf.normal_(0.0, 0.1)
+        for name, p in model.named_parameters():
+            if name.startswith(("nl2", "nl3")) and name.endswith("W.1.weight"):
+                p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+# the release's (DataParallel) prefix -> this project's prefix, written from the release's agw.py independently
+# of rpnr.models; the release's other keys (unused layers of its three ResNet-50s, the classifier) have no row
+OFFICIAL_TO_OURS = (
+    ("module.visible_module.visible.conv1.", "visible_stem.conv1."),
+    ("module.visible_module.visible.bn1.", "visible_stem.bn1."),
+    ("module.thermal_module.thermal.conv1.", "infrared_stem.conv1."),
+    ("module.thermal_module.thermal.bn1.", "infrared_stem.bn1."),
+    ("module.base_resnet.base.layer1.", "layer1."),
+    ("module.base_resnet.base.layer2.", "layer2."),
+    ("module.base_resnet.base.layer3.", "layer3."),
+    ("module.base_resnet.base.layer4.", "layer4."),
+    ("module.NL_2.", "nl2."),
+    ("module.NL_3.", "nl3."),
+    ("module.bottleneck.", "bottleneck."),
+)
+
+
+@functools.cache
+def official_keys() -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The frozen (name, shape) list of the release's checkpoint state dict, in its order."""
+    keys = json.loads(OFFICIAL_STATE_DICT.read_text())["keys"]
+    return tuple((name, tuple(shape)) for name, shape in keys)
+
+
+def our_key(official: str) -> str | None:
+    """The key of this project's model that the release's key ``official`` holds, or None for an unused key."""
+    for old, new in OFFICIAL_TO_OURS:
+        if official.startswith(old):
+            return new + official[len(old):]
+    return None
+
+
+def official_checkpoint_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as the release's checkpoint ``state_dict``: exactly the frozen key names and shapes,
+    our tensors (copied) under the keys our model holds, stride-0 filler of the frozen shape under the others."""
+    ours = model.state_dict()
+    used: dict[str, int] = {}
+    fill = torch.full((1,), 0.01)
+    state = {}
+    for name, shape in official_keys():
+        key = our_key(name)
+        if key is None:
+            state[name] = torch.tensor(0) if name.endswith("num_batches_tracked") else fill.expand(shape)
+            continue
+        assert key in ours, f"{name} -> {key}, which our model does not hold"
+        assert tuple(ours[key].shape) == shape, (name, tuple(ours[key].shape), shape)
+        used[key] = used.get(key, 0) + 1
+        state[name] = ours[key].detach().clone()
+    assert used == dict.fromkeys(ours, 1), "some key of our model is not mapped exactly once"
+    assert [(k, tuple(v.shape)) for k, v in state.items()] == list(official_keys())
+    return state
+
+
+def official_features(model, paths: list[str], modal: str) -> np.ndarray:
+    """Release test loader: PIL resize (ANTIALIAS = Lanczos) of the raw image, ToPILImage/Resize/ToTensor/
+    Normalize, then (e(x) + e(fliplr(x))) / 2 L2-normalised."""
+    arrays = [np.array(Image.open(p).resize((W, H), Image.LANCZOS)) for p in paths]
+    transform = T.Compose([T.ToPILImage(), T.Resize((H, W)), T.ToTensor(),
+                           T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+    x = torch.stack([transform(a) for a in arrays])
+    with torch.no_grad():
+        feat = model.embed(x, modal)
+        flipped = model.embed(x.index_select(3, torch.arange(x.size(3) - 1, -1, -1)), modal)
+    feat = (feat + flipped) / 2
+    return (feat / torch.norm(feat, p=2, dim=1, keepdim=True)).numpy()
+
+
+# ----------------------------------------------------------------------------- cluster-memory references
+
+
+def hcl_reference_update(features, inputs, targets, m):
+    """CMhcl update per class on a copy: mean row with the batch mean, hard row with the sample
+    least similar to the mean row as it was before the update; both re-normalised."""
+    features = features.clone()
+    k = features.shape[0] // 2
+    x = F.normalize(inputs, dim=1)
+    for c in sorted(set(targets.tolist())):
+        members = x[targets == c]
+        hard = members[torch.argmin(members @ features[c])]
+        mean_row = m * features[c] + (1 - m) * members.mean(0)
+        hard_row = m * features[c + k] + (1 - m) * hard
+        features[c] = mean_row / mean_row.norm()
+        features[c + k] = hard_row / hard_row.norm()
+    return features
+
+
+def hcl_reference_loss(features, inputs, targets, temp=TEMP):
+    """0.5 * (CE(hard half) + relu(CE(mean half) - 0.2)) with x L2-normalised."""
+    k = features.shape[0] // 2
+    scores = F.normalize(inputs, dim=1) @ features.t() / temp  # [B, 2K]
+    ce_mean = F.cross_entropy(scores[:, :k], targets)
+    ce_hard = F.cross_entropy(scores[:, k:], targets)
+    return 0.5 * (ce_hard + torch.relu(ce_mean - 0.2))

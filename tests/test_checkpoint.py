@@ -1,15 +1,13 @@
 """Checkpoint I/O: official-layout round trip, refusal of pickled code, damaged files, atomic saves."""
 
-import importlib.util
 import pickle
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
+from conftest import load_test_script, official_checkpoint_state, official_keys, our_key
 
 from rpnr.checkpoint import (
     CheckpointError,
@@ -18,23 +16,9 @@ from rpnr.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from rpnr.models import build_model, load_weights
+from rpnr.models import build_model, convert_official_state_dict, load_weights
 
-torch.set_num_threads(2)
-REPO = Path(__file__).resolve().parents[1]
-
-# this project's module prefixes -> the official release's (DataParallel) prefixes
-_OURS_TO_OFFICIAL = (
-    ("visible_stem.", "module.visible_module.visible."),
-    ("infrared_stem.", "module.thermal_module.thermal."),
-    ("layer1.", "module.base_resnet.base.layer1."),
-    ("layer2.", "module.base_resnet.base.layer2."),
-    ("layer3.", "module.base_resnet.base.layer3."),
-    ("layer4.", "module.base_resnet.base.layer4."),
-    ("nl2.", "module.NL_2."),
-    ("nl3.", "module.NL_3."),
-    ("bottleneck.", "module.bottleneck."),
-)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _perturbed_model(seed):
@@ -55,31 +39,6 @@ def _perturbed_model(seed):
     return model.eval()
 
 
-def _official_state_dict(model):
-    """The release's key layout (DataParallel prefixes, the unused layers of its three ResNet-50s)."""
-    sd = {}
-    for key, value in model.state_dict().items():
-        for ours, official in _OURS_TO_OFFICIAL:
-            if key.startswith(ours):
-                sd[official + key[len(ours):]] = value.clone()
-                break
-        else:
-            raise AssertionError(f"unmapped key {key}")
-    # unused layers of the release (full ResNet-50s); their values must be ignored. Stride-0 views of
-    # one number keep the file small while the shapes are the real ones.
-    fill = torch.full((1,), 0.01)
-    decoy = {k: fill.expand(v.shape) if v.is_floating_point() else v
-             for k, v in torchvision.models.resnet50().state_dict().items()}
-    for prefix, keep in (("module.visible_module.visible.", ("conv1.", "bn1.")),
-                         ("module.thermal_module.thermal.", ("conv1.", "bn1.")),
-                         ("module.base_resnet.base.", ("layer1.", "layer2.", "layer3.", "layer4."))):
-        for key, value in decoy.items():
-            if not key.startswith(keep):
-                sd[prefix + key] = value
-    sd["module.classifier.weight"] = torch.randn(1000, 2048)
-    return sd
-
-
 def _embeddings(model):
     x = torch.randn(2, 3, 32, 16, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
@@ -88,10 +47,12 @@ def _embeddings(model):
 
 def test_official_layout_round_trip(tmp_path):
     source = _perturbed_model(1)
-    sd = _official_state_dict(source)
+    sd = official_checkpoint_state(source)
+    assert len(sd) == 1025 and sd["module.classifier.weight"].shape == (1000, 2048)
     assert any(k.startswith("module.NL_3.2.W.1.") for k in sd)
     assert any(k.startswith("module.visible_module.visible.layer4.") for k in sd)
-    assert any(k.startswith("module.base_resnet.base.fc.") for k in sd)
+    assert "module.base_resnet.base.conv1.weight" in sd  # unused by the release's forward, still saved
+    assert not any(k.startswith("module.base_resnet.base.fc.") for k in sd)  # its ResNets hold no fc
     path = tmp_path / "official.pth"
     torch.save({"state_dict": sd, "epoch": 3, "best_mAP": np.float64(0.5)}, path)
 
@@ -107,6 +68,39 @@ def test_official_layout_round_trip(tmp_path):
     assert (before[0] - ref_vis).abs().max() > 1e-3  # the fresh model really changed
     torch.testing.assert_close(vis, ref_vis, atol=0, rtol=0)
     torch.testing.assert_close(ir, ref_ir, atol=0, rtol=0)
+
+
+def test_convert_official_state_dict_maps_every_frozen_key_our_model_needs():
+    model = _perturbed_model(3)
+    ours = model.state_dict()
+    official = official_checkpoint_state(model)
+    converted = convert_official_state_dict(official)
+    assert set(converted) == set(ours)  # the release's unused keys dropped, none of ours missing
+    for name, _ in official_keys():
+        key = our_key(name)
+        if key is not None:
+            assert converted[key] is official[name], name  # the frozen key's tensor, under our key
+            assert torch.equal(converted[key], ours[key]), name
+    # the same mapping without DataParallel's "module." prefix
+    bare = convert_official_state_dict({k[len("module."):]: v for k, v in official.items()})
+    assert set(bare) == set(ours)
+
+
+@pytest.mark.parametrize("name", ["module.NL_3.2.W.1.running_var", "module.thermal_module.thermal.bn1.weight",
+                                  "module.base_resnet.base.layer4.2.conv3.weight", "module.bottleneck.weight"])
+def test_official_state_dict_missing_a_needed_key_is_refused(tmp_path, name):
+    model = _perturbed_model(4)
+    sd = official_checkpoint_state(model)
+    del sd[name]
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": sd, "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match=f"does not fit the AGW model: 1 missing keys \\(e.g. "
+                                              f"{our_key(name).replace('.', '[.]')}\\)"):
+        load_weights(build_model(), path)
+    sd = official_checkpoint_state(model)
+    del sd["module.visible_module.visible.layer1.0.conv1.weight"]  # a key of the release our model does not use
+    torch.save({"state_dict": sd}, path)
+    load_weights(build_model(), path)
 
 
 def test_own_checkpoint_round_trip(tmp_path):
@@ -261,9 +255,7 @@ def test_custom_object_is_unsafe_and_never_run(tmp_path, legacy):
 
 
 def test_test_script_reports_damaged_and_unsafe_in_one_line(prepared_sysu, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("rpnr_test_script_ckpt", REPO / "test.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_test_script()
     whole = tmp_path / "model.pth"
     save_checkpoint({"model": build_model().state_dict(), "epoch": 1}, whole)
     truncated = _truncated(whole, whole.stat().st_size // 2, tmp_path / "truncated.pth")

@@ -4,27 +4,31 @@ records; clear one-line errors for launches that cannot work."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm import tqdm
 
 from rpnr.checkpoint import load_checkpoint
+from rpnr.config import UsageError, build_config, build_parser
 from rpnr.data.prepared import write_prepared
 from rpnr.data.synthetic import write_sysu
 from rpnr.data.sysu import plan_sysu
-from rpnr.distributed import DistributedError, ProcessGroup, process_device
+from rpnr.distributed import DistributedError, ProcessGroup, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = {"checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json",
            "ranks.png", "run.json", ".lock"}
 TINY = ["--dataset", "sysu", "--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4",
         "--iters", "3", "--k1", "10", "--k2", "3", "--eps", "0.6", "--workers", "1", "--feature-batch-size", "16",
-        "--device", "cpu", "--seed", "3", "--test-trials", "2"]
+        "--device", "cpu", "--seed", "3", "--test-trials", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +63,12 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _assert_same_run(one: Path, two: Path) -> None:
+def _assert_same_run(one: Path, two: Path, epochs: int) -> None:
     """Same clusters, outliers, losses, metrics and weights every epoch: bit-identical on the CPU."""
     assert {p.name for p in two.iterdir()} == OUTPUTS  # one set of outputs, no per-rank copies
     rec_one, rec_two = _records(one), _records(two)
-    assert [r["epoch"] for r in rec_two] == [1, 2]
-    assert [r["world_size"] for r in rec_one] == [1, 1] and [r["world_size"] for r in rec_two] == [2, 2]
+    assert [r["epoch"] for r in rec_two] == list(range(1, epochs + 1))
+    assert [r["world_size"] for r in rec_one] == [1] * epochs and [r["world_size"] for r in rec_two] == [2] * epochs
     for a, b in zip(rec_one, rec_two):
         for key in ("clusters_rgb", "clusters_ir", "outliers_rgb", "outliers_ir", "relabeled_rgb", "relabeled_ir",
                     "purity_rgb", "purity_ir", "bn_splits"):
@@ -84,60 +88,114 @@ def _assert_same_run(one: Path, two: Path) -> None:
     runs = [json.loads((d / "run.json").read_text()) for d in (one, two)]
     assert [r["device"]["world_size"] for r in runs] == [1, 2] and len(runs[1]["device"]["names"]) == 2
     log = (two / "log.txt").read_text()
-    assert log.count("epoch 2/2: Rank-1") == 1 and "2 process(es), batch norm in 2 slice(s)" in log
+    assert log.count(f"epoch {epochs}/{epochs}: Rank-1") == 1 and "2 process(es), batch norm in 2 slice(s)" in log
 
 
-def test_two_processes_equal_one_process_with_two_bn_splits(tiny_sysu, tmp_path):
+def test_two_processes_equal_one_process_with_two_bn_splits(tiny_sysu, tmp_path, train_script, capsys, one_thread):
     one, two = tmp_path / "one", tmp_path / "two"
-    _ok(_train(tiny_sysu, one / "s1", "--stage", "baseline", "--no-imagenet", "--epochs", "2", "--bn-splits", "2"))
-    _ok(_train(tiny_sysu, two / "s1", "--stage", "baseline", "--no-imagenet", "--epochs", "2", nproc=2))
-    _assert_same_run(one / "s1", two / "s1")
+
+    def train_here(logs: Path, *extra: str) -> tuple[int, str]:  # one process: train.py in this one
+        capsys.readouterr()
+        status = train_script.main([*TINY, "--data-dir", str(tiny_sysu), "--logs-dir", str(logs), *extra])
+        return status, capsys.readouterr().err
+
+    assert train_here(one / "s1", "--stage", "baseline", "--no-imagenet", "--epochs", "1", "--bn-splits", "2")[0] == 0
+    _ok(_train(tiny_sysu, two / "s1", "--stage", "baseline", "--no-imagenet", "--epochs", "1", nproc=2))
+    _assert_same_run(one / "s1", two / "s1", epochs=1)
     assert load_checkpoint(two / "s1" / "checkpoint.pth.tar")["world_size"] == 2
 
     # stage 2 from each run's stage-1 model; the two-process run stops after epoch 1 and resumes
-    _ok(_train(tiny_sysu, one / "s2", "--stage", "rpnr", "--epochs", "2", "--baseline",
-               str(one / "s1" / "model_best.pth.tar")))  # one process: --bn-splits defaults to 2
+    assert train_here(one / "s2", "--stage", "rpnr", "--epochs", "2", "--baseline",
+                      str(one / "s1" / "model_best.pth.tar"))[0] == 0  # one process: --bn-splits defaults to 2
     s2 = ["--stage", "rpnr", "--baseline", str(two / "s1" / "model_best.pth.tar")]
     _ok(_train(tiny_sysu, two / "s2", *s2, "--epochs", "1", nproc=2))
-    _ok(_train(tiny_sysu, two / "s2", *s2, "--epochs", "2", "--resume", nproc=2))
-    _assert_same_run(one / "s2", two / "s2")
-    assert "resuming from" in (two / "s2" / "log.txt").read_text()
+    _ok(_train(tiny_sysu, two / "s2", *s2, "--epochs", "2", "--resume", "--low-memory", nproc=2))
+    _assert_same_run(one / "s2", two / "s2", epochs=2)
+    log = (two / "s2" / "log.txt").read_text()
+    assert "resuming from" in log and "note: --low-memory changes nothing with one batch-norm slice per process" in log
 
     # a two-process run resumes only with two processes
-    res = _train(tiny_sysu, two / "s1", "--stage", "baseline", "--epochs", "3", "--resume")
-    assert res.returncode == 1
-    assert res.stderr.strip().splitlines() == [
+    status, err = train_here(two / "s1", "--stage", "baseline", "--epochs", "2", "--resume")
+    assert status == 1
+    assert err.strip().splitlines()[-1:] == [
         f"error: {two / 's1' / 'checkpoint.pth.tar'} was written by a run of 2 process(es); resume it with the "
         f"same number (torchrun --nproc_per_node 2), not 1"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--bn-splits", "3"], "error: --bn-splits 3 is not a multiple of the 2 processes torchrun started"),
-    (["--bn-splits", "4", "--batch-size", "6", "--rgb-batch-size", "4", "--num-instances", "2"],
-     "error: --bn-splits 4 must divide the infrared batch (6) and the two-view visible batch (8)"),
-    (["--eps", "0.001"], "error: epoch 1: infrared pseudo labels have 1 clusters (63 outliers, eps 0.001)"),
-])
-def test_torchrun_errors_are_one_line(tiny_sysu, tmp_path, extra, message):
-    res = _train(tiny_sysu, tmp_path / "logs", "--stage", "baseline", "--no-imagenet", "--epochs", "1", *extra,
-                 nproc=2)
+def test_torchrun_errors_are_one_line(tiny_sysu, tmp_path):
+    res = _train(tiny_sysu, tmp_path / "logs", "--stage", "baseline", "--no-imagenet", "--epochs", "1", "--eps",
+                 "0.001", nproc=2)
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert len(ours) == 1 and ours[0].startswith(message), res.stderr[-2000:]
+    assert len(ours) == 1 and ours[0].startswith(
+        "error: epoch 1: infrared pseudo labels have 1 clusters (63 outliers, eps 0.001)"), res.stderr[-2000:]
     assert "train.py\", line" not in res.stderr and "rpnr/" not in res.stderr  # no traceback of ours (torchrun
     # itself reports the failed worker after our line)
     assert not (tmp_path / "logs" / "checkpoint.pth.tar").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--bn-splits", "3"], "--bn-splits 3 is not a multiple of the 2 processes torchrun started"),
+    (["--bn-splits", "4", "--batch-size", "6", "--rgb-batch-size", "4", "--num-instances", "2"],
+     "--bn-splits 4 must divide the infrared batch (6) and the two-view visible batch (8)"),
+    (["--device", "cuda:1"], "--device cuda:1: under torchrun pass --device cuda" if torch.cuda.is_available()
+     else "--device cuda:1: CUDA is not available on this machine"),
+])
+def test_launches_that_cannot_work(tiny_sysu, extra, message):
+    argv = [*TINY, "--stage", "baseline", "--no-imagenet", "--data-dir", str(tiny_sysu), *extra]
+    with pytest.raises(UsageError, match=re.escape(message)):
+        build_config(vars(build_parser().parse_args(argv)), world=2)
+    assert build_config(vars(build_parser().parse_args(argv[:-len(extra)])), world=2).bn_splits == 2
+
+
 def test_cuda_with_fewer_gpus_than_processes(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert process_device("cuda", local_rank=1, local_world=2, world=4) == "cuda:1"
-    assert process_device("cpu", local_rank=1, local_world=2, world=4) == "cpu"
-    assert process_device("cuda:1", local_rank=0, local_world=1, world=1) == "cuda:1"
+    assert resolve_device("cuda", world=4, local_rank=1, local_world=2, torchrun=True) == "cuda:1"
+    assert resolve_device("cpu", world=4, local_rank=1, local_world=2, torchrun=True) == "cpu"
+    assert resolve_device("cuda:1", world=1, local_rank=0, local_world=1, torchrun=True) == "cuda:1"
     with pytest.raises(DistributedError, match=r"4 processes per machine, but this machine has 2 CUDA device\(s\)"):
-        process_device("cuda", local_rank=3, local_world=4, world=4)
+        resolve_device("cuda", world=4, local_rank=3, local_world=4, torchrun=True)
     with pytest.raises(DistributedError, match="pass --device cuda"):
-        process_device("cuda:0", local_rank=0, local_world=2, world=2)
+        resolve_device("cuda:0", world=2, local_rank=0, local_world=2, torchrun=True)
+    # one process without torchrun: the name as given, checked against the machine
+    assert resolve_device("cuda") == "cuda" and resolve_device("cuda:1") == "cuda:1" and resolve_device(None) == "cuda"
+    with pytest.raises(DistributedError, match=r"--device cuda:2: only 2 CUDA device\(s\)"):
+        resolve_device("cuda:2")
+
+
+def test_device_names_checked_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device(None) == "cpu" and resolve_device("cpu") == "cpu"
+    assert resolve_device("cpu", world=2, local_rank=1, local_world=2, torchrun=True) == "cpu"
+    with pytest.raises(DistributedError, match="--device cuda: CUDA is not available on this machine"):
+        resolve_device("cuda")
+    with pytest.raises(DistributedError, match=r"--device 'gpu' is not a device \(use cpu, cuda or cuda:N\)"):
+        resolve_device("gpu")
+    with pytest.raises(DistributedError, match=r"--device 'mps': use cpu, cuda or cuda:N"):
+        resolve_device("mps")
+
+
+def test_check_same_names_the_rank_that_differs(monkeypatch):
+    group = ProcessGroup(rank=0, world_size=3, joined=True)
+    assert ProcessGroup().gather_objects("x") == ["x"]  # one process: its own object
+    ProcessGroup().check_same(7, "never differs")
+    monkeypatch.setattr(ProcessGroup, "gather_objects", lambda self, obj: [obj, obj, obj])
+    group.check_same(7, "the batches")  # every rank agrees: no error
+    monkeypatch.setattr(ProcessGroup, "gather_objects", lambda self, obj: [obj, obj, obj + 1])
+    with pytest.raises(DistributedError, match=r"^the batches \(rank 2 differs from rank 0\); every process"):
+        group.check_same(7, "the batches")
+
+
+def test_progress_bar_only_on_rank_zero():
+    out = io.StringIO()
+    with tqdm(range(3), file=out) as plain:  # tqdm's own settings (TQDM_DISABLE) decide on rank 0
+        with ProcessGroup(rank=0, world_size=2).progress(range(3), file=out) as bar:
+            assert bar.disable == plain.disable
+    with ProcessGroup(rank=1, world_size=2).progress(range(3), file=out) as bar:
+        assert bar.disable is True
+        assert list(bar) == [0, 1, 2]  # still iterates, silently
 
 
 @pytest.mark.parametrize("world, count, expected", [

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
 
-from rpnr.evaluation import eval_regdb, eval_sysu, extract_features
+from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD, eval_regdb, eval_sysu, extract_features, extract_features_uint8
 from rpnr.models import build_model
 
 
@@ -111,6 +112,33 @@ def test_extract_features_flip_average(eval_model):
     assert flipped.shape == (3, 2048)
     torch.testing.assert_close(flipped.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
     assert not torch.allclose(flipped, plain, atol=1e-4)  # the flip really changes the embedding
+
+
+def test_uint8_and_float_extraction_give_the_same_embeddings(eval_model):
+    # the float path takes the images as the release's loader makes them: ToTensor (/255, CHW) and Normalize
+    images = np.random.default_rng(2).integers(0, 256, (5, 32, 16, 3), dtype=np.uint8)  # [N, H, W, 3]
+    to_float = T.Compose([T.ToTensor(), T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+    x = torch.stack([to_float(image) for image in images])  # [N, 3, H, W]
+    seen = []
+    for flip, normalize in ((False, True), (True, True), (True, False)):
+        from_float = extract_features(eval_model, x, "visible", batch_size=2, flip=flip, normalize=normalize)
+        from_uint8 = extract_features_uint8(eval_model, images, "visible", batch_size=3, flip=flip,
+                                            normalize=normalize, progress=seen.append)
+        assert from_uint8.shape == (5, 2048) and from_uint8.dtype == torch.float32
+        torch.testing.assert_close(from_uint8, from_float, atol=1e-5, rtol=1e-4)
+    assert seen == [3, 2] * 3  # progress(n) after each batch with its size
+    with torch.no_grad():
+        e = eval_model.embed(x, "visible")
+        mean = (e + eval_model.embed(torch.flip(x, dims=[3]), "visible")) / 2
+    torch.testing.assert_close(extract_features_uint8(eval_model, images, "visible", batch_size=4),
+                               mean / mean.norm(dim=1, keepdim=True), atol=1e-5, rtol=1e-4)
+    eval_model.train()
+    try:  # a model in training mode is embedded in eval mode and left in training mode
+        torch.testing.assert_close(extract_features_uint8(eval_model, images, "visible", flip=False), e,
+                                   atol=1e-5, rtol=1e-4)
+        assert eval_model.training
+    finally:
+        eval_model.eval()
 
 
 def test_strict_fp32_switches_tf32_and_autotuning_off_and_restores():

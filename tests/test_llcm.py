@@ -18,28 +18,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import KEYS, REPO, H, W, official_checkpoint_state, official_features, random_model, run_main
 from PIL import Image
-from test_test_script import KEYS, H, W, official_features, official_layout, random_model, run_main
 
 from bench import official_reference as official
-from rpnr import evaluation
+from rpnr import metrics
 from rpnr.checkpoint import save_checkpoint
 from rpnr.data import llcm
+from rpnr.data.llcm import write_llcm
 from rpnr.data.prepared import (
+    ImageSet,
     PreparedDataError,
     check_prepared,
-    llcm_gallery_index,
-    load_llcm_test,
+    load_array,
+    load_set,
     load_train,
     write_prepared,
 )
 from rpnr.data.synthetic import main as synthetic_main
-from rpnr.data.synthetic import write_llcm
+from rpnr.datasets import get_dataset
 from rpnr.evaluation import eval_llcm
-from rpnr.protocols import epoch_test_trial, evaluate_llcm, evaluate_llcm_directions, trial_sets
+from rpnr.protocols import TrialSets, evaluate, trial_sets
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
-REPO = Path(__file__).resolve().parents[1]
 VIS_CAMS = [f"test_vis/cam{k}" for k in range(1, 10)]  # the release's camera lists
 NIR_CAMS = [f"test_nir/cam{k}" for k in (1, 2, 4, 5, 6, 7, 8, 9)]
 
@@ -134,9 +135,8 @@ def official_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     """A random model saved in the RPNR release's checkpoint layout (``module.`` keys, a classifier)."""
     model = random_model(5)
     path = tmp_path_factory.mktemp("ckpt") / "official.pth"
-    save_checkpoint({"state_dict": official_layout(model.state_dict()), "epoch": 1}, path)
+    save_checkpoint({"state_dict": official_checkpoint_state(model), "epoch": 1}, path)
     return path, model
-
 
 
 def run_prepare(*args) -> subprocess.CompletedProcess:
@@ -208,7 +208,7 @@ def test_prepare_llcm_cli_counts_order_and_relative_paths(llcm_raw, tmp_path):
 
     root = str(llcm_raw)
     for modality, mode in (("visible", 1), ("infrared", 2)):
-        test = load_llcm_test(out, modality)
+        test = load_set(out, f"test_{modality}")
         query = release_query(root, mode)
         assert test.paths.tolist() == [os.path.relpath(p, root) for p in query]
         assert all(p.startswith(f"test_{'vis' if mode == 1 else 'nir'}/cam") for p in test.paths)
@@ -223,21 +223,24 @@ def test_gallery_sampling_matches_the_release(llcm_raw, llcm_prepared):
     root = str(llcm_raw)
     state = random.getstate()
     for modality, mode in (("visible", 1), ("infrared", 2)):
-        test = load_llcm_test(llcm_prepared, modality)
+        test = load_set(llcm_prepared, f"test_{modality}")
         for trial in (0, 1, 7, 9):
             expected = [os.path.relpath(p, root) for p in release_gallery(root, mode, trial)]
             assert llcm.gallery_split(root, modality, trial).paths == expected
             random.setstate(state)
-            index = llcm_gallery_index(llcm_prepared, modality, trial)
+            index = load_array(llcm_prepared, f"gallery_index_{modality}_{trial}")
             assert test.paths[index].tolist() == expected
             assert len(set(zip(test.pids[index].tolist(), test.cams[index].tolist()))) == len(index)
     random.setstate(state)
     llcm.gallery_split(root, "infrared", 3)
     assert random.getstate() == state  # the global random state is left alone
-    galleries = [llcm_gallery_index(llcm_prepared, "infrared", t).tolist() for t in range(10)]
+    galleries = [load_array(llcm_prepared, f"gallery_index_infrared_{t}").tolist() for t in range(10)]
     assert len({tuple(g) for g in galleries}) > 1  # the trials differ
-    with pytest.raises(PreparedDataError, match="trial must be in 0..9"):
-        llcm_gallery_index(llcm_prepared, "visible", 10)
+    assert llcm.LLCM_TRIALS == tuple(range(10)) == get_dataset("llcm").trials
+    with pytest.raises(PreparedDataError, match="trial must be in 0..9, got 10"):
+        trial_sets("llcm", llcm_prepared, trial=10)
+    with pytest.raises(PreparedDataError, match="trial must be in 0..9, got 10"):
+        evaluate(random_model(0), "llcm", llcm_prepared, trials=[10], device="cpu")
 
 
 # ----------------------------------------------------------------------------- eval_llcm
@@ -279,13 +282,13 @@ def test_eval_llcm_same_identity_same_camera_rule_hand_computed():
     np.testing.assert_allclose(cmc, ref[0], atol=1e-7)
     assert (m_ap, m_inp) == pytest.approx(ref[1:], abs=1e-12)
     # the SYSU rule (camera 2 only for camera-3 queries) drops nothing here: q0, q1, q3, q4 match at rank 1
-    cmc, _, _ = evaluation.eval_sysu(dist, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=3)
+    cmc, _, _ = metrics.eval_sysu(dist, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, max_rank=3)
     np.testing.assert_allclose(cmc, [0.8, 0.8, 1.0], atol=1e-7)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_eval_llcm_equals_the_release_loop(seed, monkeypatch):
-    monkeypatch.setattr(evaluation, "_QUERY_CHUNK", 7)  # several chunks
+    monkeypatch.setattr(metrics, "_QUERY_CHUNK", 7)  # several chunks
     rng = np.random.default_rng(seed)
     g_pids, g_cams = rng.integers(0, 30, 90), rng.integers(1, 10, 90)
     q_pids, q_cams = rng.integers(0, 34, 40), rng.integers(1, 10, 40)  # ids 30..33 have no gallery image
@@ -327,11 +330,16 @@ def test_test_script_llcm_both_directions_match_the_release(llcm_prepared, llcm_
     assert 0.0 < got["visible_to_infrared"]["mAP"] < 100.0
 
 
-def test_v2i_sampled_infrared_queries_is_the_release_test_mode_2_1(llcm_prepared, llcm_raw, official_checkpoint):
-    _, model = official_checkpoint
-    swapped = evaluate_llcm(model, llcm_prepared, "visible_to_infrared", trials=[4, 0], device="cpu",
-                            batch_size=16, v2i_sampled_infrared_queries=True)
-    plain = evaluate_llcm(model, llcm_prepared, "visible_to_infrared", trials=[4, 0], device="cpu", batch_size=16)
+def test_v2i_sampled_infrared_queries_is_the_release_test_mode_2_1(llcm_prepared, llcm_raw, official_checkpoint,
+                                                                   tmp_path, capsys):
+    path, model = official_checkpoint
+    ds = get_dataset("llcm")
+    variant = ds.variants["v2i_sampled_infrared_queries"]
+    assert variant.name == "visible_to_infrared"  # it replaces the plain setting of that name
+    swapped = evaluate(model, "llcm", llcm_prepared, [variant], trials=[4, 0], device="cpu",
+                       batch_size=16)["visible_to_infrared"]
+    plain = evaluate(model, "llcm", llcm_prepared, ["visible_to_infrared"], trials=[4, 0], device="cpu",
+                     batch_size=16)["visible_to_infrared"]
     assert [r["trial"] for r in swapped["per_trial"]] == [4, 0]
     for result, flag in ((swapped, True), (plain, False)):
         want = release_test(model, str(llcm_raw), [4, 0], "visible_to_infrared", swapped=flag)
@@ -339,23 +347,45 @@ def test_v2i_sampled_infrared_queries_is_the_release_test_mode_2_1(llcm_prepared
             for k in KEYS:
                 assert abs(got[k] - ref[k]) < 1e-5, (flag, k)
     assert swapped["mAP"] != pytest.approx(plain["mAP"])  # the variants really differ
-    both = evaluate_llcm_directions(model, llcm_prepared, trials=[4, 0], device="cpu", batch_size=16)
+    both = evaluate(model, "llcm", llcm_prepared, trials=[4, 0], device="cpu", batch_size=16)
+    assert list(both) == ["visible_to_infrared", "infrared_to_visible"]  # default: every setting of the dataset
     assert both["visible_to_infrared"]["mAP"] == pytest.approx(plain["mAP"], abs=1e-6)
-    with pytest.raises(ValueError, match="direction must be one of"):
-        evaluate_llcm(model, llcm_prepared, "visible_to_thermal", trials=[0])
+    with pytest.raises(ValueError, match="LLCM has no test setting 'visible_to_thermal'"):
+        evaluate(model, "llcm", llcm_prepared, ["visible_to_thermal"], trials=[0])
+    # test.py's flag swaps that setting only
+    status, out, err = run_main(capsys, "--dataset", "llcm", "--data-dir", llcm_prepared, "--checkpoint", path,
+                                "--trials", 1, "--v2i-sampled-infrared-queries", "--json", tmp_path / "v2i.json")
+    assert status == 0, err
+    assert "Mean of 1 trials Visible to Infrared (sampled infrared queries): Rank-1: " in out
+    got = json.loads((tmp_path / "v2i.json").read_text())
+    want = release_test(model, str(llcm_raw), [0], "visible_to_infrared", swapped=True)[0]
+    i2v = release_test(model, str(llcm_raw), [0], "infrared_to_visible")[0]
+    for k in KEYS:
+        assert abs(got["visible_to_infrared"][k] - 100.0 * want[k]) < 1e-3, k
+        assert abs(got["infrared_to_visible"][k] - 100.0 * i2v[k]) < 1e-3, k
 
 
 def test_rank_list_tables_cover_llcm(llcm_prepared):
-    assert epoch_test_trial("llcm", 5) == 0
+    assert get_dataset("llcm").epoch_trial(5) == 0
     sets = trial_sets("llcm", llcm_prepared)
     assert sets.title == "LLCM visible to infrared, gallery of trial 0"
-    assert (sets.query_modal, sets.gallery_modal) == ("visible", "infrared")
-    np.testing.assert_array_equal(sets.gallery.paths, load_llcm_test(llcm_prepared, "infrared").paths[
-        llcm_gallery_index(llcm_prepared, "infrared", 0)])
-    mask = sets.excluded(np.array([1, 2]), np.array([1, 1, 2]), np.array([7, 7]), np.array([7, 8, 7]))
-    np.testing.assert_array_equal(mask, [[True, False, False], [False, False, True]])
-    with pytest.raises(ValueError, match="needs the query and gallery pids"):
-        sets.excluded(np.array([1]), np.array([1]))
+    assert (sets.setting.query.modal, sets.setting.gallery.modal) == ("visible", "infrared")
+    np.testing.assert_array_equal(sets.gallery.paths, load_set(llcm_prepared, "test_infrared").paths[
+        load_array(llcm_prepared, "gallery_index_infrared_0")])
+    np.testing.assert_array_equal(sets.query.paths, load_set(llcm_prepared, "test_visible").paths)
+
+    def images(pids, cams):
+        return ImageSet(np.zeros((len(pids), 1, 1, 3), np.uint8), np.array(pids), np.array(cams),
+                        np.array([f"x{i}" for i in range(len(pids))]))
+
+    # the LLCM rule: a gallery image of the query's identity AND camera is ignored
+    hand = TrialSets(images([7, 7], [1, 2]), images([7, 8, 7], [1, 1, 2]), sets.setting, "hand")
+    np.testing.assert_array_equal(hand.excluded(hand.query), [[True, False, False], [False, False, True]])
+    mask = sets.excluded(sets.query)
+    assert mask.shape == (len(sets.query), len(sets.gallery))
+    np.testing.assert_array_equal(mask, (sets.query.pids[:, None] == sets.gallery.pids[None])
+                                  & (sets.query.cams[:, None] == sets.gallery.cams[None]))
+    assert mask.any() and not mask.all()
 
 
 # ----------------------------------------------------------------------------- bad input

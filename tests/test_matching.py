@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rpnr.matching import hybrid_centers, match_clusters
+from rpnr.matching import hybrid_centers, match_clusters, transport_plan
 
 
 def _random_centers(k, d, seed):
@@ -16,12 +16,95 @@ def _random_centers(k, d, seed):
 
 
 def test_plan_has_uniform_marginals():
-    from rpnr.matching import transport_plan
-
     plan = np.asarray(transport_plan(_random_centers(3, 16, 0), _random_centers(7, 16, 1), reg=5.0))
     assert plan.shape == (3, 7)
     np.testing.assert_allclose(plan.sum(1), np.full(3, 1 / 3), atol=1e-5)
     np.testing.assert_allclose(plan.sum(0), np.full(7, 1 / 7), atol=1e-5)
+
+
+def _unit(deg: float) -> list[float]:
+    return [math.cos(math.radians(deg)), math.sin(math.radians(deg))]
+
+
+# RGB clusters at 0 and 20 degrees, IR clusters at 12 and 90 degrees. Greedy nearest matching sends both RGB
+# clusters to IR 0 (12 degrees) and both IR clusters to RGB 1 (20 degrees); the transport plan, whose rows and
+# columns must each carry half the mass, pairs RGB 0 - IR 0 and RGB 1 - IR 1 (cost e^-cos12 + e^-cos70 = 1.086
+# against e^-cos90 + e^-cos8 = 1.372 for the other pairing).
+RGB_DEG, IR_DEG = (0.0, 20.0), (12.0, 90.0)
+
+
+def _hand_plan_2x2(reg: float) -> list[list[float]]:
+    """The entropic OT plan of the 2x2 problem above, uniform marginals (1/2, 1/2), in closed form.
+
+    P = diag(u) K diag(v), K = exp(-C / reg), C = exp(-cos). Rows and columns summing to 1/2 force
+    P = [[p, 1/2 - p], [1/2 - p, p]], and P11 P22 / (P12 P21) = K11 K22 / (K12 K21) = q gives
+    p / (1/2 - p) = sqrt(q), p = sqrt(q) / (2 (1 + sqrt(q))).
+    """
+    cost = [[math.exp(-math.cos(math.radians(r - i))) for i in IR_DEG] for r in RGB_DEG]
+    q = math.exp(-(cost[0][0] + cost[1][1] - cost[0][1] - cost[1][0]) / reg)
+    p = math.sqrt(q) / (2 * (1 + math.sqrt(q)))
+    return [[p, 0.5 - p], [0.5 - p, p]]
+
+
+def _hand_sinkhorn_2x2(reg: float) -> list[list[float]]:
+    """The same plan by Sinkhorn-Knopp iterations in plain floats: v = b / K^T u, u = a / K v, until the
+    columns sum to 1/2 within 1e-15."""
+    k = [[math.exp(-math.exp(-math.cos(math.radians(r - i))) / reg) for i in IR_DEG] for r in RGB_DEG]
+    u, v = [1.0, 1.0], [1.0, 1.0]
+    for _ in range(100_000):
+        v = [0.5 / (k[0][j] * u[0] + k[1][j] * u[1]) for j in range(2)]
+        u = [0.5 / (k[i][0] * v[0] + k[i][1] * v[1]) for i in range(2)]
+        plan = [[u[i] * k[i][j] * v[j] for j in range(2)] for i in range(2)]
+        if abs(plan[0][0] + plan[1][0] - 0.5) < 1e-15:
+            break
+    return plan
+
+
+@pytest.mark.parametrize("reg", [5.0, 0.5, 0.05])
+def test_transport_plan_of_a_2x2_problem_by_hand(reg):
+    hand = _hand_plan_2x2(reg)
+    iterated = _hand_sinkhorn_2x2(reg)
+    for i in range(2):
+        for j in range(2):
+            assert iterated[i][j] == pytest.approx(hand[i][j], rel=1e-9)
+    c_rgb = torch.tensor([_unit(d) for d in RGB_DEG]) * torch.tensor([[1.0], [3.0]])  # norms do not matter
+    c_ir = torch.tensor([_unit(d) for d in IR_DEG]) * torch.tensor([[0.5], [2.0]])
+    plan = np.asarray(transport_plan(c_rgb, c_ir, reg=reg))
+    assert plan.shape == (2, 2)
+    np.testing.assert_allclose(plan, np.array(hand), rtol=1e-4, atol=1e-7)
+    # C12 + C21 - C11 - C22 = 0.285136: p = 0.25356 (reg 5), 0.28540 (reg 0.5), 0.47269 (reg 0.05, near a pairing)
+    assert hand[0][0] == pytest.approx({5.0: 0.25356, 0.5: 0.28540, 0.05: 0.47269}[reg], abs=1e-5)
+
+
+def test_matching_is_the_plan_argmax_not_the_nearest_cluster():
+    c_rgb = torch.tensor([_unit(d) for d in RGB_DEG])
+    c_ir = torch.tensor([_unit(d) for d in IR_DEG])
+    cos = c_rgb @ c_ir.t()  # [2, 2]
+    assert cos.argmax(1).tolist() == [0, 0] and cos.argmax(0).tolist() == [1, 1]  # greedy nearest partners
+    r2i, i2r = match_clusters(c_rgb, c_ir)  # the release's reg 5: a nearly uniform plan, its argmax still pairs
+    np.testing.assert_array_equal(r2i, [0, 1])
+    np.testing.assert_array_equal(i2r, [0, 1])
+    hand = np.array(_hand_plan_2x2(5.0))
+    np.testing.assert_array_equal(r2i, hand.argmax(1))
+    np.testing.assert_array_equal(i2r, hand.argmax(0))
+
+
+@pytest.mark.parametrize("reg", [5.0, 0.2])
+def test_plan_marginals_of_a_non_square_problem(reg):
+    c_rgb, c_ir = _random_centers(5, 4, 10), _random_centers(8, 4, 11)  # d = 4: cosines spread over [-1, 1]
+    plan = np.asarray(transport_plan(c_rgb, c_ir, reg=reg))
+    assert plan.shape == (5, 8) and (plan > 0).all()
+    cost = np.exp(-(F.normalize(c_rgb, dim=1) @ F.normalize(c_ir, dim=1).t()).numpy())
+    assert cost.max() - cost.min() > 1.5  # a non-uniform cost ...
+    assert plan.std() / plan.mean() > {5.0: 0.05, 0.2: 0.5}[reg]  # ... and a plan far from the uniform 1 / 40
+    # rows sum to 1 / K_rgb and columns to 1 / K_ir within Sinkhorn's stop threshold 1e-5 (a 2-norm)
+    assert np.linalg.norm(plan.sum(1) - 1 / 5) < 1e-5
+    assert np.linalg.norm(plan.sum(0) - 1 / 8) < 1e-5
+    assert abs(plan.sum() - 1.0) < 1e-5
+    # and it is the entropic plan: P = diag(u) K diag(v) (every 2x2 cross ratio equals K's)
+    k = np.exp(-cost.astype(np.float64) / reg)
+    ratio = plan[:, :1] * plan[:1, :] / (plan[:1, :1] * plan)  # [5, 8] P_i0 P_0j / (P_00 P_ij)
+    np.testing.assert_allclose(ratio, k[:, :1] * k[:1, :] / (k[:1, :1] * k), rtol=1e-5)
 
 
 def test_every_cluster_gets_a_partner_when_counts_differ():

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TEMP, hcl_reference_loss, hcl_reference_update
 
 from rpnr.memory import ClusterMemory
-
-TEMP = 0.05
 
 
 def cm_reference_update(features, inputs, targets, m):
@@ -18,31 +17,6 @@ def cm_reference_update(features, inputs, targets, m):
         row = m * features[y] + (1 - m) * x
         features[y] = row / row.norm()
     return features
-
-
-def hcl_reference_update(features, inputs, targets, m):
-    """CMhcl update per class on a copy: mean row with the batch mean, hard row with the sample
-    least similar to the mean row as it was before the update; both re-normalised."""
-    features = features.clone()
-    k = features.shape[0] // 2
-    x = F.normalize(inputs, dim=1)
-    for c in sorted(set(targets.tolist())):
-        members = x[targets == c]
-        hard = members[torch.argmin(members @ features[c])]
-        mean_row = m * features[c] + (1 - m) * members.mean(0)
-        hard_row = m * features[c + k] + (1 - m) * hard
-        features[c] = mean_row / mean_row.norm()
-        features[c + k] = hard_row / hard_row.norm()
-    return features
-
-
-def hcl_reference_loss(features, inputs, targets, temp=TEMP):
-    """0.5 * (CE(hard half) + relu(CE(mean half) - 0.2)) with x L2-normalised."""
-    k = features.shape[0] // 2
-    scores = F.normalize(inputs, dim=1) @ features.t() / temp  # [B, 2K]
-    ce_mean = F.cross_entropy(scores[:, :k], targets)
-    ce_hard = F.cross_entropy(scores[:, k:], targets)
-    return 0.5 * (ce_hard + torch.relu(ce_mean - 0.2))
 
 
 def _random_memory(mode, k=4, d=8, momentum=0.2, seed=0):

@@ -7,7 +7,7 @@ from torch import nn
 from rpnr.models import build_model
 from rpnr.models.agw import NonLocalBlock, gem_pool
 
-torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small inputs: one thread is faster
 
 
 @pytest.fixture(scope="module")

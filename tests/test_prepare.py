@@ -14,17 +14,11 @@ import pytest
 from PIL import Image
 
 from rpnr.data import prepared
-from rpnr.data.prepared import (
-    PreparedDataError,
-    check_prepared,
-    load_regdb_test,
-    load_sysu_test,
-    load_train,
-    regdb_trial,
-    release_train_order,
-)
-from rpnr.data.regdb import plan_regdb, read_idx
+from rpnr.data.prepared import PreparedDataError, check_prepared, load_side, load_train
+from rpnr.data.regdb import plan_regdb, read_idx, release_train_order
 from rpnr.data.sysu import gallery_split, query_split, train_split
+from rpnr.datasets import get_dataset
+from rpnr.protocols import trial_sets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,12 +53,15 @@ def test_prepare_sysu_cli(synthetic_sysu_raw, tmp_path):
     query_ref = query_split(root)
     for mode in ("all", "indoor"):
         for trial in (0, 9):
-            query, gallery = load_sysu_test(out, mode, trial)
+            sets = trial_sets("sysu", out, trial, mode)
+            assert sets.setting.name == mode
+            query, gallery = sets.query, sets.gallery
             ref = gallery_split(root, mode, trial)
             assert gallery.paths.tolist() == [os.path.relpath(p, root) for p in ref.paths]
             np.testing.assert_array_equal(gallery.pids, ref.pids)
             np.testing.assert_array_equal(gallery.cams, ref.cams)
             np.testing.assert_array_equal(gallery.images[-1], pil_resized(ref.paths[-1], 32, 16, Image.LANCZOS))
+    assert isinstance(query.images, np.memmap)  # the whole query set, memory-mapped
     np.testing.assert_array_equal(query.pids, query_ref.pids)
     np.testing.assert_array_equal(query.images[3], pil_resized(query_ref.paths[3], 32, 16, Image.LANCZOS))
     # bicubic and Lanczos really differ, so the check above is meaningful
@@ -85,6 +82,9 @@ def test_prepare_regdb_and_trials(prepared_regdb, synthetic_regdb_raw):
     root = str(synthetic_regdb_raw)
     manifest = check_prepared(prepared_regdb, "regdb", 64, 32)
     assert manifest["trials"] == list(range(1, 11))
+    regdb = get_dataset("regdb")
+    thermal_train = regdb.train[1]
+    test_setting = regdb.setting("visible_to_thermal")
     for trial in (1, 7):
         visible, thermal = load_train(prepared_regdb, "regdb", trial)
         paths, labels = read_idx(root, "train", "thermal", trial)
@@ -92,16 +92,20 @@ def test_prepare_regdb_and_trials(prepared_regdb, synthetic_regdb_raw):
         names = sorted(f"{label}_c1_{os.path.basename(p)}" for p, label in zip(paths, labels.tolist()))
         assert [f"{pid}_c1_{os.path.basename(p)}" for p, pid in zip(thermal.paths, thermal.pids.tolist())] == names
         assert sorted(thermal.paths.tolist()) == sorted(paths)
-        thermal = regdb_trial(prepared_regdb, "train", "thermal", trial)  # idx-file order
+        thermal = load_side(prepared_regdb, thermal_train, trial)  # idx-file order
         assert thermal.paths.tolist() == paths
         np.testing.assert_array_equal(thermal.pids, labels)
         assert set(visible.cams.tolist()) == {1} and set(thermal.cams.tolist()) == {2}
         np.testing.assert_array_equal(thermal.images[5],
                                       pil_resized(os.path.join(root, paths[5]), 64, 32, Image.BICUBIC))
-        test_vis, test_th = load_regdb_test(prepared_regdb, trial)
+        test_vis = load_side(prepared_regdb, test_setting.query, trial)
+        test_th = load_side(prepared_regdb, test_setting.gallery, trial)
         paths, labels = read_idx(root, "test", "visible", trial)
         assert test_vis.paths.tolist() == paths
         np.testing.assert_array_equal(test_vis.pids, labels)
+        th_paths, th_labels = read_idx(root, "test", "thermal", trial)
+        assert test_th.paths.tolist() == th_paths
+        np.testing.assert_array_equal(test_th.pids, th_labels)
         np.testing.assert_array_equal(test_vis.images[-1],
                                       pil_resized(os.path.join(root, paths[-1]), 64, 32, Image.LANCZOS))
         assert not set(test_vis.paths.tolist()) & set(visible.paths.tolist())
@@ -131,7 +135,7 @@ def test_check_prepared_errors(prepared_sysu, prepared_regdb, tmp_path):
     with pytest.raises(PreparedDataError, match="missing gallery_index_indoor_3.npy"):
         check_prepared(broken, "sysu")
     with pytest.raises(PreparedDataError, match="trial must be in 0..9"):
-        load_sysu_test(prepared_sysu, "all", 10)
+        trial_sets("sysu", prepared_sysu, 10, "all")
 
 
 def _corrupt_first(root: Path, pattern: str) -> str:
@@ -235,7 +239,7 @@ def _prepare(capsys, *args) -> tuple[int, str]:
     from rpnr.data.prepare_cli import prepare_main
 
     capsys.readouterr()
-    status = prepare_main("prepare_regdb.py", "", "", plan_regdb, [str(a) for a in args])
+    status = prepare_main("regdb", [str(a) for a in args])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 1, err
     return status, err[0] if err else ""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
+import rpnr.datasets
+from rpnr.data import llcm as llcm_data
 from rpnr.data import published
+from rpnr.data import regdb as regdb_data
+from rpnr.data import sysu as sysu_data
 from rpnr.data.prepare_cli import prepare_main
-from rpnr.data.published import PUBLISHED, compare_published, format_published
+from rpnr.data.published import compare_published, format_published
 from rpnr.data.regdb import plan_regdb
 from rpnr.data.sysu import plan_sysu
+from rpnr.datasets import get_dataset
 
 SYSU_EXPECTED = {"train identities": 395, "train visible images": 22258, "train infrared images": 11909,
                  "test identities": 96, "query infrared images": 3803, "all-search gallery images per trial": 301,
@@ -41,8 +47,11 @@ def _raw_sysu_counts(root: Path) -> dict[str, int]:
 
 
 def test_published_tables_hold_the_papers_figures():
-    assert dict(PUBLISHED["sysu"].figures) == SYSU_EXPECTED
-    regdb = PUBLISHED["regdb"].figures
+    # each dataset module's table is its registry entry's
+    for name, module in (("sysu", sysu_data), ("regdb", regdb_data), ("llcm", llcm_data)):
+        assert get_dataset(name).published is module.PUBLISHED
+    assert dict(get_dataset("sysu").published.figures) == SYSU_EXPECTED
+    regdb = get_dataset("regdb").published.figures
     # 412 persons x 10 images per modality; each trial: half the persons, all their images
     assert regdb["identities"] == 412 and regdb["visible images per identity"] == 10
     assert regdb["train identities per trial"] + regdb["test identities per trial"] == regdb["identities"]
@@ -50,7 +59,7 @@ def test_published_tables_hold_the_papers_figures():
         for modality in ("visible", "thermal"):
             assert regdb[f"{split} {modality} images per trial"] == (
                 regdb[f"{split} identities per trial"] * regdb[f"{modality} images per identity"])
-    llcm = PUBLISHED["llcm"].figures  # the paper's totals: 1,064 identities, 46,767 bounding boxes
+    llcm = get_dataset("llcm").published.figures  # the paper's totals: 1,064 identities, 46,767 bounding boxes
     assert llcm["train identities"] + llcm["test identities"] == 1064
     assert sum(v for k, v in llcm.items() if k.endswith("images")) == 46767
 
@@ -65,7 +74,7 @@ def test_all_figures_matching_give_one_line():
 
 
 def test_each_difference_is_one_warning_line():
-    found = {name: [value] for name, value in PUBLISHED["regdb"].figures.items()}
+    found = {name: [value] for name, value in get_dataset("regdb").published.figures.items()}
     found["visible images per identity"] = [10] * 400 + [9, 8]  # two persons miss images
     found["test identities per trial"] = [206] * 9 + [205]
     del found["identities"]
@@ -94,7 +103,7 @@ def test_sysu_plan_counts_the_published_figures(synthetic_sysu_raw):
 
 def test_regdb_plan_counts_the_published_figures(synthetic_regdb_raw):
     figures = plan_regdb(str(synthetic_regdb_raw)).figures
-    assert set(figures) == set(PUBLISHED["regdb"].figures)
+    assert set(figures) == set(get_dataset("regdb").published.figures)
     assert figures["identities"] == [12]  # the fixture: 12 persons, 4 images per modality, 6 + 6 per trial
     assert figures["visible images per identity"] == [4] * 12 and figures["thermal images per identity"] == [4] * 12
     assert figures["train identities per trial"] == [6] * 10 and figures["test identities per trial"] == [6] * 10
@@ -103,9 +112,8 @@ def test_regdb_plan_counts_the_published_figures(synthetic_regdb_raw):
 
 def test_prepare_prints_warnings_and_records_the_check(synthetic_sysu_raw, tmp_path, capsys):
     out = tmp_path / "sysu"
-    status = prepare_main("prepare_sysu.py", "", "", plan_sysu, ["--data-dir", str(synthetic_sysu_raw),
-                                                                 "--output-dir", str(out), "--height", "16",
-                                                                 "--width", "8", "--workers", "2"])
+    status = prepare_main("sysu", ["--data-dir", str(synthetic_sysu_raw), "--output-dir", str(out), "--height", "16",
+                                   "--width", "8", "--workers", "2"])
     assert status == 0
     stdout = capsys.readouterr().out
     warnings = [line for line in stdout.splitlines() if line.startswith("warning:")]
@@ -125,11 +133,10 @@ def test_prepare_says_all_match(synthetic_regdb_raw, tmp_path, capsys, monkeypat
     table = published.PublishedStats("RegDB", "test table", {
         "identities": 12, "visible images per identity": 4, "train identities per trial": 6,
         "test thermal images per trial": 24})
-    monkeypatch.setitem(published.PUBLISHED, "regdb", table)
+    monkeypatch.setitem(rpnr.datasets._REGISTRY, "regdb", dataclasses.replace(get_dataset("regdb"), published=table))
     out = tmp_path / "regdb"
-    status = prepare_main("prepare_regdb.py", "", "", plan_regdb, ["--data-dir", str(synthetic_regdb_raw),
-                                                                   "--output-dir", str(out), "--height", "16",
-                                                                   "--width", "8", "--workers", "2"])
+    status = prepare_main("regdb", ["--data-dir", str(synthetic_regdb_raw), "--output-dir", str(out), "--height",
+                                    "16", "--width", "8", "--workers", "2"])
     assert status == 0
     stdout = capsys.readouterr().out
     assert "warning" not in stdout

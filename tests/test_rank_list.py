@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_test_script
 from PIL import Image
 
 from rpnr.checkpoint import save_checkpoint
-from rpnr.data.prepared import load_set, regdb_trial, sysu_gallery_index
+from rpnr.data.prepared import ImageSet, load_array, load_set, load_side
+from rpnr.datasets import Side, get_dataset
 from rpnr.evaluation import extract_features_uint8
 from rpnr.models import build_model
-from rpnr.protocols import epoch_test_trial, sysu_trial_sets, trial_sets
+from rpnr.protocols import trial_sets
 from rpnr.rank_list import (
     BORDER,
     EMPTY,
@@ -31,8 +33,22 @@ from rpnr.rank_list import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
-REPO = Path(__file__).resolve().parents[1]
 
+
+def _regdb_test(root: Path, modality: str, trial: int) -> ImageSet:
+    """The RegDB test images of ``modality`` listed for ``trial`` (idx-file order and labels), read through
+    an explicit side rather than the registry's settings."""
+    arrays = f"trial{{trial}}_test_{modality}"
+    side = Side(f"{modality}_test", "visible" if modality == "visible" else "infrared", index=f"{arrays}_index",
+                labels=f"{arrays}_labels")
+    return load_side(root, side, trial)
+
+
+def _cams(cams: list[int]) -> ImageSet:
+    """An image set of 1x1 images that only its cameras tell apart (identity 0 throughout)."""
+    n = len(cams)
+    return ImageSet(images=np.zeros((n, 1, 1, 3), dtype=np.uint8), pids=np.zeros(n, dtype=np.int64),
+                    cams=np.array(cams, dtype=np.int64), paths=np.array([f"{i}.jpg" for i in range(n)]))
 
 
 @pytest.fixture(scope="module")
@@ -68,33 +84,44 @@ def test_top_matches_order_ties_exclusions_and_short_galleries():
 
 
 def test_sysu_trial_sets_skip_camera_2_for_camera_3_queries(prepared_sysu):
-    sets = sysu_trial_sets(prepared_sysu, "all", 4)
+    sets = trial_sets("sysu", prepared_sysu, 4, "all")
     np.testing.assert_array_equal(sets.gallery.paths,
-                                  load_set(prepared_sysu, "gallery").paths[sysu_gallery_index(prepared_sysu, "all", 4)])
-    mask = sets.excluded(np.array([3, 6]), np.array([1, 2, 4, 2, 5]))
+                                  load_set(prepared_sysu, "gallery").paths[load_array(prepared_sysu,
+                                                                                      "gallery_index_all_4")])
+    toy = dataclasses.replace(sets, gallery=_cams([1, 2, 4, 2, 5]))
+    mask = toy.excluded(_cams([3, 6]))
     np.testing.assert_array_equal(mask, [[False, True, False, True, False], [False] * 5])
+    # the real query and gallery of the trial: camera-3 queries skip exactly the camera-2 gallery images
+    rows = np.concatenate([np.flatnonzero(sets.query.cams == 3)[:2], np.flatnonzero(sets.query.cams == 6)[:2]])
+    assert len(rows) == 4 and (sets.gallery.cams == 2).any()
+    mask = sets.excluded(sets.query.subset(rows))
+    assert mask.shape == (4, len(sets.gallery))
+    camera_2, none = sets.gallery.cams == 2, np.zeros(len(sets.gallery), dtype=bool)
+    np.testing.assert_array_equal(mask, np.stack([camera_2, camera_2, none, none]))
     assert trial_sets("sysu", prepared_sysu).title == "SYSU-MM01 all-search, gallery of trial 0"  # first trial
 
 
 def test_epoch_test_trial():
-    assert epoch_test_trial("sysu", 7) == 0 and epoch_test_trial("regdb", 7) == 7
+    assert get_dataset("sysu").epoch_trial(7) == 0 and get_dataset("regdb").epoch_trial(7) == 7
     with pytest.raises(ValueError, match="unknown dataset"):
-        epoch_test_trial("market", 1)
+        get_dataset("market").epoch_trial(1)
 
 
 def test_regdb_trial_sets_default_to_trial_1_visible_to_thermal(prepared_regdb):
     sets = trial_sets("regdb", prepared_regdb)
     assert sets.title == "RegDB visible to thermal, trial 1"
-    assert (sets.query_modal, sets.gallery_modal) == ("visible", "infrared")
-    np.testing.assert_array_equal(sets.gallery.paths, regdb_trial(prepared_regdb, "test", "thermal", 1).paths)
-    assert not sets.excluded(sets.query.cams, sets.gallery.cams).any()
+    assert (sets.setting.query.modal, sets.setting.gallery.modal) == ("visible", "infrared")
+    np.testing.assert_array_equal(sets.query.paths, _regdb_test(prepared_regdb, "visible", 1).paths)
+    np.testing.assert_array_equal(sets.gallery.paths, _regdb_test(prepared_regdb, "thermal", 1).paths)
+    mask = sets.excluded(sets.query)
+    assert mask.shape == (len(sets.query), len(sets.gallery)) and not mask.any()
 
 
 def _reference_ranks(model, root: Path, rows: np.ndarray, k: int) -> list[list[int]]:
     """Top-k gallery rows of SYSU trial 0 computed from scratch: every query embedded, cam-3 queries
     without cam-2 gallery images, stable descending similarity."""
     query, gallery = load_set(root, "query"), load_set(root, "gallery")
-    index = sysu_gallery_index(root, "all", 0)
+    index = load_array(root, "gallery_index_all_0")
     q = extract_features_uint8(model, query.images, "infrared", batch_size=16, device="cpu").numpy()
     g = extract_features_uint8(model, gallery.images[index], "visible", batch_size=16, device="cpu").numpy()
     out = []
@@ -119,7 +146,7 @@ def test_sysu_rank_list_matches_a_direct_computation(model, prepared_sysu):
     want = _reference_ranks(model, Path(prepared_sysu), rows, 10)
     np.testing.assert_array_equal(ranks.index, want)
     gallery = load_set(prepared_sysu, "gallery")
-    index = sysu_gallery_index(prepared_sysu, "all", 0)
+    index = load_array(prepared_sysu, "gallery_index_all_0")
     np.testing.assert_array_equal(ranks.gallery_pids, gallery.pids[index][ranks.index])
     np.testing.assert_array_equal(ranks.gallery_images[2, 3], gallery.images[index[ranks.index[2, 3]]])
     assert (np.diff(ranks.similarity, axis=1) <= 1e-7).all()
@@ -128,8 +155,8 @@ def test_sysu_rank_list_matches_a_direct_computation(model, prepared_sysu):
 
 def test_regdb_rank_list_is_visible_to_thermal_of_the_trial(model, prepared_regdb):
     ranks = rank_list(model, "regdb", prepared_regdb, trial=2, num_queries=4, top_k=5, device="cpu")
-    visible = regdb_trial(prepared_regdb, "test", "visible", 2)
-    thermal = regdb_trial(prepared_regdb, "test", "thermal", 2)
+    visible = _regdb_test(prepared_regdb, "visible", 2)
+    thermal = _regdb_test(prepared_regdb, "thermal", 2)
     rows = spread_queries(visible.pids, 4)
     np.testing.assert_array_equal(ranks.query_images, visible.images[rows])
     q = extract_features_uint8(model, visible.images[rows], "visible", device="cpu").numpy()
@@ -179,15 +206,8 @@ def test_write_rank_list_png_size(model, prepared_sysu, tmp_path):
     assert width >= 11 * 64 and height >= 5 * 128  # query + 10 matches per row, 64x32 drawn at 128x64
 
 
-def _test_script():
-    spec = importlib.util.spec_from_file_location("rpnr_test_script_ranks", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_test_script_writes_rank_lists(model, prepared_sysu, prepared_regdb, tmp_path, capsys):
-    script = _test_script()
+    script = load_test_script()
     ckpt = tmp_path / "model_1.pth"
     save_checkpoint({"model": model.state_dict(), "epoch": 1}, ckpt)
     png = tmp_path / "sysu.png"

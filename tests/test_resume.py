@@ -34,10 +34,16 @@ def _without_times(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tiny_regdb, tmp_path):
+def test_kill_and_resume_matches_uninterrupted_run(tiny_regdb, tmp_path, train_script, capsys, one_thread):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    done = subprocess.run(_cmd(tiny_regdb, full), env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+
+    def train(logs: Path, *extra: str) -> tuple[int, str]:  # train.py in this process: (status, stderr)
+        capsys.readouterr()
+        status = train_script.main([*TINY, "--data-dir", str(tiny_regdb), "--logs-dir", str(logs), *extra])
+        return status, capsys.readouterr().err
+
+    status, err = train(full)
+    assert status == 0, err
 
     proc = subprocess.Popen(_cmd(tiny_regdb, cut), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -53,14 +59,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_regdb, tmp_path):
     with open(cut / "log.txt", "a") as fh:  # lines of the unfinished epoch 2
         fh.write("epoch 2/2: Rank-1 99.00% mAP 99.00% mINP 99.00% (best Rank-1 99.00%)\n")
 
-    refused = subprocess.run(_cmd(tiny_regdb, cut, "--resume", "--lr", "1e-3"), env=_env(), capture_output=True,
-                             text=True, timeout=600)
-    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+    status, err = train(cut, "--resume", "--lr", "1e-3")
+    assert status == 1 and err.strip().splitlines() == [
         f"error: {ckpt} was trained with other settings, so resuming would compute something else: --lr 0.00035 -> "
         f"0.001 (leave these flags out to resume with the saved values, or start afresh with --overwrite)"]
-    resumed = subprocess.run(_cmd(tiny_regdb, cut, "--resume"), env=_env(), capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    status, err = train(cut, "--resume")
+    assert status == 0, err
 
     assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in full.iterdir())
     rec_full = json.loads((full / "metrics.json").read_text())

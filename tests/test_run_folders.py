@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from rpnr import checkpoint as checkpoint_module
-from rpnr import trainer
 from rpnr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rpnr.config import TrainConfig, TrainingError, UsageError, resumed_config
 from rpnr.models import build_model, load_weights
-from rpnr.run_folder import OUTPUTS, RunFolder
+from rpnr.run_folder import OUTPUTS, RunFolder, RunFolderError, reconcile_best
+from rpnr.trainer import check_finite_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--height", "32", "--width", "16",
@@ -136,29 +137,29 @@ def test_non_finite_weights_are_never_loaded(tmp_path):
     save_checkpoint({"model": state, "epoch": 3}, path)
     with pytest.raises(CheckpointError, match=r"not finite \(e.g. layer2.0.conv1.weight\)"):
         load_weights(build_model(), path)
-    with pytest.raises(trainer.TrainingError, match="epoch 4: the model's weights are not finite"):
+    with pytest.raises(TrainingError, match="epoch 4: the model's weights are not finite"):
         model.load_state_dict(state)
-        trainer.check_finite_weights(model, 4)
+        check_finite_weights(model, 4)
 
 
 def test_resume_keeps_the_saved_settings_and_refuses_other_ones(tmp_path):
-    cfg = trainer.TrainConfig(dataset="regdb", stage="baseline", data_dir="new/data", logs_dir="logs", lr=1e-3,
-                              eps=0.5, amp=False, epochs=80, workers=2, resume=True)
-    saved = {**trainer.TrainConfig(dataset="regdb", stage="baseline", data_dir="old/data", logs_dir="logs",
-                                   eps=0.45, epochs=40, workers=8, iters=7).__dict__, "unknown_old_key": 1}
+    cfg = TrainConfig(dataset="regdb", stage="baseline", data_dir="new/data", logs_dir="logs", lr=1e-3, eps=0.5,
+                      amp=False, epochs=80, workers=2, resume=True)
+    saved = {**TrainConfig(dataset="regdb", stage="baseline", data_dir="old/data", logs_dir="logs", eps=0.45,
+                           epochs=40, workers=8, iters=7).__dict__, "unknown_old_key": 1}
     path = tmp_path / "checkpoint.pth.tar"
-    with pytest.raises(trainer.TrainingError) as info:
-        trainer.resumed_config(cfg, saved, frozenset({"lr", "eps", "amp", "epochs"}), path)
+    with pytest.raises(UsageError) as info:
+        resumed_config(cfg, saved, frozenset({"lr", "eps", "amp", "epochs"}), path)
     message = str(info.value)
     assert "--lr 0.00035 -> 0.001, --eps 0.45 -> 0.5, --no-amp False -> True" in message
     assert "--overwrite" in message and len(message.splitlines()) == 1
-    resumed = trainer.resumed_config(cfg, saved, frozenset({"epochs", "workers"}), path)
+    resumed = resumed_config(cfg, saved, frozenset({"epochs", "workers"}), path)
     assert (resumed.lr, resumed.eps, resumed.iters, resumed.amp) == (3.5e-4, 0.45, 7, True)  # the saved values
     assert (resumed.epochs, resumed.workers, resumed.data_dir, resumed.resume) == (80, 2, "new/data", True)
 
 
 def _run_files(folder, epoch: int, best_epoch: int, held: int | None) -> None:
-    args = trainer.TrainConfig(dataset="regdb", stage="baseline", data_dir="d", logs_dir=str(folder)).__dict__
+    args = TrainConfig(dataset="regdb", stage="baseline", data_dir="d", logs_dir=str(folder)).__dict__
     model = {"w": torch.full((2,), float(epoch))}
     best = {"epoch": best_epoch, "rank1": 10.0, "mAP": 5.0}
     save_checkpoint({"model": model, "epoch": epoch, "best": best, "args": args}, folder / "checkpoint.pth.tar")
@@ -169,18 +170,18 @@ def _run_files(folder, epoch: int, best_epoch: int, held: int | None) -> None:
 @pytest.mark.parametrize("held", [1, None])
 def test_model_best_is_rewritten_after_a_kill_between_the_two_writes(tmp_path, held):
     _run_files(tmp_path, epoch=2, best_epoch=2, held=held)
-    note = trainer.reconcile_best(tmp_path, load_checkpoint(tmp_path / "checkpoint.pth.tar"))
+    note = reconcile_best(tmp_path, load_checkpoint(tmp_path / "checkpoint.pth.tar"))
     assert note.startswith("model_best.pth.tar rewritten from checkpoint.pth.tar")
     best = load_checkpoint(tmp_path / "model_best.pth.tar")
     assert best["epoch"] == 2 and best["rank1"] == 10.0 and torch.equal(best["model"]["w"], torch.full((2,), 2.0))
     assert best["dataset"] == "regdb" and best["stage"] == "baseline"
-    assert trainer.reconcile_best(tmp_path, load_checkpoint(tmp_path / "checkpoint.pth.tar")) is None
+    assert reconcile_best(tmp_path, load_checkpoint(tmp_path / "checkpoint.pth.tar")) is None
 
 
 def test_model_best_that_disagrees_otherwise_is_one_line(tmp_path):
     _run_files(tmp_path, epoch=3, best_epoch=1, held=2)
-    with pytest.raises(trainer.TrainingError, match="holds epoch 2 but .* names epoch 1 as the best"):
-        trainer.reconcile_best(tmp_path, load_checkpoint(tmp_path / "checkpoint.pth.tar"))
+    with pytest.raises(RunFolderError, match="holds epoch 2 but .* names epoch 1 as the best"):
+        reconcile_best(tmp_path, load_checkpoint(tmp_path / "checkpoint.pth.tar"))
 
 
 def test_full_disk_while_saving_keeps_the_previous_checkpoint(train, tmp_path, monkeypatch):

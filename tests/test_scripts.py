@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from rpnr.checkpoint import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"IMAGENET": "none", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "16", "BATCH": "8", "INSTANCES": "4",
         "ITERS": "2", "EPOCHS": "1", "EPS": "0.6", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
@@ -36,8 +38,18 @@ def test_regdb_trials_in_parallel_lanes_and_the_mean_summary(tiny_regdb, tmp_pat
 def test_llcm_script_runs_the_sysu_script_with_llcm(tiny_llcm, tmp_path):
     done = _script("run_train_llcm.sh", tmp_path, DATA_DIR=str(tiny_llcm))
     assert done.returncode == 0, done.stderr[-3000:]
-    args = json.loads((tmp_path / "s2" / "metrics.json").read_text())[0]
-    assert args["world_size"] == 1 and args["bn_splits"] == 2
+    records = json.loads((tmp_path / "s2" / "metrics.json").read_text())
+    assert records[0]["world_size"] == 1 and records[0]["bn_splits"] == 2
     summary = json.loads((tmp_path / "s2" / "summary.json").read_text())
     assert set(summary["best"]) == {"epoch", "checkpoint", "visible_to_infrared", "infrared_to_visible"}
     assert "visible_to_infrared  Rank-1" in done.stdout
+    for logs, stage in ((tmp_path / "s1", "baseline"), (tmp_path / "s2", "rpnr")):
+        best = load_checkpoint(logs / "model_best.pth.tar")
+        assert best["dataset"] == "llcm" and best["stage"] == stage and (logs / "ranks.png").is_file()
+        assert 0 <= json.loads((logs / "metrics.json").read_text())[0]["rank1"] <= 100
+    args = load_checkpoint(tmp_path / "s2" / "checkpoint.pth.tar")["args"]
+    assert args["baseline"] == str(tmp_path / "s1" / "model_best.pth.tar")
+    assert args["rgb_batch_size"] == 8 and args["top_k"] == 20  # SYSU's stage-2 batch and NPC settings
+    again = _script("run_train_llcm.sh", tmp_path, DATA_DIR=str(tiny_llcm))  # the same folders again
+    assert again.returncode != 0 and f"logs folder {tmp_path / 's1'} holds the outputs of an earlier run" in \
+        again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr

@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 
 from rpnr.data.raw_images import RawDataError
-from rpnr.data.sysu import check_layout, gallery_split, query_split, read_ids, train_split
+from rpnr.data.sysu import (
+    SYSU_MODES,
+    SYSU_TRIALS,
+    check_layout,
+    gallery_split,
+    plan_sysu,
+    query_split,
+    read_ids,
+    train_split,
+)
+from rpnr.datasets import get_dataset
 
 
 def _official_ids(data_path: str) -> list[str]:
@@ -130,3 +140,29 @@ def test_id_without_images_is_reported(synthetic_sysu_raw, tmp_path):
     with pytest.raises(RawDataError, match="id 777 of exp/val_id.txt has no images"):
         check_layout(str(root))
     check_layout(str(synthetic_sysu_raw))  # the untouched tree is fine
+
+
+def test_registry_settings_read_the_official_splits_from_the_plan(synthetic_sysu_raw):
+    """Each SYSU-MM01 setting of the registry reads, per trial, the gallery rows the plan stores for that mode and
+    trial (the official gallery draw), and the whole query set (one query for both modes, as the release)."""
+    root = str(synthetic_sysu_raw)
+    ds = get_dataset("sysu")
+    assert [s.name for s in ds.settings] == list(SYSU_MODES) == ["all", "indoor"]
+    assert ds.trials == SYSU_TRIALS == tuple(range(10)) and ds.epoch_trial(5) == 0
+    plan = plan_sysu(root)
+    sets = {spec.name: spec for spec in plan.sets}
+    assert query_split(root, "indoor").paths == query_split(root, "all").paths
+    assert sets["query"].paths == [os.path.relpath(p, root) for p in query_split(root, "all").paths]
+    for setting in ds.settings:
+        assert (setting.query.set, setting.query.modal, setting.query.arrays(3)) == ("query", "infrared", (None, None))
+        assert (setting.gallery.set, setting.gallery.modal) == ("gallery", "visible")
+        for trial in (0, 9):
+            index, labels = setting.gallery.arrays(trial)
+            assert index == f"gallery_index_{setting.name}_{trial}" and labels is None
+            rows = plan.arrays[index]
+            ref = gallery_split(root, setting.name, trial)
+            assert [sets["gallery"].paths[r] for r in rows] == [os.path.relpath(p, root) for p in ref.paths]
+            np.testing.assert_array_equal(sets["gallery"].pids[rows], ref.pids)
+            np.testing.assert_array_equal(sets["gallery"].cams[rows], ref.cams)
+    with pytest.raises(ValueError, match="mode must be 'all' or 'indoor'"):
+        gallery_split(root, "outdoor", 0)

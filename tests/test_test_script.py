@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -14,18 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms as T
-from PIL import Image
+from conftest import KEYS, REPO, H, W, official_checkpoint_state, official_features, random_model, run_main
 
 from rpnr.checkpoint import save_checkpoint
-from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD, eval_regdb, eval_sysu
-from rpnr.models import _OFFICIAL_PREFIXES, build_model
-from rpnr.protocols import evaluate_regdb, evaluate_sysu
+from rpnr.evaluation import eval_regdb, eval_sysu
+from rpnr.protocols import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
-REPO = Path(__file__).resolve().parents[1]
-H, W = 64, 32
-KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 
 def run_test(*args) -> subprocess.CompletedProcess:
@@ -33,67 +27,6 @@ def run_test(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "test.py"), "--device", "cpu", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("rpnr_test_script", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TEST_SCRIPT = _load_script()
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    """test.py's main() in this process (no second torch start-up): (status, stdout, stderr)."""
-    capsys.readouterr()
-    status = TEST_SCRIPT.main(["--device", "cpu", *map(str, args)])
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def random_model(seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_model()
-    with torch.no_grad():  # non-trivial BN statistics and non-local weights, as a trained model has
-        for name, buf in model.named_buffers():
-            if name.endswith("running_var"):
-                buf.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                buf.normal_(0.0, 0.1)
-        for name, p in model.named_parameters():
-            if name.startswith(("nl2", "nl3")) and name.endswith("W.1.weight"):
-                p.normal_(0.0, 0.5)
-    return model.eval()
-
-
-def official_layout(state: dict) -> dict:
-    """Our state dict in the release's DataParallel key layout (plus its unused classifier)."""
-    out = {}
-    for key, value in state.items():
-        for old, new in _OFFICIAL_PREFIXES:
-            if key.startswith(new):
-                out["module." + old + key[len(new):]] = value
-                break
-        else:
-            raise AssertionError(key)
-    out["module.classifier.weight"] = torch.zeros(8, 2048)
-    return out
-
-
-def official_features(model, paths: list[str], modal: str) -> np.ndarray:
-    """Release test loader: PIL resize (ANTIALIAS = Lanczos) of the raw image, ToPILImage/Resize/ToTensor/
-    Normalize, then (e(x) + e(fliplr(x))) / 2 L2-normalised."""
-    arrays = [np.array(Image.open(p).resize((W, H), Image.LANCZOS)) for p in paths]
-    transform = T.Compose([T.ToPILImage(), T.Resize((H, W)), T.ToTensor(),
-                           T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
-    x = torch.stack([transform(a) for a in arrays])
-    with torch.no_grad():
-        feat = model.embed(x, modal)
-        flipped = model.embed(x.index_select(3, torch.arange(x.size(3) - 1, -1, -1)), modal)
-    feat = (feat + flipped) / 2
-    return (feat / torch.norm(feat, p=2, dim=1, keepdim=True)).numpy()
 
 
 def metrics(cmc, m_ap, m_inp) -> dict:
@@ -159,14 +92,13 @@ def assert_close(got: dict, want: dict, tol: float = 1e-3):
         assert abs(got[k] - want[k]) < tol, (k, got[k], want[k])
 
 
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     models = {seed: random_model(seed) for seed in (1, 2)}
     save_checkpoint({"model": models[1].state_dict(), "epoch": 3}, folder / "ours_1.pth")
     save_checkpoint({"model": models[2].state_dict()}, folder / "ours_2.pth")
-    save_checkpoint({"state_dict": official_layout(models[1].state_dict()), "epoch": 3,
+    save_checkpoint({"state_dict": official_checkpoint_state(models[1]), "epoch": 3,
                      "mAP": np.float64(0.5)}, folder / "official.pth")
     return folder, models
 
@@ -179,9 +111,14 @@ def test_sysu_all_search_matches_official_pipeline(prepared_sysu, synthetic_sysu
     lines = res.stdout.splitlines()
     assert sum(line.startswith("Trial ") for line in lines) == 10
     assert lines[-1].startswith("Mean of 10 trials (all-search): Rank-1: ") and "mINP: " in lines[-1]
-    want = mean_percent(official_sysu(models[1], str(synthetic_sysu_raw), "all", range(10)))
-    assert_close(json.loads((tmp_path / "all.json").read_text()), want)
+    per_trial = official_sysu(models[1], str(synthetic_sysu_raw), "all", range(10))
+    want = mean_percent(per_trial)
+    got = json.loads((tmp_path / "all.json").read_text())
+    assert got["checkpoint"]["path"] == str(folder / "ours_1.pth")  # one mode: the flat metrics and the checkpoint
+    assert_close(got, want)
     assert 0.0 < want["mAP"] < 100.0
+    trial_7 = next(line for line in lines if line.startswith("Trial 7 (all-search): "))
+    assert f"mAP: {per_trial[7]['mAP']:.2%}" in trial_7  # each trial's line is that trial's result
 
 
 def test_sysu_indoor_with_official_checkpoint(prepared_sysu, synthetic_sysu_raw, checkpoints, tmp_path, capsys):
@@ -196,7 +133,7 @@ def test_sysu_indoor_with_official_checkpoint(prepared_sysu, synthetic_sysu_raw,
 
 def test_evaluate_sysu_on_selected_trials(prepared_sysu, synthetic_sysu_raw, checkpoints):
     _, models = checkpoints
-    result = evaluate_sysu(models[2], prepared_sysu, "all", trials=[7, 2], device="cpu", batch_size=16)
+    result = evaluate(models[2], "sysu", prepared_sysu, ["all"], trials=[7, 2], device="cpu", batch_size=16)["all"]
     assert [r["trial"] for r in result["per_trial"]] == [7, 2]
     ref = official_sysu(models[2], str(synthetic_sysu_raw), "all", [7, 2])
     for got, want in zip(result["per_trial"], ref):
@@ -217,8 +154,13 @@ def test_regdb_per_trial_checkpoints_both_directions(prepared_regdb, synthetic_r
     for direction in ("visible_to_thermal", "thermal_to_visible"):
         assert_close(got[direction], mean_percent([r[direction] for r in refs]))
     assert "Mean of 2 trials Thermal to Visible: Rank-1: " in out
-    one = evaluate_regdb(models[2], prepared_regdb, trial=2, direction="thermal_to_visible", device="cpu")
-    assert one["trial"] == 2 and abs(one["mAP"] - refs[1]["thermal_to_visible"]["mAP"]) < 1e-6
+    trial_2 = next(line for line in out.splitlines() if line.startswith("Trial 2 Visible to Thermal: "))
+    assert f"mAP: {refs[1]['visible_to_thermal']['mAP']:.2%}" in trial_2
+    one = evaluate(models[2], "regdb", prepared_regdb, ["thermal_to_visible"], [2], device="cpu")
+    assert list(one) == ["thermal_to_visible"]
+    one = one["thermal_to_visible"]["per_trial"]
+    assert len(one) == 1 and one[0]["trial"] == 2
+    assert abs(one[0]["mAP"] - refs[1]["thermal_to_visible"]["mAP"]) < 1e-6
 
 
 def test_errors_are_one_line(prepared_sysu, prepared_regdb, checkpoints, tmp_path, capsys):
@@ -238,6 +180,8 @@ def test_errors_are_one_line(prepared_sysu, prepared_regdb, checkpoints, tmp_pat
          "was prepared at 64x32"),
         (("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", folder / "ours_1.pth", "--trials", 11),
          "--trials must be between 1 and 10"),
+        (("--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint", folder / "ours_{trial}.pth", "--mode",
+          "all"), "--mode applies to SYSU-MM01, not RegDB"),
     ]
     for args, message in cases:
         status, _, err = run_main(capsys, *args)

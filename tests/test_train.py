@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from rpnr.checkpoint import load_checkpoint
+from rpnr.config import build_config, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,14 +89,25 @@ def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, cap
     assert "NPC relabelled visible" in (s2 / "log.txt").read_text()
 
 
-def test_config_defaults_per_dataset_and_stage(train_script, tiny_regdb):
-    """Official defaults fill in per dataset and stage; --eps and --no-amp reach the run's settings."""
-    base = ["--data-dir", str(tiny_regdb), "--no-imagenet", "--device", "cpu"]
-    sysu1 = train_script.build_config(train_script.parse_args(["--dataset", "sysu", "--stage", "baseline", *base]))
+def test_config_defaults_per_dataset_and_stage(tiny_regdb):
+    """Official defaults fill in per dataset and stage from the registry; --eps and --no-amp reach the settings."""
+    def config(*argv):
+        return build_config(vars(build_parser().parse_args([*argv, "--data-dir", str(tiny_regdb), "--no-imagenet",
+                                                            "--device", "cpu"])))
+
+    sysu1 = config("--dataset", "sysu", "--stage", "baseline")
     assert (sysu1.eps, sysu1.iters, sysu1.batch_size, sysu1.rgb_batch_size, sysu1.amp) == (0.6, 200, 128, 64, True)
-    assert sysu1.top_k == 20
+    assert (sysu1.top_k, sysu1.bn_splits, sysu1.imagenet) == (20, 2, None)
     assert sysu1.logs_dir == "baseline/sysu_s1"
-    regdb1 = train_script.build_config(train_script.parse_args(
-        ["--dataset", "regdb", "--stage", "baseline", "--trial", "4", "--eps", "0.45", "--no-amp", *base]))
+    regdb1 = config("--dataset", "regdb", "--stage", "baseline", "--trial", "4", "--eps", "0.45", "--no-amp")
     assert (regdb1.eps, regdb1.iters, regdb1.amp, regdb1.top_k) == (0.45, 100, False, 5)  # release: nlargest(5)
     assert regdb1.logs_dir == "baseline/regdb_s1/4"
+    llcm1 = config("--dataset", "llcm", "--stage", "baseline", "-b", "64")
+    assert (llcm1.eps, llcm1.iters, llcm1.top_k, llcm1.rgb_batch_size) == (0.6, 200, 20, 32)
+
+
+def test_help_shows_every_default_once():
+    text = build_parser().format_help()
+    assert "(default: None)" not in text and "default: SYSU-MM01 0.6, RegDB 0.3, LLCM 0.6" in " ".join(text.split())
+    for flag in ("--lr", "--eps", "--iters", "--top-k", "--bn-splits", "--logs-dir", "--baseline", "--device"):
+        assert flag in text

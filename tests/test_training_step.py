@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_memory import hcl_reference_loss, hcl_reference_update
+from conftest import hcl_reference_loss, hcl_reference_update
 
 from rpnr.losses import neighbor_relation_loss
 from rpnr.memory import ClusterMemory

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD
+from rpnr.evaluation import uint8_to_normalized
 
 PAD = 10
 ERASE_PROB = 0.5
@@ -127,22 +127,6 @@ def _crop_with(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, pad: int
     return padded[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, 3]
 
 
-def pad_crop_flip(images: Tensor, pad: int = PAD, flip_prob: float = 0.5) -> Tensor:
-    """Zero-pad by ``pad``, random crop back to the input size, random horizontal flip.
-
-    uint8 [B, H, W, 3] -> uint8 [B, H, W, 3]; crop offsets uniform in [0, 2 * pad].
-    """
-    return _crop_with(images, *_draw_crop(images.size(0), pad, flip_prob), pad)
-
-
-def to_normalized(images: Tensor) -> Tensor:
-    """uint8 [B, H, W, 3] -> ImageNet-normalised float [B, 3, H, W]."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)  # [B, 3, H, W]
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def _erase_with(x: Tensor, apply: Tensor, top: Tensor, left: Tensor, eh: Tensor, ew: Tensor) -> Tensor:
     _, _, h, w = x.shape
     top, left, eh, ew, apply = (t.to(x.device) for t in (top, left, eh, ew, apply))
@@ -153,16 +137,6 @@ def _erase_with(x: Tensor, apply: Tensor, top: Tensor, left: Tensor, eh: Tensor,
     mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]  # [B, H, W]
     fill = torch.tensor(ERASE_FILL, device=x.device, dtype=x.dtype).view(1, 3, 1, 1).expand_as(x)
     return torch.where(mask[:, None], fill, x)
-
-
-def random_erasing(x: Tensor, prob: float = ERASE_PROB) -> Tensor:
-    """The release's ``ChannelRandomErasing`` on normalised images [B, 3, H, W] (a new tensor).
-
-    With probability ``prob`` a sample gets one rectangle filled with ``ERASE_FILL``:
-    the first of up to 100 drawn (area, aspect) pairs whose box fits strictly inside.
-    """
-    b, _, h, w = x.shape
-    return _erase_with(x, *_draw_erasing(b, h, w, prob))
 
 
 def _copy_channel(x: Tensor, channel: Tensor) -> Tensor:
@@ -183,35 +157,16 @@ def _adaptive_grey_with(x: Tensor, choice: Tensor, to_grey: Tensor) -> Tensor:
     return torch.where(to_grey.to(x.device)[:, None, None, None], _grey(x), out)
 
 
-def channel_exchange(x: Tensor) -> Tensor:
-    """The release's ``ChannelExchange(gray=2)``: copy R, G or B (uniform) into all channels."""
-    return _copy_channel(x, torch.randint(0, 3, (x.size(0),)))
-
-
-def channel_adaptive_gray(x: Tensor, prob: float = 0.5) -> Tensor:
-    """The release's ``ChannelAdapGray(0.5)``: uniform over {R, G, B, grey}; R/G/B copy that
-    channel into all three; grey converts with probability ``prob``, else leaves the image."""
-    b = x.size(0)
-    choice = torch.randint(0, 4, (b,))  # [B]
-    to_grey = (choice == 3) & (torch.rand(b) < prob)  # [B]
-    return _adaptive_grey_with(x, choice, to_grey)
-
-
 def apply_view(images: Tensor, draws: ViewDraws, height: int, width: int) -> Tensor:
     """One view with given draws: uint8 [B, h, w, 3] -> normalised float [B, 3, height, width]."""
     x = _crop_with(resize_uint8(images, height, width), draws.top, draws.left, draws.flip, PAD)
-    x = _erase_with(to_normalized(x), draws.erase, draws.erase_top, draws.erase_left, draws.erase_h,
+    x = _erase_with(uint8_to_normalized(x), draws.erase, draws.erase_top, draws.erase_left, draws.erase_h,
                     draws.erase_w)
     if draws.grey is not None:
         return _adaptive_grey_with(x, draws.channel, draws.grey)
     if draws.channel is not None:
         return _copy_channel(x, draws.channel)
     return x
-
-
-def base_view(images: Tensor, height: int, width: int) -> Tensor:
-    """Resize, pad/crop/flip, normalise and random-erase uint8 [B, h, w, 3] -> float [B, 3, height, width]."""
-    return apply_view(images, draw_view(images.size(0), height, width, "none"), height, width)
 
 
 @dataclass
@@ -253,20 +208,3 @@ class IterationDraws:
 def rgb_rows(positions: np.ndarray, n: int) -> np.ndarray:
     """Sorted distinct image rows behind ``positions`` of the two-view batch of ``n`` images."""
     return np.unique(np.asarray(positions) % n)
-
-
-def rgb_views(images: Tensor, height: int, width: int) -> Tensor:
-    """Both RGB views of a uint8 batch [B, h, w, 3] -> [2B, 3, H, W] = [view 1; view 2].
-
-    Each view has its own crop/flip/erasing (the release runs two transform pipelines
-    on the same image); view 2 then gets ``channel_exchange``.
-    """
-    b = images.size(0)
-    view1 = apply_view(images, draw_view(b, height, width, "none"), height, width)  # [B, 3, H, W]
-    view2 = apply_view(images, draw_view(b, height, width, "exchange"), height, width)  # [B, 3, H, W]
-    return torch.cat((view1, view2), 0)
-
-
-def ir_view(images: Tensor, height: int, width: int) -> Tensor:
-    """Infrared training view of a uint8 batch [B, h, w, 3] -> [B, 3, H, W]."""
-    return apply_view(images, draw_view(images.size(0), height, width, "adaptive_grey"), height, width)

@@ -1,4 +1,5 @@
-"""LLCM raw layout: the training lists, the test identities and the official query/gallery splits.
+"""LLCM: the raw layout (training lists, test identities, the official query/gallery splits), what prepare
+writes, the synthetic tree, the published statistics and the registry entry.
 
 Raw layout (as distributed by its authors, Zhang and Wang, CVPR 2023):
 
@@ -11,6 +12,13 @@ Raw layout (as distributed by its authors, Zhang and Wang, CVPR 2023):
   identity = the folder name. Camera k is the same physical camera in both modalities.
 
 Only paths relative to the root are parsed, so the root itself may be named anything.
+
+Published statistics: Zhang and Wang, "Diverse Embedding Expansion Network and Low-Light Cross-Modality
+Benchmark for Visible-Infrared Person Re-identification", CVPR 2023 (46,767 bounding boxes of 1,064
+identities from 9 cameras, split into 713 training identities, 16,946 visible + 13,975 infrared images,
+and 351 test identities, 8,680 visible + 7,166 infrared images); the release's DEEN/AGW code trains a
+713-class classifier. The authors adjusted the dataset after publication (ZYK100/LLCM issue #28, 2024),
+so a copy received later may differ from these figures: the manifest records the counts that were prepared.
 """
 
 from __future__ import annotations
@@ -19,10 +27,15 @@ import os
 import re
 
 import numpy as np
+from PIL import Image
 
-from rpnr.data.prepared import LLCM_MODALITIES, LLCM_TRIALS, PreparePlan, SetSpec
+from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.data.published import PublishedStats
 from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import Split, folder_images, read_id_line, read_path_labels, sample_folder_images
+from rpnr.data.synthetic import background, make_identity, new_folder, render
+from rpnr.datasets import Dataset, Setting, Side, register
+from rpnr.metrics import eval_llcm, llcm_ignored
 
 TRAIN_LISTS = {"visible": "idx/train_vis.txt", "infrared": "idx/train_nir.txt"}
 TEST_ID_FILE = "idx/test_id.txt"
@@ -35,6 +48,10 @@ TEST_FOLDERS = {
 LAYOUT = ("expected the LLCM layout with idx/train_vis.txt, idx/train_nir.txt, idx/test_id.txt, "
           "test_vis/cam<k>/<id>/ and test_nir/cam<k>/<id>/")
 _CAMERA = re.compile(r"_c(\d+)_")
+LLCM_MODALITIES = ("visible", "infrared")
+LLCM_TRIALS = tuple(range(10))
+LLCM_VIS_CAMS = tuple(range(1, 10))
+LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # LLCM's test_nir/cam3 is empty
 
 
 def _check_root(root: str) -> None:
@@ -151,7 +168,7 @@ def plan_llcm(root: str) -> PreparePlan:
 
 
 def _figures(train: dict[str, Split], test: dict[str, Split]) -> dict[str, list[int]]:
-    """The counts that :data:`rpnr.data.published.PUBLISHED` lists for LLCM."""
+    """The counts that :data:`PUBLISHED` lists."""
     return {
         "train identities": [len(np.unique(np.concatenate([s.pids for s in train.values()])))],
         "train visible images": [len(train["visible"].paths)],
@@ -160,3 +177,94 @@ def _figures(train: dict[str, Split], test: dict[str, Split]) -> dict[str, list[
         "test visible images": [len(test["visible"].paths)],
         "test infrared images": [len(test["infrared"].paths)],
     }
+
+
+def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """``(visible, infrared)`` cameras of one LLCM identity: 2-4 visible and 1-3 infrared cameras,
+    sharing a physical camera when one of the visible cameras also records infrared."""
+    visible = sorted(int(c) for c in rng.choice(LLCM_VIS_CAMS, size=int(rng.integers(2, 5)), replace=False))
+    drawn = {int(c) for c in rng.choice(LLCM_NIR_CAMS, size=int(rng.integers(1, 3)), replace=False)}
+    shared = [c for c in visible if c in LLCM_NIR_CAMS][:1]
+    return visible, sorted(drawn | set(shared))
+
+
+def write_llcm(out: str | os.PathLike, train_ids: int = 16, test_ids: int = 8, per_camera: int = 3,
+               height: int = 128, width: int = 64, seed: int = 0) -> dict:
+    """Write a raw LLCM-layout tree (JPEG); returns {"ids", "train_visible", "train_infrared",
+    "test_visible", "test_infrared"} image counts.
+
+    Ids 1..N go to train and test at random; ``idx/test_id.txt`` lists the test ids in that random
+    order. Each id has 2-4 visible and 1-3 infrared cameras (often one physical camera in both),
+    with ``per_camera`` +-1 images (at least 1) per camera, named as LLCM names them:
+    ``<pid>_c<cam:02d>_s<seq>_f<frame>_<vis|nir>.jpg``. Training images lie in ``vis/<pid>/`` and
+    ``nir/<pid>/``, listed camera by camera in ``idx/train_vis.txt`` / ``idx/train_nir.txt`` with
+    label = the rank of the id among the training ids (0-based); test images in ``test_vis/cam<k>/<pid>/`` and
+    ``test_nir/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM.
+    """
+    if train_ids < 1 or test_ids < 1 or per_camera < 1:
+        raise ValueError("LLCM needs at least one training id, one test id and one image per camera")
+    out = new_folder(out)
+    rng = np.random.default_rng(seed)
+    total = train_ids + test_ids
+    ids = rng.permutation(np.arange(1, total + 1))
+    train_set, test_order = sorted(int(i) for i in ids[:train_ids]), [int(i) for i in ids[train_ids:]]
+    backgrounds = {(tag, cam): background(rng) for tag in ("vis", "nir") for cam in LLCM_VIS_CAMS}
+    lists: dict[str, list[tuple[int, int, str]]] = {"vis": [], "nir": []}  # (camera, pid, line)
+    counts = {"ids": total, "train_visible": 0, "train_infrared": 0, "test_visible": 0, "test_infrared": 0}
+    for pid in range(1, total + 1):
+        person_rng = np.random.default_rng([seed, pid])
+        person = make_identity(person_rng)
+        training = pid in train_set
+        for (tag, modality), cams in zip((("vis", "visible"), ("nir", "infrared")), _llcm_cameras(person_rng)):
+            for cam in cams:
+                folder = out / (f"{tag}/{pid:04d}" if training else f"test_{tag}/cam{cam}/{pid:04d}")
+                folder.mkdir(parents=True, exist_ok=True)
+                sequence = int(person_rng.integers(100000, 240000))
+                for k in range(max(1, per_camera + int(person_rng.integers(-1, 2)))):
+                    frame = 1000 + 37 * k + int(person_rng.integers(0, 30))
+                    name = f"{pid:04d}_c{cam:02d}_s{sequence}_f{frame}_{tag}.jpg"
+                    img = render(person, person_rng, height, width, tag == "nir", backgrounds[tag, cam])
+                    Image.fromarray(img, "RGB").save(folder / name, quality=92)
+                    if training:
+                        lists[tag].append((cam, pid, f"{tag}/{pid:04d}/{name} {train_set.index(pid)}"))
+                    counts[f"{'train' if training else 'test'}_{modality}"] += 1
+    (out / "test_nir" / "cam3").mkdir(parents=True, exist_ok=True)
+    (out / "idx").mkdir(exist_ok=True)
+    for tag, lines in lists.items():  # listed camera by camera (so not sorted by path)
+        (out / "idx" / f"train_{tag}.txt").write_text("\n".join(line for *_, line in sorted(lines)) + "\n")
+    (out / "idx" / "test_id.txt").write_text(",".join(str(i) for i in test_order) + "\n")
+    return counts
+
+
+def _direction(query: str, gallery: str, sampled_queries: bool = False) -> Setting:
+    """Every test image of ``query`` against the sampled gallery of trial {trial} in ``gallery`` (gallery images
+    of the query's identity and camera skipped, ``eval_llcm``); ``sampled_queries``: the LLCM release's
+    ``test_mode = [2, 1]``, the sampled images of the other modality as the queries against every image."""
+    sampled = Side(f"test_{gallery}", gallery, index=f"gallery_index_{gallery}_{{trial}}")
+    every = Side(f"test_{query}", query)
+    label = f"{query.title()} to {gallery.title()}" + (" (sampled infrared queries)" if sampled_queries else "")
+    about = ("compute visible to infrared as the LLCM release's test.py does (test_mode [2, 1]): the sampled "
+             "infrared gallery images of each trial are the queries and every visible test image is the gallery, "
+             "instead of every visible image as a query against the sampled infrared gallery (default, as DMDL and "
+             "CEIL). For comparisons with supervised papers that used the release's script")
+    return Setting(f"{query}_to_{gallery}", f"LLCM {query} to {gallery}", label,
+                   sampled if sampled_queries else every, every if sampled_queries else sampled, eval_llcm,
+                   llcm_ignored, about if sampled_queries else "")
+
+
+PUBLISHED = PublishedStats("LLCM", "Zhang and Wang CVPR 2023", {
+    "train identities": 713,
+    "train visible images": 16946,
+    "train infrared images": 13975,
+    "test identities": 351,
+    "test visible images": 8680,
+    "test infrared images": 7166,
+})
+
+LLCM = register(Dataset(  # no release recipe: SYSU-MM01's settings (DESIGN.md section 9)
+    name="llcm", display="LLCM", layout="raw LLCM folder (idx/, vis/, nir/, test_vis/, test_nir/)", plan=plan_llcm,
+    published=PUBLISHED, write_synthetic=write_llcm, synthetic_sizes={"train_ids": 16, "test_ids": 8, "per_camera": 3},
+    train=(Side("train_rgb", "visible"), Side("train_ir", "infrared")),
+    settings=(_direction("visible", "infrared"), _direction("infrared", "visible")), trials=LLCM_TRIALS, eps=0.6,
+    iters=200, top_k=20, full_rgb_batch_in_stage2=True, model_per_trial=False, epoch_setting="visible_to_infrared",
+    variants={"v2i_sampled_infrared_queries": _direction("visible", "infrared", sampled_queries=True)}))

@@ -1,28 +1,29 @@
-"""The command line shared by ``prepare_sysu.py``, ``prepare_regdb.py`` and ``prepare_llcm.py``."""
+"""The command line of the ``prepare_<dataset>.py`` scripts, for any registered dataset."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
-from collections.abc import Callable
 
-from rpnr.data.prepared import PreparedDataError, PreparePlan, format_stats, write_prepared
+from rpnr.data.prepared import PreparedDataError, format_stats, write_prepared
 from rpnr.data.published import format_published
 from rpnr.data.raw_images import RawDataError
+from rpnr.datasets import get_dataset
 from rpnr.files import os_error_line
 
 
-def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[str], PreparePlan],
-                 argv: list[str] | None = None) -> int:
-    """Parse the arguments, write the prepared arrays, print the statistics table and its
-    comparison with the published statistics (one warning line per difference).
+def prepare_main(dataset: str, argv: list[str] | None = None, description: str | None = None) -> int:
+    """Prepare the registered ``dataset``: parse the arguments, write the prepared arrays, print the statistics
+    table and its comparison with the published statistics (one warning line per difference).
 
-    Bad input prints one ``<prog>: error: ...`` line and returns 1.
+    Bad input prints one ``<prog>: error: ...`` line and returns 1; Ctrl-C one line and 130.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    ds = get_dataset(dataset)
+    prog = ds.prepare_script
+    parser = argparse.ArgumentParser(prog=prog, description=description or f"Prepare {ds.display}.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, help=data_help)
+    parser.add_argument("--data-dir", required=True, help=ds.layout)
     parser.add_argument("--output-dir", required=True, help="folder to create with the prepared arrays")
     parser.add_argument("--height", type=int, default=288)
     parser.add_argument("--width", type=int, default=144)
@@ -32,7 +33,7 @@ def prepare_main(prog: str, description: str, data_help: str, plan: Callable[[st
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: up to 8)")
     args = parser.parse_args(argv)
     try:
-        manifest = write_prepared(plan(args.data_dir), args.output_dir, args.height, args.width, args.overwrite,
+        manifest = write_prepared(ds.plan(args.data_dir), args.output_dir, args.height, args.width, args.overwrite,
                                   args.workers)
     except (RawDataError, PreparedDataError) as exc:
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -9,17 +9,8 @@ Layout of a prepared folder (all ``.npy``; images are loaded memory-mapped):
   ``<set>_cams.npy`` (int64 [N]) and ``<set>_paths.npy`` (str [N], relative to the raw root);
 - index arrays (int64) that select the rows of a set for a trial.
 
-SYSU-MM01 sets: ``train_rgb``, ``train_ir`` (bicubic), ``query`` and ``gallery`` (Lanczos;
-``gallery`` holds the union of the galleries of trials 0-9 of both modes once), with
-``gallery_index_{mode}_{trial}`` giving each official gallery in its official order.
-RegDB sets: ``{visible,thermal}_train`` (bicubic) and ``{visible,thermal}_test`` (Lanczos),
-with ``trial{t}_{train,test}_{visible,thermal}_{index,labels}`` for t = 1..10 (labels as in
-the ``idx`` files).
-LLCM sets: ``train_rgb``, ``train_ir`` (bicubic; the images of ``idx/train_vis.txt`` and
-``idx/train_nir.txt`` sorted by path, the release's clustering order), ``test_visible`` and
-``test_infrared`` (Lanczos; every test image of the modality in the official query order), with
-``gallery_index_{visible,infrared}_{trial}`` giving the official gallery of each modality and
-trial 0-9 (rows of that modality's test set).
+Which sets and index arrays a dataset writes is its plan's (``rpnr/data/<name>.py``); the registry entry's
+sides (:class:`rpnr.datasets.Side`) name the rows each trial reads (:func:`load_side`).
 """
 
 from __future__ import annotations
@@ -35,17 +26,11 @@ import numpy as np
 
 from rpnr.data.published import compare_published
 from rpnr.data.raw_images import RESAMPLE, write_image_array
+from rpnr.datasets import Side, get_dataset
 from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DATASETS = ("sysu", "regdb", "llcm")
-SYSU_MODES = ("all", "indoor")
-SYSU_TRIALS = tuple(range(10))
-REGDB_TRIALS = tuple(range(1, 11))
-LLCM_MODALITIES = ("visible", "infrared")
-LLCM_TRIALS = tuple(range(10))
-PREPARE_SCRIPT = {"sysu": "prepare_sysu.py", "regdb": "prepare_regdb.py", "llcm": "prepare_llcm.py"}
 
 
 class PreparedDataError(Exception):
@@ -264,8 +249,8 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise PreparedDataError(f"prepared data folder not found: {root}")
     path = root / MANIFEST
     if not path.is_file():
-        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_sysu.py, "
-                                f"prepare_regdb.py or prepare_llcm.py first)")
+        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_<dataset>.py "
+                                f"first)")
     try:
         with open(path) as fh:
             manifest = json.load(fh)
@@ -280,12 +265,14 @@ def read_manifest(root: str | os.PathLike) -> dict:
 def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = None,
                    width: int | None = None) -> dict:
     """The manifest, after checking that ``root`` is a complete prepared ``dataset`` of that size."""
-    if dataset not in DATASETS:
-        raise PreparedDataError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
+    try:
+        script = get_dataset(dataset).prepare_script
+    except ValueError as exc:
+        raise PreparedDataError(str(exc)) from None
     manifest = read_manifest(root)
     if manifest.get("dataset") != dataset:
         raise PreparedDataError(f"{root} holds prepared {manifest.get('dataset')} data, not {dataset} "
-                                f"(run {PREPARE_SCRIPT[dataset]})")
+                                f"(run {script})")
     size = (manifest.get("height"), manifest.get("width"))
     if (height is not None and height != size[0]) or (width is not None and width != size[1]):
         raise PreparedDataError(f"{root} was prepared at {size[0]}x{size[1]} (HxW), not {height or size[0]}x"
@@ -352,87 +339,30 @@ def load_array(root: str | os.PathLike, name: str) -> np.ndarray:
     return _load_npy(Path(root), name)
 
 
-def _check_trial(trial: int, valid: tuple[int, ...], what: str) -> None:
-    if trial not in valid:
-        raise PreparedDataError(f"{what} trial must be in {valid[0]}..{valid[-1]}, got {trial}")
-
-
-def regdb_trial(root: str | os.PathLike, split: str, modality: str, trial: int,
-                release_order: bool = False) -> ImageSet:
-    """The ``split`` ("train"|"test") images of ``modality`` ("visible"|"thermal") for a RegDB trial
-    (pids = the idx-file labels; images read into memory), in the order of its idx file or, with
-    ``release_order``, in the release's clustering order (:func:`release_train_order`)."""
-    _check_trial(trial, REGDB_TRIALS, "RegDB")
-    base = load_set(root, f"{modality}_{split}")
-    index = load_array(root, f"trial{trial}_{split}_{modality}_index")
-    labels = load_array(root, f"trial{trial}_{split}_{modality}_labels")
-    if release_order:
-        order = release_train_order(labels, base.paths[index])
-        index, labels = index[order], labels[order]
-    return base.subset(index, pids=labels)
-
-
-def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
-    """Row order in which the release clusters RegDB training images: [N] int64.
-
-    The release copies each image to ``<label>_c1_<file name>`` and iterates over
-    ``sorted(dataset.train)``, i.e. by that name as a string ("10_..." before "1_...").
-    Its SYSU names ``<4-digit id>_c<cam>_<file>`` sort like the prepared order already.
-    """
-    names = [f"{pid}_c1_{os.path.basename(path)}" for pid, path in zip(np.asarray(pids).tolist(),
-                                                                       np.asarray(paths).tolist())]
-    return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
+def load_side(root: str | os.PathLike, side: Side, trial: int) -> ImageSet:
+    """The images of ``side`` for ``trial``: the whole set (images memory-mapped), or the rows of its index
+    array (read into memory), labelled by its label array when it has one."""
+    base = load_set(root, side.set)
+    index, labels = side.arrays(trial)
+    if index is None:
+        return base
+    return base.subset(load_array(root, index), pids=None if labels is None else load_array(root, labels))
 
 
 def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
-    """Training sets ``(rgb, ir)`` in the release's clustering order; ``trial`` (1..10) only for RegDB.
-
-    SYSU and LLCM images are memory-mapped; RegDB images are read into memory.
-    """
+    """Training sets ``(visible, infrared)`` of ``trial`` in the release's clustering order (the dataset's
+    ``train_order``, when it has one)."""
     check_prepared(root, dataset)
-    if dataset in ("sysu", "llcm"):
-        return load_set(root, "train_rgb"), load_set(root, "train_ir")
-    return (regdb_trial(root, "train", "visible", trial, release_order=True),
-            regdb_trial(root, "train", "thermal", trial, release_order=True))
+    ds = get_dataset(dataset)
+    if ds.model_per_trial:
+        check_trial(ds.trials, trial, ds.display)
+    sets = [load_side(root, side, trial) for side in ds.train]
+    if ds.train_order is not None:
+        sets = [s.subset(ds.train_order(s.pids, s.paths)) for s in sets]
+    return sets[0], sets[1]
 
 
-def sysu_gallery_index(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> np.ndarray:
-    """Rows of the stored ``gallery`` set that form the official gallery of ``mode``/``trial``."""
-    if mode not in SYSU_MODES:
-        raise PreparedDataError(f"SYSU mode must be 'all' or 'indoor', got {mode!r}")
-    _check_trial(trial, SYSU_TRIALS, "SYSU gallery")
-    return load_array(root, f"gallery_index_{mode}_{trial}")
-
-
-def load_sysu_test(root: str | os.PathLike, mode: str = "all", trial: int = 0) -> tuple[ImageSet, ImageSet]:
-    """``(query IR, gallery RGB of that trial)``; the query is memory-mapped."""
-    check_prepared(root, "sysu")
-    index = sysu_gallery_index(root, mode, trial)
-    return load_set(root, "query"), load_set(root, "gallery").subset(index)
-
-
-def load_regdb_test(root: str | os.PathLike, trial: int = 1) -> tuple[ImageSet, ImageSet]:
-    """``(visible, thermal)`` test sets of a RegDB trial."""
-    check_prepared(root, "regdb")
-    return regdb_trial(root, "test", "visible", trial), regdb_trial(root, "test", "thermal", trial)
-
-
-def _check_llcm_modality(modality: str) -> None:
-    if modality not in LLCM_MODALITIES:
-        raise PreparedDataError(f"LLCM modality must be 'visible' or 'infrared', got {modality!r}")
-
-
-def llcm_gallery_index(root: str | os.PathLike, modality: str = "infrared", trial: int = 0) -> np.ndarray:
-    """Rows of the stored ``test_<modality>`` set that form the official LLCM gallery of ``trial``
-    (one image per test identity and camera, in the release's order): int64 [G]."""
-    _check_llcm_modality(modality)
-    _check_trial(trial, LLCM_TRIALS, "LLCM gallery")
-    return load_array(root, f"gallery_index_{modality}_{trial}")
-
-
-def load_llcm_test(root: str | os.PathLike, modality: str) -> ImageSet:
-    """Every LLCM test image of ``modality`` ("visible"|"infrared") in the official query order
-    (memory-mapped)."""
-    _check_llcm_modality(modality)
-    check_prepared(root, "llcm")
-    return load_set(root, f"test_{modality}")
+def check_trial(trials: tuple[int, ...], trial: int, what: str) -> None:
+    """Raise :class:`PreparedDataError` unless ``trial`` is one of ``trials``."""
+    if trial not in trials:
+        raise PreparedDataError(f"{what} trial must be in {trials[0]}..{trials[-1]}, got {trial}")

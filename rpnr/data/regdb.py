@@ -1,7 +1,14 @@
-"""RegDB raw layout: ``Visible/``, ``Thermal/`` and ``idx/{train,test}_{visible,thermal}_{1..10}.txt``.
+"""RegDB: the raw layout, what prepare writes, the release's training order, the synthetic tree, the
+published statistics and the registry entry.
 
-Each idx line is ``relative/path.bmp label``; trial t trains on the ``train_*_t`` lists and tests
-on the ``test_*_t`` lists. Camera ids: visible = 1, thermal = 2.
+Raw layout: ``Visible/``, ``Thermal/`` and ``idx/{train,test}_{visible,thermal}_{1..10}.txt``. Each idx line
+is ``relative/path.bmp label``; trial t trains on the ``train_*_t`` lists and tests on the ``test_*_t`` lists.
+Camera ids: visible = 1, thermal = 2. Prepared sets ``{visible,thermal}_{train,test}`` hold each listed
+image once, with ``trial{t}_{train,test}_{visible,thermal}_{index,labels}`` for t = 1..10.
+
+Published statistics: Nguyen et al., "Person Recognition System Based on a Combination of Body Images from
+Visible Light and Thermal Cameras", Sensors 2017 (412 persons, 10 visible + 10 thermal images each); the
+ten-trial protocol (Ye et al., 2018) splits them into 206 training and 206 test ids.
 """
 
 from __future__ import annotations
@@ -9,15 +16,22 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
-from rpnr.data.prepared import REGDB_TRIALS, PreparePlan, SetSpec
+from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.data.published import PublishedStats
 from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import read_path_labels
+from rpnr.data.synthetic import background, make_identity, new_folder, render
+from rpnr.datasets import Dataset, Setting, Side, register
+from rpnr.metrics import eval_regdb
 
 MODALITIES = ("visible", "thermal")
 SPLITS = ("train", "test")
 CAMERA = {"visible": 1, "thermal": 2}
 SPLIT_RESAMPLE = {"train": "bicubic", "test": "lanczos"}  # official train / test loaders
+REGDB_TRIALS = tuple(range(1, 11))
+STEM = {"visible": "visible", "thermal": "infrared"}
 
 
 def idx_path(root: str, split: str, modality: str, trial: int) -> str:
@@ -67,7 +81,7 @@ def plan_regdb(root: str) -> PreparePlan:
 
 
 def _figures(lists: dict[tuple[str, str, int], tuple[list[str], np.ndarray]]) -> dict[str, list[int]]:
-    """The counts that :data:`rpnr.data.published.PUBLISHED` lists for RegDB; an identity is an image
+    """The counts that :data:`PUBLISHED` lists; an identity is an image
     folder (``Visible/<id>/``, ``Thermal/<id>/``), its images those listed by any idx file."""
     figures: dict[str, list[int]] = {}
     folders: set[str] = set()
@@ -87,3 +101,90 @@ def _figures(lists: dict[tuple[str, str, int], tuple[list[str], np.ndarray]]) ->
             figures[f"{split} {modality} images per trial"] = [len(lists[split, modality, t][0])
                                                                for t in REGDB_TRIALS]
     return figures
+
+
+def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """Row order in which the release clusters RegDB training images: [N] int64.
+
+    The release copies each image to ``<label>_c1_<file name>`` and iterates over
+    ``sorted(dataset.train)``, i.e. by that name as a string ("10_..." before "1_...").
+    Its SYSU names ``<4-digit id>_c<cam>_<file>`` sort like the prepared order already.
+    """
+    names = [f"{pid}_c1_{os.path.basename(path)}" for pid, path in zip(np.asarray(pids).tolist(),
+                                                                       np.asarray(paths).tolist())]
+    return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
+
+
+def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, height: int = 128,
+                width: int = 64, seed: int = 0) -> dict:
+    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts.
+
+    Trial t splits the ids in half at random (train/test, a different split per trial);
+    labels in the idx files are 0..n-1 in id order within each split, as in RegDB.
+    """
+    if ids < 2 or per_modality < 1:
+        raise ValueError("RegDB needs at least 2 ids and one image per modality")
+    out = new_folder(out)
+    rng = np.random.default_rng(seed)
+    bg_visible, bg_thermal = background(rng), background(rng)
+    files: dict[int, dict[str, list[str]]] = {}
+    for pid in range(1, ids + 1):
+        person_rng = np.random.default_rng([seed, pid])
+        person = make_identity(person_rng)
+        files[pid] = {}
+        for modality, folder, tag, bg in (("visible", "Visible", "v", bg_visible),
+                                          ("thermal", "Thermal", "t", bg_thermal)):
+            (out / folder / str(pid)).mkdir(parents=True, exist_ok=True)
+            names = []
+            for k in range(1, per_modality + 1):
+                img = render(person, person_rng, height, width, modality == "thermal", bg)
+                rel = f"{folder}/{pid}/{tag}_{pid:04d}_{k:02d}.bmp"
+                Image.fromarray(img, "RGB").save(out / rel)
+                names.append(rel)
+            files[pid][modality] = names
+    (out / "idx").mkdir(exist_ok=True)
+    for trial in REGDB_TRIALS:
+        perm = np.random.default_rng([seed, 1000 + trial]).permutation(np.arange(1, ids + 1))
+        half = ids // 2
+        for split, members in (("train", sorted(perm[:half])), ("test", sorted(perm[half:]))):
+            for modality in ("visible", "thermal"):
+                lines = [f"{rel} {label}" for label, pid in enumerate(members) for rel in files[pid][modality]]
+                (out / "idx" / f"{split}_{modality}_{trial}.txt").write_text("\n".join(lines) + "\n")
+    return {"ids": ids, "visible_images": ids * per_modality, "thermal_images": ids * per_modality}
+
+
+def _side(split: str, modality: str) -> Side:
+    """The ``split`` images of ``modality`` listed for trial {trial}, labelled as in its idx file."""
+    arrays = f"trial{{trial}}_{split}_{modality}"
+    return Side(f"{modality}_{split}", STEM[modality], index=f"{arrays}_index", labels=f"{arrays}_labels")
+
+
+def _eval(distmat, q_pids, g_pids, q_cams, g_cams):
+    return eval_regdb(distmat, q_pids, g_pids)  # every camera differs: the cameras play no part
+
+
+def _direction(query: str, gallery: str) -> Setting:
+    return Setting(f"{query}_to_{gallery}", f"RegDB {query} to {gallery}", f"{query.title()} to {gallery.title()}",
+                   _side("test", query), _side("test", gallery), _eval)
+
+
+PUBLISHED = PublishedStats("RegDB", "Nguyen et al. Sensors 2017; Ye et al. 2018 trials", {
+    "identities": 412,
+    "visible images per identity": 10,
+    "thermal images per identity": 10,
+    "train identities per trial": 206,
+    "test identities per trial": 206,
+    "train visible images per trial": 2060,
+    "train thermal images per trial": 2060,
+    "test visible images per trial": 2060,
+    "test thermal images per trial": 2060,
+})
+
+REGDB = register(Dataset(
+    name="regdb", display="RegDB", layout="raw RegDB folder (Visible/, Thermal/, idx/)", plan=plan_regdb,
+    published=PUBLISHED, write_synthetic=write_regdb, synthetic_sizes={"ids": 40, "per_modality": 10},
+    train=(_side("train", "visible"), _side("train", "thermal")),
+    settings=(_direction("visible", "thermal"), _direction("thermal", "visible")), trials=REGDB_TRIALS, eps=0.3,
+    iters=100, top_k=5,  # the release's train_regdb.py keeps heapq.nlargest(5, ...) NPC members
+    full_rgb_batch_in_stage2=False, model_per_trial=True, epoch_setting="visible_to_thermal",
+    train_order=release_train_order))

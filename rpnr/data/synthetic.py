@@ -1,4 +1,5 @@
-"""Small synthetic raw SYSU-MM01, RegDB and LLCM trees with real image files (tests and the demo).
+"""Small synthetic raw dataset trees with real image files (tests and the demo): the drawing of persons
+here, each dataset's tree writer beside its layout (``Dataset.write_synthetic``).
 
 Each identity is a drawn pedestrian with its own shape (head, torso, legs, arms, bag) and
 its own torso/leg textures (stripe orientation and frequency, patterns). Visible images
@@ -7,9 +8,7 @@ texture as grey-ish intensities (3-channel, no colour), so identity is recognisa
 modalities. Pose jitter, scale, flips, camera-specific backgrounds, lighting and noise
 vary per image. Output is deterministic given the seed.
 
-    python -m rpnr.data.synthetic --dataset sysu --out data/sysu_synth
-    python -m rpnr.data.synthetic --dataset regdb --out data/regdb_synth
-    python -m rpnr.data.synthetic --dataset llcm --out data/llcm_synth
+    python -m rpnr.data.synthetic --dataset <name> --out data/<name>_synth
 """
 
 from __future__ import annotations
@@ -21,18 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-SYSU_RGB_CAMS = (1, 2, 4, 5)
-SYSU_IR_CAMS = (3, 6)
-REGDB_TRIALS = range(1, 11)
-LLCM_VIS_CAMS = tuple(range(1, 10))
-LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # LLCM's test_nir/cam3 is empty
-DEFAULTS = {  # per dataset: the command line's defaults
-    "sysu": {"train_ids": 24, "val_ids": 8, "test_ids": 12, "per_camera": 5},
-    "regdb": {"ids": 40, "per_modality": 10},
-    "llcm": {"train_ids": 16, "test_ids": 8, "per_camera": 3},
-}
+from rpnr.datasets import registry
 
 
 @dataclass
@@ -132,188 +121,55 @@ def render(person: Identity, rng: np.random.Generator, height: int, width: int, 
     return (np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def _camera_background(rng: np.random.Generator) -> np.ndarray:
+def background(rng: np.random.Generator) -> np.ndarray:
+    """A camera's RGB base colour."""
     return rng.uniform(0.2, 0.8, size=3)
 
 
-def _check_out(out: Path) -> None:
+def new_folder(out: str | os.PathLike) -> Path:
+    """``out`` as a Path, after checking that it does not exist or is an empty folder."""
+    out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"output folder {out} exists and is not empty")
-
-
-def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, test_ids: int = 12,
-               per_camera: int = 5, height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}.
-
-    Ids are 1..N assigned to train/val/test at random; each id appears in at least two
-    RGB and one IR camera, with ``per_camera`` +-1 images per camera.
-    """
-    out = Path(out)
-    _check_out(out)
-    rng = np.random.default_rng(seed)
-    total = train_ids + val_ids + test_ids
-    ids = rng.permutation(np.arange(1, total + 1))
-    splits = {"train": ids[:train_ids], "val": ids[train_ids:train_ids + val_ids],
-              "test": ids[train_ids + val_ids:]}
-    (out / "exp").mkdir(parents=True, exist_ok=True)
-    for name, members in splits.items():
-        (out / "exp" / f"{name}_id.txt").write_text(",".join(str(int(i)) for i in members) + "\n")
-    backgrounds = {cam: _camera_background(rng) for cam in SYSU_RGB_CAMS + SYSU_IR_CAMS}
-    counts = {"ids": total, "rgb_images": 0, "ir_images": 0}
-    for pid in range(1, total + 1):
-        person_rng = np.random.default_rng([seed, pid])
-        person = make_identity(person_rng)
-        rgb_cams = [c for c in SYSU_RGB_CAMS if person_rng.random() > 0.2] or [1, 2]
-        if len(rgb_cams) < 2:
-            rgb_cams = sorted({rgb_cams[0], 1 if rgb_cams[0] != 1 else 2})
-        ir_cams = [c for c in SYSU_IR_CAMS if person_rng.random() > 0.1] or [3]
-        for cam in sorted(rgb_cams + ir_cams):
-            folder = out / f"cam{cam}" / f"{pid:04d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            n = max(2, per_camera + int(person_rng.integers(-1, 2)))
-            infrared = cam in SYSU_IR_CAMS
-            for k in range(1, n + 1):
-                img = render(person, person_rng, height, width, infrared, backgrounds[cam])
-                Image.fromarray(img, "RGB").save(folder / f"{k:04d}.jpg", quality=92)
-            counts["ir_images" if infrared else "rgb_images"] += n
-    return counts
-
-
-def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, height: int = 128,
-                width: int = 64, seed: int = 0) -> dict:
-    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts.
-
-    Trial t splits the ids in half at random (train/test, a different split per trial);
-    labels in the idx files are 0..n-1 in id order within each split, as in RegDB.
-    """
-    out = Path(out)
-    _check_out(out)
-    if ids < 2:
-        raise ValueError("RegDB needs at least 2 ids")
-    rng = np.random.default_rng(seed)
-    bg_visible, bg_thermal = _camera_background(rng), _camera_background(rng)
-    files: dict[int, dict[str, list[str]]] = {}
-    for pid in range(1, ids + 1):
-        person_rng = np.random.default_rng([seed, pid])
-        person = make_identity(person_rng)
-        files[pid] = {}
-        for modality, folder, tag, bg in (("visible", "Visible", "v", bg_visible),
-                                          ("thermal", "Thermal", "t", bg_thermal)):
-            (out / folder / str(pid)).mkdir(parents=True, exist_ok=True)
-            names = []
-            for k in range(1, per_modality + 1):
-                img = render(person, person_rng, height, width, modality == "thermal", bg)
-                rel = f"{folder}/{pid}/{tag}_{pid:04d}_{k:02d}.bmp"
-                Image.fromarray(img, "RGB").save(out / rel)
-                names.append(rel)
-            files[pid][modality] = names
-    (out / "idx").mkdir(exist_ok=True)
-    for trial in REGDB_TRIALS:
-        perm = np.random.default_rng([seed, 1000 + trial]).permutation(np.arange(1, ids + 1))
-        half = ids // 2
-        for split, members in (("train", sorted(perm[:half])), ("test", sorted(perm[half:]))):
-            for modality in ("visible", "thermal"):
-                lines = [f"{rel} {label}" for label, pid in enumerate(members) for rel in files[pid][modality]]
-                (out / "idx" / f"{split}_{modality}_{trial}.txt").write_text("\n".join(lines) + "\n")
-    return {"ids": ids, "visible_images": ids * per_modality, "thermal_images": ids * per_modality}
-
-
-def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """``(visible, infrared)`` cameras of one LLCM identity: 2-4 visible and 1-3 infrared cameras,
-    sharing a physical camera when one of the visible cameras also records infrared."""
-    visible = sorted(int(c) for c in rng.choice(LLCM_VIS_CAMS, size=int(rng.integers(2, 5)), replace=False))
-    drawn = {int(c) for c in rng.choice(LLCM_NIR_CAMS, size=int(rng.integers(1, 3)), replace=False)}
-    shared = [c for c in visible if c in LLCM_NIR_CAMS][:1]
-    return visible, sorted(drawn | set(shared))
-
-
-def write_llcm(out: str | os.PathLike, train_ids: int = 16, test_ids: int = 8, per_camera: int = 3,
-               height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw LLCM-layout tree (JPEG); returns {"ids", "train_visible", "train_infrared",
-    "test_visible", "test_infrared"} image counts.
-
-    Ids 1..N go to train and test at random; ``idx/test_id.txt`` lists the test ids in that random
-    order. Each id has 2-4 visible and 1-3 infrared cameras (often one physical camera in both),
-    with ``per_camera`` +-1 images (at least 1) per camera, named as LLCM names them:
-    ``<pid>_c<cam:02d>_s<seq>_f<frame>_<vis|nir>.jpg``. Training images lie in ``vis/<pid>/`` and
-    ``nir/<pid>/``, listed camera by camera in ``idx/train_vis.txt`` / ``idx/train_nir.txt`` with
-    label = the rank of the id among the training ids (0-based); test images in ``test_vis/cam<k>/<pid>/`` and
-    ``test_nir/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM.
-    """
-    out = Path(out)
-    _check_out(out)
-    if train_ids < 1 or test_ids < 1 or per_camera < 1:
-        raise ValueError("LLCM needs at least one training id, one test id and one image per camera")
-    rng = np.random.default_rng(seed)
-    total = train_ids + test_ids
-    ids = rng.permutation(np.arange(1, total + 1))
-    train_set, test_order = sorted(int(i) for i in ids[:train_ids]), [int(i) for i in ids[train_ids:]]
-    backgrounds = {(tag, cam): _camera_background(rng) for tag in ("vis", "nir") for cam in LLCM_VIS_CAMS}
-    lists: dict[str, list[tuple[int, int, str]]] = {"vis": [], "nir": []}  # (camera, pid, line)
-    counts = {"ids": total, "train_visible": 0, "train_infrared": 0, "test_visible": 0, "test_infrared": 0}
-    for pid in range(1, total + 1):
-        person_rng = np.random.default_rng([seed, pid])
-        person = make_identity(person_rng)
-        training = pid in train_set
-        for (tag, modality), cams in zip((("vis", "visible"), ("nir", "infrared")), _llcm_cameras(person_rng)):
-            for cam in cams:
-                folder = out / (f"{tag}/{pid:04d}" if training else f"test_{tag}/cam{cam}/{pid:04d}")
-                folder.mkdir(parents=True, exist_ok=True)
-                sequence = int(person_rng.integers(100000, 240000))
-                for k in range(max(1, per_camera + int(person_rng.integers(-1, 2)))):
-                    frame = 1000 + 37 * k + int(person_rng.integers(0, 30))
-                    name = f"{pid:04d}_c{cam:02d}_s{sequence}_f{frame}_{tag}.jpg"
-                    img = render(person, person_rng, height, width, tag == "nir", backgrounds[tag, cam])
-                    Image.fromarray(img, "RGB").save(folder / name, quality=92)
-                    if training:
-                        lists[tag].append((cam, pid, f"{tag}/{pid:04d}/{name} {train_set.index(pid)}"))
-                    counts[f"{'train' if training else 'test'}_{modality}"] += 1
-    (out / "test_nir" / "cam3").mkdir(parents=True, exist_ok=True)
-    (out / "idx").mkdir(exist_ok=True)
-    for tag, lines in lists.items():  # listed camera by camera (so not sorted by path)
-        (out / "idx" / f"train_{tag}.txt").write_text("\n".join(line for *_, line in sorted(lines)) + "\n")
-    (out / "idx" / "test_id.txt").write_text(",".join(str(i) for i in test_order) + "\n")
-    return counts
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a small synthetic raw SYSU-MM01, RegDB or LLCM tree.")
-    parser.add_argument("--dataset", choices=["sysu", "regdb", "llcm"], required=True)
+    datasets = registry()
+    sizes = sorted({name: None for ds in datasets.values() for name in ds.synthetic_sizes})
+    parser = argparse.ArgumentParser(description="Write a small synthetic raw dataset tree.")
+    parser.add_argument("--dataset", choices=list(datasets), required=True)
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=128, help="raw image height")
     parser.add_argument("--width", type=int, default=64, help="raw image width")
-    parser.add_argument("--train-ids", type=int, default=None, help="SYSU / LLCM: training ids (default 24 / 16)")
-    parser.add_argument("--val-ids", type=int, default=None, help="SYSU: val ids, also used for training (default 8)")
-    parser.add_argument("--test-ids", type=int, default=None, help="SYSU / LLCM: test ids (default 12 / 8)")
-    parser.add_argument("--per-camera", type=int, default=None,
-                        help="SYSU / LLCM: images per id and camera, +-1 (default 5 / 3)")
-    parser.add_argument("--ids", type=int, default=None,
-                        help="RegDB: ids, half train, half test per trial (default 40)")
-    parser.add_argument("--per-modality", type=int, default=None,
-                        help="RegDB: images per id and modality (default 10)")
+    for name in sizes:
+        takes = ", ".join(f"{ds.display} {ds.synthetic_sizes[name]}" for ds in datasets.values()
+                          if name in ds.synthetic_sizes)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"(default: {takes})")
     args = parser.parse_args(argv)
-    if min(args.height, args.width) < 16:
-        print("error: --height and --width must be at least 16", file=sys.stderr)
-        return 1
-    sizes = {key: value if getattr(args, key) is None else getattr(args, key)
-             for key, value in DEFAULTS[args.dataset].items()}
+    ds = datasets[args.dataset]
+    given = {name: getattr(args, name) for name in sizes if getattr(args, name) is not None}
     try:
-        if args.dataset == "sysu":
-            if min(sizes["train_ids"], sizes["test_ids"], sizes["per_camera"]) < 1 or sizes["val_ids"] < 0:
-                raise ValueError("id and image counts must be positive")
-            counts = write_sysu(args.out, **sizes, height=args.height, width=args.width, seed=args.seed)
-        elif args.dataset == "regdb":
-            if sizes["per_modality"] < 1:
-                raise ValueError("--per-modality must be positive")
-            counts = write_regdb(args.out, **sizes, height=args.height, width=args.width, seed=args.seed)
-        else:
-            counts = write_llcm(args.out, **sizes, height=args.height, width=args.width, seed=args.seed)
+        if min(args.height, args.width) < 16:
+            raise ValueError("--height and --width must be at least 16")
+        extra = sorted(given.keys() - ds.synthetic_sizes.keys())
+        if extra:
+            raise ValueError(f"--{extra[0].replace('_', '-')} does not apply to {ds.display}")
+        counts = ds.write_synthetic(args.out, **{**ds.synthetic_sizes, **given}, height=args.height,
+                                    width=args.width, seed=args.seed)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote synthetic {args.dataset} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
+
+
+def __getattr__(name: str):
+    """``write_<dataset>``: the registered dataset's tree writer (kept for earlier imports)."""
+    if name.startswith("write_") and name[len("write_"):] in registry():
+        return registry()[name[len("write_"):]].write_synthetic
+    raise AttributeError(name)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
-"""SYSU-MM01 raw layout: identity files, the official query/gallery splits and the training split.
+"""SYSU-MM01: the raw layout (identity files, the official query/gallery splits, the training split), what
+prepare writes, the synthetic tree, the published statistics and the registry entry.
 
 Raw layout: ``cam1 ... cam6/<pid as 4 digits>/<file>.jpg`` and ``exp/{train,val,test}_id.txt``
 (one line of comma-separated integer ids). RGB cameras 1, 2, 4, 5; IR cameras 3, 6.
+
+Published statistics: Wu et al., "RGB-Infrared Cross-Modality Person Re-Identification", ICCV 2017, and
+the dataset's README (491 identities = 296 training + 99 validation + 96 test; training uses training +
+validation ids). The RPNR release's own log (``logs/sysu_s2_log.txt``) prints 395 ids with 22,258 RGB and
+11,909 IR training images, and 384 + 3,419 = 3,803 IR test images of 96 ids. All-search galleries (one
+image per test id and RGB camera 1, 2, 4, 5) hold 301 images and indoor-search galleries (cameras 1, 2)
+112, as the cross-modality literature reports.
 """
 
 from __future__ import annotations
@@ -9,16 +17,24 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image
 
-from rpnr.data.prepared import SYSU_MODES, SYSU_TRIALS, PreparePlan, SetSpec
+from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.data.published import PublishedStats
 from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import Split, folder_images, read_id_line, sample_folder_images
+from rpnr.data.synthetic import background, make_identity, new_folder, render
+from rpnr.datasets import Dataset, Setting, Side, register
+from rpnr.metrics import eval_sysu, sysu_ignored
 
 RGB_CAMERAS = ("cam1", "cam2", "cam4", "cam5")
+RGB_CAMS, IR_CAMS = (1, 2, 4, 5), (3, 6)  # camera numbers (synthetic trees)
 IR_CAMERAS = ("cam3", "cam6")
 QUERY_CAMERAS = ("cam3", "cam6")  # the same for both modes (official)
 GALLERY_CAMERAS = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "cam2")}
 ALL_CAMERAS = tuple(f"cam{i}" for i in range(1, 7))
+SYSU_MODES = ("all", "indoor")
+SYSU_TRIALS = tuple(range(10))
 
 
 def read_ids(root: str, split: str) -> list[str]:
@@ -119,7 +135,7 @@ def plan_sysu(root: str) -> PreparePlan:
 
 
 def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int], Split]) -> dict[str, list[int]]:
-    """The counts that :data:`rpnr.data.published.PUBLISHED` lists for SYSU-MM01."""
+    """The counts that :data:`PUBLISHED` lists."""
     test_ids = np.unique(np.concatenate([query.pids] + [g.pids for g in galleries.values()]))
     return {
         "train identities": [len(np.unique(np.concatenate([rgb.pids, ir.pids])))],
@@ -130,3 +146,68 @@ def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int
         "all-search gallery images per trial": [len(galleries["all", t].paths) for t in SYSU_TRIALS],
         "indoor-search gallery images per trial": [len(galleries["indoor", t].paths) for t in SYSU_TRIALS],
     }
+
+
+def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, test_ids: int = 12,
+               per_camera: int = 5, height: int = 128, width: int = 64, seed: int = 0) -> dict:
+    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}.
+
+    Ids are 1..N assigned to train/val/test at random; each id appears in at least two
+    RGB and one IR camera, with ``per_camera`` +-1 images per camera.
+    """
+    if min(train_ids, test_ids, per_camera) < 1 or val_ids < 0:
+        raise ValueError("id and image counts must be positive")
+    out = new_folder(out)
+    rng = np.random.default_rng(seed)
+    total = train_ids + val_ids + test_ids
+    ids = rng.permutation(np.arange(1, total + 1))
+    splits = {"train": ids[:train_ids], "val": ids[train_ids:train_ids + val_ids],
+              "test": ids[train_ids + val_ids:]}
+    (out / "exp").mkdir(parents=True, exist_ok=True)
+    for name, members in splits.items():
+        (out / "exp" / f"{name}_id.txt").write_text(",".join(str(int(i)) for i in members) + "\n")
+    backgrounds = {cam: background(rng) for cam in RGB_CAMS + IR_CAMS}
+    counts = {"ids": total, "rgb_images": 0, "ir_images": 0}
+    for pid in range(1, total + 1):
+        person_rng = np.random.default_rng([seed, pid])
+        person = make_identity(person_rng)
+        rgb_cams = [c for c in RGB_CAMS if person_rng.random() > 0.2] or [1, 2]
+        if len(rgb_cams) < 2:
+            rgb_cams = sorted({rgb_cams[0], 1 if rgb_cams[0] != 1 else 2})
+        ir_cams = [c for c in IR_CAMS if person_rng.random() > 0.1] or [3]
+        for cam in sorted(rgb_cams + ir_cams):
+            folder = out / f"cam{cam}" / f"{pid:04d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            n = max(2, per_camera + int(person_rng.integers(-1, 2)))
+            infrared = cam in IR_CAMS
+            for k in range(1, n + 1):
+                img = render(person, person_rng, height, width, infrared, backgrounds[cam])
+                Image.fromarray(img, "RGB").save(folder / f"{k:04d}.jpg", quality=92)
+            counts["ir_images" if infrared else "rgb_images"] += n
+    return counts
+
+
+def _setting(mode: str) -> Setting:
+    """Infrared queries (cam3, cam6) against the visible gallery of ``mode``; gallery camera 2 skipped for
+    camera-3 queries (``eval_sysu``)."""
+    return Setting(mode, f"SYSU-MM01 {mode}-search", f"({mode}-search)", Side("query", "infrared"),
+                   Side("gallery", "visible", index=f"gallery_index_{mode}_{{trial}}"), eval_sysu, sysu_ignored)
+
+
+PUBLISHED = PublishedStats("SYSU-MM01", "Wu et al. ICCV 2017; RPNR release log", {
+    "train identities": 395,
+    "train visible images": 22258,
+    "train infrared images": 11909,
+    "test identities": 96,
+    "query infrared images": 3803,
+    "all-search gallery images per trial": 301,
+    "indoor-search gallery images per trial": 112,
+})
+
+SYSU = register(Dataset(
+    name="sysu", display="SYSU-MM01", layout="raw SYSU-MM01 folder (cam1..cam6, exp)", plan=plan_sysu,
+    published=PUBLISHED, write_synthetic=write_sysu,
+    synthetic_sizes={"train_ids": 24, "val_ids": 8, "test_ids": 12, "per_camera": 5},
+    train=(Side("train_rgb", "visible"), Side("train_ir", "infrared")),
+    settings=tuple(_setting(mode) for mode in SYSU_MODES), trials=SYSU_TRIALS, eps=0.6, iters=200, top_k=20,
+    full_rgb_batch_in_stage2=True, model_per_trial=False, epoch_setting="all", modes=SYSU_MODES))

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet50
+from torchvision.models import ResNet50_Weights, resnet50
 
 from rpnr.checkpoint import CheckpointError, load_checkpoint
 from rpnr.models.agw import AGW, l2_normalize
 
-__all__ = ["AGW", "build_model", "load_weights", "convert_official_state_dict", "l2_normalize"]
+__all__ = ["AGW", "build_model", "load_weights", "convert_official_state_dict", "imagenet_file", "l2_normalize"]
 
-IMAGENET_HINT = (
-    "download torchvision's ResNet-50 ImageNet weights (resnet50-0676ba61.pth or resnet50-19c8e357.pth) "
-    "and pass the file with --imagenet PATH, or pass --no-imagenet to start from random weights"
-)
+IMAGENET_HINT = ("pass --imagenet torchvision (torchvision's ResNet-50 ImageNet weights through its cache), "
+                 "--imagenet PATH (resnet50-0676ba61.pth or the release's resnet50-19c8e357.pth) or --no-imagenet "
+                 "(random weights)")
 
 # official prefix -> our prefix. Keys of the official model that our model does not
 # hold (the unused layers/fc of the three ResNets, the classifier) are dropped.
@@ -47,7 +47,7 @@ _OFFICIAL_UNUSED = (
 
 
 def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int = 1) -> nn.Module:
-    """Build the two-stream AGW ResNet-50; ``pretrained`` is a local torchvision ResNet-50 weight file.
+    """Build the two-stream AGW ResNet-50; ``pretrained``: ImageNet weights (:func:`imagenet_file`).
 
     ``bn_splits`` G > 1: training batch norm per slice, as the release's ``nn.DataParallel``
     on G GPUs (DESIGN.md section 2); assignable later as ``model.bn_splits``.
@@ -62,12 +62,34 @@ def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int
     return model
 
 
+def imagenet_file(source: str) -> str:
+    """The ImageNet ResNet-50 weight file of ``source``: a local file, or "torchvision": torchvision's
+    ``ResNet50_Weights.IMAGENET1K_V1`` (``resnet50-0676ba61.pth``, the ImageNet-1k V1 model the release loads
+    as ``resnet50-19c8e357.pth``) in torch's cache (``$TORCH_HOME/hub/checkpoints``), downloaded there once
+    when missing. ``FileNotFoundError`` (one line naming the file and the cache) when it cannot be had."""
+    if source != "torchvision":
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"ImageNet weights not found at {source}: {IMAGENET_HINT}")
+        return source
+    url = ResNet50_Weights.IMAGENET1K_V1.url
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    path = cache / Path(url).name
+    if not path.is_file():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=Path(url).stem.split("-")[-1])
+        except (OSError, RuntimeError) as exc:  # offline, forbidden folder, wrong hash
+            reason = " ".join(str(getattr(exc, "reason", exc)).split())
+            raise FileNotFoundError(f"torchvision's ImageNet ResNet-50 weights are not in torch's cache and cannot "
+                                    f"be downloaded ({reason}): put {path.name} ({url}) into {cache}, or pass "
+                                    f"--imagenet PATH or --no-imagenet") from None
+    return str(path)
+
+
 def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
     """Initialise both stems and the shared layers from a torchvision ResNet-50 state dict (checked by
     :func:`check_resnet50`)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ImageNet ResNet-50 weights not found at {path}: {IMAGENET_HINT}")
-    state = load_checkpoint(path)
+    state = load_checkpoint(imagenet_file(str(path)))
     state = state.get("state_dict", state)
     check_resnet50(state, path)
     mapped: dict[str, Tensor] = {}

@@ -129,14 +129,19 @@ class AGW(nn.Module):
         feat = self.shared(self.stem(x, modal))
         return feat if self.training else l2_normalize(feat)
 
-    def forward(self, x_rgb: Tensor, x_ir: Tensor) -> tuple[Tensor, Tensor]:
-        if not self.training or self.bn_splits <= 1:
+    def forward(self, x_rgb: Tensor, x_ir: Tensor, slice_index: int | None = None) -> tuple[Tensor, Tensor]:
+        """(f_rgb, f_ir) of the joint batch; in training mode with ``slice_index`` j, of slice j only, without
+        any running-statistics update (the exact low-memory step's recomputation, DESIGN.md section 11)."""
+        if not self.training or (self.bn_splits <= 1 and slice_index is None):
             return self._joint(x_rgb, x_ir)
         pieces_rgb, pieces_ir = x_rgb.chunk(self.bn_splits), x_ir.chunk(self.bn_splits)
         if len(pieces_rgb) != len(pieces_ir):
             raise ValueError(f"bn_splits {self.bn_splits} cuts {x_rgb.size(0)} visible and {x_ir.size(0)} "
                              f"infrared images into {len(pieces_rgb)} and {len(pieces_ir)} slices; "
                              f"both batches need the same number of slices")
+        if slice_index is not None:
+            with discarded_running_stats(self):
+                return self._joint(pieces_rgb[slice_index], pieces_ir[slice_index])
         outputs = [self._joint(pieces_rgb[0], pieces_ir[0])]  # slice 0 keeps its running-statistics update
         with discarded_running_stats(self):  # the other replicas' buffer updates are lost (DataParallel)
             outputs += [self._joint(r, i) for r, i in zip(pieces_rgb[1:], pieces_ir[1:])]

@@ -1,0 +1,151 @@
+"""--low-memory (DESIGN.md section 11): the same losses, memory updates, running statistics and gradients as
+the one-graph step, one batch-norm slice of activations at a time."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rpnr.batches import IterationBatch
+from rpnr.config import TrainConfig
+from rpnr.distributed import SINGLE
+from rpnr.epoch_labels import EpochLabels, ModalityLabels, build_memories
+from rpnr.models import build_model
+from rpnr.step import train_step
+
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
+REPO = Path(__file__).resolve().parents[1]
+N, K = 40, 5  # training images per modality, clusters
+
+
+class GradientRecorder:
+    """An optimizer that keeps the gradients instead of stepping."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, {}
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
+
+
+def _labels(seed: int) -> EpochLabels:
+    g = torch.Generator().manual_seed(seed)
+    sides = []
+    for _ in range(2):
+        train = np.arange(N) % K
+        sides.append(ModalityLabels(cluster=train.copy(), train=train, centers=torch.randn(K, 2048, generator=g),
+                                    relabeled=0, purity=1.0))
+    return EpochLabels(sides[0], sides[1], r2i=np.array([1, 0, 2, 4, 3]), i2r=np.array([2, 0, 1, 3, 4]))
+
+
+def _run(low_memory: bool, stage: str, bn_splits: int, epoch: int):
+    """(loss parts, gradients, memories, buffers) after one step of one process."""
+    net, cfg, labels, memories, images, batch = _inputs(low_memory, stage, bn_splits, epoch)
+    recorder = GradientRecorder(net)
+    torch.manual_seed(5)  # the augmentation draws
+    parts = train_step(net, recorder, SINGLE, cfg, batch, images, labels, memories, epoch, 1)
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    return parts, recorder.grads, {k: m.features.clone() for k, m in memories.items()}, buffers
+
+
+@pytest.mark.parametrize("stage, bn_splits, epoch", [("rpnr", 2, 1), ("rpnr", 3, 2), ("baseline", 2, 0)])
+def test_low_memory_step_equals_the_one_graph_step(stage, bn_splits, epoch):
+    one = _run(False, stage, bn_splits, epoch)
+    low = _run(True, stage, bn_splits, epoch)
+    assert one[0].keys() == low[0].keys()
+    for key in one[0]:
+        assert low[0][key] == pytest.approx(one[0][key], rel=1e-6, abs=1e-7), key
+    assert one[1].keys() == low[1].keys() and len(one[1]) > 100
+    scale = max(g.abs().max().item() for g in one[1].values())
+    for name, grad in one[1].items():
+        torch.testing.assert_close(low[1][name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    for name in one[2]:  # memories: updated once, in the same order
+        torch.testing.assert_close(low[2][name], one[2][name], rtol=1e-6, atol=1e-7, msg=name)
+    for name, buf in one[3].items():  # running statistics: slice 0's update only
+        torch.testing.assert_close(low[3][name], buf, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_one_slice_per_process_runs_the_one_graph_step():
+    one, low = _run(False, "rpnr", 1, 1), _run(True, "rpnr", 1, 1)
+    assert one[0] == low[0]
+    assert all(torch.equal(low[1][n], g) for n, g in one[1].items())
+
+
+def test_slice_forward_recomputes_the_split_forward_without_touching_the_statistics():
+    torch.manual_seed(0)
+    net = build_model(bn_splits=3).train()
+    x_rgb, x_ir = torch.randn(8, 3, 32, 16), torch.randn(7, 3, 32, 16)
+    before = copy.deepcopy(net.state_dict())
+    with torch.no_grad():
+        pieces = [net(x_rgb, x_ir, slice_index=j) for j in range(3)]
+        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+        f_rgb, f_ir = net(x_rgb, x_ir)
+    torch.testing.assert_close(torch.cat([p[0] for p in pieces]), f_rgb, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([p[1] for p in pieces]), f_ir, rtol=0, atol=0)
+
+
+RANK_SCRIPT = """
+import sys, numpy as np, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_low_memory import GradientRecorder, _inputs
+from rpnr.batches import IterationBatch
+from rpnr.data.augment import rgb_rows
+from rpnr.distributed import ProcessGroup
+from rpnr.step import train_step
+dist.init_process_group("gloo")
+group = ProcessGroup(rank=dist.get_rank(), world_size=2, joined=True)
+net, cfg, labels, memories, images, batch = _inputs(True, "rpnr", 4, 1)
+net.bn_splits = 2  # this rank's two slices of the global four
+model = torch.nn.parallel.DistributedDataParallel(net)
+pos_ir, pos_rgb = group.batch_positions(len(batch.rows_ir)), group.batch_positions(2 * len(batch.rows_rgb))
+mine = IterationBatch(batch.rows_ir, batch.rows_rgb, pos_ir, pos_rgb)
+recorder = GradientRecorder(net)
+torch.manual_seed(5)
+parts = train_step(model, recorder, group, cfg, mine, (images[0][pos_ir], images[1][rgb_rows(pos_rgb, 4)]), labels,
+                   memories, 1, 1)
+if group.is_main:
+    torch.save({{"parts": parts, "grads": recorder.grads}}, {out!r})
+dist.destroy_process_group()
+"""
+
+
+def _inputs(low_memory: bool, stage: str, bn_splits: int, epoch: int, b_ir: int = 8, b_rgb: int = 4):
+    """A model, settings, labels, memories, images and a batch for one step, the same in every process."""
+    torch.manual_seed(0)
+    net = build_model(bn_splits=bn_splits).train()
+    cfg = TrainConfig(dataset="sysu", stage=stage, data_dir="-", logs_dir="-", height=32, width=16, device="cpu",
+                      amp=False, low_memory=low_memory)
+    labels = _labels(1)
+    memories = build_memories(labels, 0.05, 0.1, hybrid=stage == "rpnr")
+    g = torch.Generator().manual_seed(2)
+    images = (torch.randint(0, 256, (b_ir, 32, 16, 3), dtype=torch.uint8, generator=g),
+              torch.randint(0, 256, (b_rgb, 32, 16, 3), dtype=torch.uint8, generator=g))
+    batch = IterationBatch(np.arange(b_ir) * 3 % N, np.arange(b_rgb) * 7 % N, np.arange(b_ir), np.arange(2 * b_rgb))
+    return net, cfg, labels, memories, images, batch
+
+
+def test_low_memory_under_torchrun_equals_one_process(tmp_path):
+    """Two gloo processes, two slices each (DDP no_sync for the first): the one-process one-graph gradients."""
+    out = tmp_path / "rank0.pt"
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(out, weights_only=True)
+    want = _run(False, "rpnr", 4, 1)
+    assert got["parts"] == pytest.approx(want[0], rel=1e-6)
+    scale = max(g.abs().max().item() for g in want[1].values())
+    for name, grad in want[1].items():
+        torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
