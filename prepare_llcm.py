@@ -4,15 +4,7 @@ of trials 0-9.
     python prepare_llcm.py --data-dir /data/LLCM --output-dir data/llcm_288x144
 """
 
-import sys
-
-from rpnr.data.prepare_cli import exit_on_sigterm, prepare_main
-
-
-def main(argv=None) -> int:
-    return prepare_main("llcm", argv, __doc__)
-
+from rpnr.data.prepare_cli import script
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    sys.exit(main())
+    script("llcm", __doc__)

@@ -3,15 +3,7 @@
     python prepare_regdb.py --data-dir /data/RegDB --output-dir data/regdb_288x144
 """
 
-import sys
-
-from rpnr.data.prepare_cli import exit_on_sigterm, prepare_main
-
-
-def main(argv=None) -> int:
-    return prepare_main("regdb", argv, __doc__)
-
+from rpnr.data.prepare_cli import script
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    sys.exit(main())
+    script("regdb", __doc__)

@@ -3,15 +3,7 @@
     python prepare_sysu.py --data-dir /data/SYSU-MM01 --output-dir data/sysu_288x144
 """
 
-import sys
-
-from rpnr.data.prepare_cli import exit_on_sigterm, prepare_main
-
-
-def main(argv=None) -> int:
-    return prepare_main("sysu", argv, __doc__)
-
+from rpnr.data.prepare_cli import script
 
 if __name__ == "__main__":
-    exit_on_sigterm()
-    sys.exit(main())
+    script("sysu", __doc__)

@@ -17,7 +17,8 @@ import sys
 
 import torch
 
-from rpnr.checkpoint import CheckpointError, load_checkpoint
+from rpnr.checkpoint import CheckpointError, trained_on
+from rpnr.config import UsageError
 from rpnr.data.prepared import PreparedDataError, check_prepared
 from rpnr.datasets import Dataset, get_dataset, registry
 from rpnr.distributed import DistributedError, resolve_device
@@ -25,10 +26,6 @@ from rpnr.files import os_error_line, sha256_file, write_json
 from rpnr.models import build_model, load_weights
 from rpnr.protocols import evaluate, format_result, mean_results, to_percent, trial_checkpoint
 from rpnr.rank_list import write_rank_list
-
-
-class UsageError(Exception):
-    """A command-line value that cannot work (one-line message)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,14 +76,6 @@ def chosen_settings(args, ds: Dataset) -> list:
     return settings
 
 
-def checkpoint_files(args, ds: Dataset) -> dict[int, str]:
-    """The checkpoint of each tested trial (``{trial}`` replaced), for datasets with one model per trial;
-    ``{0: path}`` otherwise."""
-    if not ds.model_per_trial:
-        return {0: args.checkpoint}
-    return {t: trial_checkpoint(args.checkpoint, t) for t in ds.trials[:args.trials]}
-
-
 def check_checkpoints(args, ds: Dataset, files: dict[int, str], manifest: dict) -> None:
     """Refuse a checkpoint trained on another dataset, and a model of trial t tested on other trials (they
     test on identities it trained on); warn about another training image size (DESIGN.md section 10)."""
@@ -94,19 +83,15 @@ def check_checkpoints(args, ds: Dataset, files: dict[int, str], manifest: dict) 
     for trial, path in files.items():
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}" + (f" (trial {trial})" if ds.model_per_trial else ""))
-        ckpt = load_checkpoint(path)
-        if "dataset" not in ckpt:
+        try:
+            saved = trained_on(path, args.dataset, trial if ds.model_per_trial else None, ds.display)
+        except CheckpointError as exc:
+            hint = "; put {trial} in --checkpoint to test each trial with its own model" if "{trial}" not in \
+                args.checkpoint and "training identities" in str(exc) else ""
+            raise UsageError(f"{exc}{hint}") from None
+        if saved is None:
             unrecorded.append(path)
             continue
-        saved = ckpt.get("args", {})
-        if ckpt["dataset"] != args.dataset:
-            raise UsageError(f"{path} was trained on {ckpt['dataset']}, not {args.dataset}; test it with "
-                             f"--dataset {ckpt['dataset']}")
-        if ds.model_per_trial and saved.get("trial", trial) != trial:
-            hint = "" if "{trial}" in args.checkpoint else (" (put {trial} in --checkpoint to test each trial with "
-                                                            "its own model, or pass --trials 1)")
-            raise UsageError(f"{path} was trained on {ds.display} trial {saved['trial']}; testing it on trial "
-                             f"{trial} would test it on identities it trained on{hint}")
         size = (saved.get("height"), saved.get("width"))
         if None not in size and size != (manifest["height"], manifest["width"]):
             print(f"warning: {path} was trained at {size[0]}x{size[1]} but {args.data_dir} holds "
@@ -165,7 +150,9 @@ def main(argv=None) -> int:
         settings = chosen_settings(args, ds)
         manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
         device = torch.device(resolve_device(args.device))
-        files = checkpoint_files(args, ds)
+        # the checkpoint of each tested trial ({trial} replaced) for datasets with one model per trial, else {0: path}
+        files = ({t: trial_checkpoint(args.checkpoint, t) for t in ds.trials[:args.trials]} if ds.model_per_trial
+                 else {0: args.checkpoint})
         check_checkpoints(args, ds, files, manifest)
         print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, "
               f"device {device}")
@@ -175,11 +162,9 @@ def main(argv=None) -> int:
             metrics["checkpoint"] = {"path": args.checkpoint,
                                      "sha256": hashes.popitem()[1] if len(hashes) == 1 else hashes}
             write_json(args.json, metrics)
-    except (CheckpointError, PreparedDataError, UsageError, DistributedError) as exc:
-        print(f"test.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"test.py: error: {os_error_line(exc)}", file=sys.stderr)
+    except (CheckpointError, PreparedDataError, UsageError, DistributedError, OSError) as exc:
+        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
+        print(f"test.py: error: {line}", file=sys.stderr)
         return 1
     return 0
 

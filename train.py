@@ -41,18 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:  # every rank meets the same error; one line is enough
             print(f"error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        if rank == 0:
-            kept = cfg is not None and os.path.isfile(os.path.join(cfg.logs_dir, CHECKPOINT))
+    except (OSError, KeyboardInterrupt) as exc:
+        kept = cfg is not None and os.path.isfile(os.path.join(cfg.logs_dir, CHECKPOINT))
+        if rank == 0 and isinstance(exc, OSError):
             print(f"error: {os_error_line(exc)}" + (" (the last checkpoint is intact)" if kept else ""),
                   file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if rank == 0:
-            kept = cfg is not None and os.path.isfile(os.path.join(cfg.logs_dir, CHECKPOINT))
+        elif rank == 0:
             print("interrupted; " + ("continue with --resume" if kept else "no checkpoint was written yet (start "
                                      "again with --overwrite)"), file=sys.stderr)
-        return 130
+        return 1 if isinstance(exc, OSError) else 130
     finally:
         distributed.stop(group)
     return 0

@@ -30,12 +30,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rpnr.checkpoint import save_checkpoint  # noqa: E402
+from rpnr.config import TrainConfig  # noqa: E402
 from rpnr.data.prepared import write_prepared  # noqa: E402
-from rpnr.data.synthetic import write_sysu  # noqa: E402
-from rpnr.data.sysu import plan_sysu  # noqa: E402
+from rpnr.data.sysu import plan_sysu, write_sysu  # noqa: E402
 from rpnr.distributed import SINGLE  # noqa: E402
+from rpnr.epoch_labels import PseudoLabelError, extract_train_features  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
-from rpnr.trainer import PseudoLabelError, TrainConfig, extract_train_features, open_run, run_epoch  # noqa: E402
+from rpnr.trainer import open_run, run_epoch  # noqa: E402
 
 FULL = {"train_ids": 316, "val_ids": 79, "test_ids": 96, "per_camera": 18, "height": 96, "width": 48}
 SMALL = {"train_ids": 12, "val_ids": 4, "test_ids": 6, "per_camera": 3, "height": 64, "width": 32}
@@ -65,7 +66,7 @@ def config(args: argparse.Namespace, data: Path, logs: Path, baseline: Path, eps
                        width=args.width, batch_size=batch, rgb_batch_size=batch, num_instances=instances,
                        iters=args.iters, epochs=1, eps=eps, baseline=str(baseline), device=args.device, seed=1,
                        workers=args.workers, test_trials=1, amp=not args.no_amp, bn_splits=args.bn_splits,
-                       feature_precision=args.feature_precision)
+                       feature_precision=args.feature_precision, low_memory=args.low_memory, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bn-splits", type=int, default=2)
     p.add_argument("--feature-precision", choices=("fp32", "tf32", "bf16"), default="tf32")
     p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--low-memory", action="store_true", help="the exact low-memory step (DESIGN.md section 11)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", default=None, help="write the record of the epoch to this file")
     args = p.parse_args(argv)
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             run_epoch(state, 0)
             break
         except PseudoLabelError as exc:
+            state.folder.release()
             print(f"eps {eps}: {exc}")
     else:
         return 1
@@ -125,7 +128,8 @@ def report(args: argparse.Namespace, state, record: dict, eps: float, ir_times: 
     total = sum(phases.values())
     device = torch.cuda.get_device_name(state.device) if state.device.type == "cuda" else "cpu"
     print(f"device {device}; {n_rgb} visible + {n_ir} infrared training images at {args.height}x{args.width}; "
-          f"eps {eps}; bn_splits {args.bn_splits}; features {args.feature_precision}; "
+          f"eps {eps}; bn_splits {args.bn_splits}{' --low-memory' if args.low_memory else ''}; "
+          f"features {args.feature_precision}; "
           f"{'bf16 autocast' if not args.no_amp else 'fp32'} training")
     print(f"clusters visible {record['clusters_rgb']}, infrared {record['clusters_ir']}")
     for name, seconds in phases.items():

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rpnr.data.augment import ERASE_FILL, GREY_WEIGHTS, PAD, ir_view, rgb_views  # noqa: E402
+from rpnr.data.augment import ERASE_FILL, GREY_WEIGHTS, PAD, apply_view, draw_view  # noqa: E402
 from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rpnr.memory import ClusterMemory  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
@@ -102,8 +102,10 @@ def make_batch(
         x_rgb = torch.cat([view1, view2]).to(device)
         x_ir = baseline_batch(pool[ir_idx], transform, "ir", rng).to(device)
         return x_rgb, x_ir
-    x_rgb = rgb_views(torch.from_numpy(pool[rgb_idx]).to(device), height, width)
-    x_ir = ir_view(torch.from_numpy(pool[ir_idx]).to(device), height, width)
+    rgb, ir = torch.from_numpy(pool[rgb_idx]).to(device), torch.from_numpy(pool[ir_idx]).to(device)
+    x_rgb = torch.cat([apply_view(rgb, draw_view(len(rgb), height, width, channel), height, width)
+                       for channel in ("none", "exchange")])  # [view 1; view 2]
+    x_ir = apply_view(ir, draw_view(len(ir), height, width, "adaptive_grey"), height, width)
     if name == "project+amp":
         x_rgb = x_rgb.contiguous(memory_format=torch.channels_last)
         x_ir = x_ir.contiguous(memory_format=torch.channels_last)

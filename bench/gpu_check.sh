@@ -21,7 +21,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 python3 -c "import torch, sklearn, ot, numpy; print('torch', torch.__version__, 'sklearn', sklearn.__version__, \
 'POT', ot.__version__, 'numpy', numpy.__version__, 'cpus', __import__('os').cpu_count())"
 
-STEPS=${STEPS:-check_cuda bench_pseudo bench_train real_run torchrun_one bench_epoch}  # which steps run
+STEPS=${STEPS:-check_cuda bench_pseudo bench_train real_run torchrun_one bench_epoch bench_epoch_low bench_memory}
 step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to $OUT/NAME.log, show its tail
     local name=$1 limit=$2 start rc
     shift 2
@@ -35,7 +35,7 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to $OUT/NAME.lo
 
 if [ "$SMALL" = 1 ]; then
     N=(1500 3000); HW=(64 32); TRAIN=(--batch 16 --iters 2 --warmup 1); IDS=(--train-ids 12 --val-ids 4 --test-ids 6)
-    BATCH=(--batch-size 16 --num-instances 4); RAW=(--height 64 --width 32)
+    BATCH=(--batch-size 8 --num-instances 4); RAW=(--height 64 --width 32)  # 2 clusters fill a batch
 else
     N=(11909 22258); HW=(288 144); TRAIN=(--iters 10 --warmup 3); IDS=(--train-ids 80 --val-ids 20 --test-ids 10)
     BATCH=(--batch-size 128 --num-instances 16); RAW=(--height 288 --width 144)
@@ -57,11 +57,12 @@ real_run() {
                   "${BATCH[@]}" --iters "${ITERS:-30}" --epochs 1 --seed 1 --test-trials 1 --workers 4)
     # random start: the paper's 0.6 may leave too few clusters to fill a batch; try a few
     for eps in 0.5 0.4 0.6 0.3; do
-        python3 train.py "${common[@]}" --stage baseline --no-imagenet --eps "$eps" --logs-dir "$data/s1" && break
+        python3 train.py "${common[@]}" --stage baseline --no-imagenet --eps "$eps" --logs-dir "$data/s1" \
+            --overwrite && break
     done || return 1
     for eps in 0.5 0.4 0.6 0.3; do
         python3 train.py "${common[@]}" --stage rpnr --eps "$eps" --baseline "$data/s1/model_best.pth.tar" \
-            --logs-dir "$data/s2" && break
+            --logs-dir "$data/s2" --overwrite && break
     done || return 1
     cp "$data/s1/metrics.json" "$OUT/s1_metrics.json"
     cp "$data/s2/metrics.json" "$OUT/s2_metrics.json"
@@ -76,7 +77,7 @@ torchrun_one() {
         python3 -m torch.distributed.run --standalone --nproc_per_node 1 train.py --dataset sysu --data-dir \
             "$data/prepared" --device "$DEVICE" --height "${HW[0]}" --width "${HW[1]}" "${BATCH[@]}" --iters 20 \
             --epochs 1 --seed 1 --test-trials 1 --stage baseline --no-imagenet --eps "$eps" \
-            --logs-dir "$data/s1_torchrun" && return 0
+            --logs-dir "$data/s1_torchrun" --overwrite && return 0
     done
     return 1
 }
@@ -84,6 +85,11 @@ step torchrun_one 150 bash -c "$(declare -f torchrun_one); $(declare -p DEVICE H
 # one full-size synthetic SYSU stage-2 epoch, seconds per phase (writes ~5 GB under /tmp)
 if [ "$SMALL" = 1 ]; then EPOCH=(--small); else EPOCH=(); fi
 TAIL=20 step bench_epoch 420 python3 bench/bench_epoch.py --device "$DEVICE" "${EPOCH[@]}" --json "$OUT/bench_epoch.json"
+TAIL=20 step bench_epoch_low 420 python3 bench/bench_epoch.py --device "$DEVICE" "${EPOCH[@]}" --low-memory \
+    --json "$OUT/bench_epoch_low.json"
+# peak memory and time of one iteration per flag set (the release's SYSU stage-2 batch on a GPU)
+if [ "$SMALL" = 1 ]; then MEM=(--height 64 --width 32 --ir 16 --rgb 8); else MEM=(--height 288 --width 144 --ir 128 --rgb 128); fi
+TAIL=20 step bench_memory 420 python3 bench/bench_memory.py --device "$DEVICE" "${MEM[@]}" --json "$OUT/bench_memory.json"
 for f in "$OUT"/s1_metrics.json "$OUT"/s2_metrics.json; do
     [ -f "$f" ] && python3 -c "import json,sys; r=json.load(open(sys.argv[1]))[-1]; \
 print(sys.argv[1].split('/')[-1], {k: r[k] for k in r if k.startswith(('sec', 'time', 'rank1', 'clusters'))})" "$f"

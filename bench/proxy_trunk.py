@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rpnr.data.augment import base_view  # noqa: E402
+from rpnr.data.augment import apply_view, draw_view  # noqa: E402
 from rpnr.data.prepared import load_train  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     for it in range(args.iters):
         idx = rng.integers(0, len(images), args.batch_size)
-        x = base_view(torch.from_numpy(images[idx]), height, width)  # [B, 3, H, W]
+        x = apply_view(torch.from_numpy(images[idx]), draw_view(len(idx), height, width), height, width)  # [B,3,H,W]
         loss = F.cross_entropy(net(x), torch.from_numpy(labels[idx]))
         optimizer.zero_grad()
         loss.backward()

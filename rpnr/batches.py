@@ -28,12 +28,9 @@ def make_stream(labels: np.ndarray, cams: np.ndarray, batch_size: int, num_insta
     index = np.nonzero(labels >= 0)[0]  # [n] dataset rows of the data source
     sampler = RandomMultipleGallerySampler(labels[index], np.asarray(cams)[index], num_instances)
     if sampler.pass_length() < batch_size:
-        raise PseudoLabelError(
-            f"epoch {epoch}: {MODALITY_NAMES[modality]} pseudo labels give only {sampler.pass_length()} "
-            f"samples "
-            f"per pass ({sampler.num_identities} identities), fewer than a batch of {batch_size} - "
-            f"try a larger --eps or a smaller --batch-size"
-        )
+        raise PseudoLabelError(f"epoch {epoch}: {MODALITY_NAMES[modality]} pseudo labels give only "
+                               f"{sampler.pass_length()} samples per pass ({sampler.num_identities} identities), "
+                               f"fewer than a batch of {batch_size} - try a larger --eps or a smaller --batch-size")
     return BatchStream(sampler, batch_size), index
 
 
@@ -46,13 +43,11 @@ def _load_batch(images: np.ndarray, rows: np.ndarray, pin: bool) -> Tensor:
 def prefetch(images: np.ndarray, batches: list[np.ndarray], workers: int, pin: bool) -> Iterator[Tensor]:
     """Loaded batches in order; ``workers`` threads read ahead (0: read in the loop)."""
     if workers <= 0:
-        for rows in batches:
-            yield _load_batch(images, rows, pin)
+        yield from (_load_batch(images, rows, pin) for rows in batches)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
-        ahead = iter(batches)
-        for rows in ahead:
+        for rows in batches:
             pending.append(pool.submit(_load_batch, images, rows, pin))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
@@ -81,12 +76,9 @@ class IterationBatch:
 def epoch_batches(labels: EpochLabels, train_rgb: ImageSet, train_ir: ImageSet, cfg: TrainConfig, epoch: int,
                   group: ProcessGroup) -> list[IterationBatch]:
     """The epoch's ``cfg.iters`` global batches (the same on every rank) and this rank's share of each."""
-    stream_ir, rows_ir = make_stream(labels.ir.train, train_ir.cams, cfg.batch_size, cfg.num_instances,
-                                     "ir", epoch + 1)
+    stream_ir, rows_ir = make_stream(labels.ir.train, train_ir.cams, cfg.batch_size, cfg.num_instances, "ir", epoch + 1)
     stream_rgb, rows_rgb = make_stream(labels.rgb.train, train_rgb.cams, cfg.rgb_batch_size,
                                        cfg.num_instances, "rgb", epoch + 1)
-    stream_ir.new_epoch()
-    stream_rgb.new_epoch()
     pos_ir = group.batch_positions(cfg.batch_size)
     pos_rgb = group.batch_positions(2 * cfg.rgb_batch_size)
     batches = [IterationBatch(rows_ir[p_ir], rows_rgb[p_rgb], pos_ir, pos_rgb)

@@ -41,13 +41,9 @@ def _safe_globals() -> list:
     allowed: list = [np.dtype, np.ndarray]
     core = getattr(np, "_core", None) or getattr(np, "core", None)
     multiarray = getattr(core, "multiarray", None)
-    for name in ("scalar", "_reconstruct"):
-        fn = getattr(multiarray, name, None)
-        if fn is not None:
-            allowed.append(fn)
+    allowed += [fn for fn in (getattr(multiarray, name, None) for name in ("scalar", "_reconstruct")) if fn is not None]
     for scalar in (np.float64, np.float32, np.int64, np.int32, np.bool_):
-        allowed.append(scalar)
-        allowed.append(type(np.dtype(scalar)))
+        allowed += [scalar, type(np.dtype(scalar))]
     return allowed
 
 
@@ -82,8 +78,7 @@ def _legacy_problem(path: Path) -> str:
     """What is wrong with a legacy (non-zip) torch.save stream's pickles ("" when they are complete)."""
     data = path.read_bytes()
     stream = io.BytesIO(data)
-    magic = _pickle_ops(stream)
-    if not any(arg == _LEGACY_MAGIC for _, arg, _ in magic):
+    if not any(arg == _LEGACY_MAGIC for _, arg, _ in _pickle_ops(stream)):
         if any(pickle.dumps(_LEGACY_MAGIC, protocol=p).startswith(data) for p in range(2, pickle.HIGHEST_PROTOCOL + 1)):
             return "the file is truncated (it ends inside the torch.save header)"
         return "not a PyTorch checkpoint file (neither a zip archive nor a torch.save stream)"
@@ -107,10 +102,8 @@ def _structure_problem(path: Path) -> str:
 
 
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
-    """One-line error for a checkpoint that ``torch.load(weights_only=True)`` rejected: damaged or unsafe.
-
-    PyTorch's own message is never passed on whole: it advises loading with ``weights_only=False``.
-    """
+    """One-line error for a checkpoint that ``torch.load(weights_only=True)`` rejected: damaged or unsafe (never
+    PyTorch's own message whole: it advises loading with ``weights_only=False``)."""
     try:
         problem = _structure_problem(path)
     except OSError as err:
@@ -131,13 +124,9 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)``.
-
-    Only tensors, containers, numbers, strings and a few numpy scalar types are
-    accepted. A file that would unpickle any other object (and so could run code)
-    raises :class:`UnsafeCheckpointError` without running it; an empty, truncated or
-    corrupted file, or one that is not a PyTorch file, raises :class:`DamagedCheckpointError`.
-    """
+    """Load a checkpoint with ``torch.load(weights_only=True)``: only tensors, containers, numbers, strings and
+    a few numpy scalar types are accepted. A file that would unpickle any other object (and so could run code)
+    raises :class:`UnsafeCheckpointError` unrun; a damaged one :class:`DamagedCheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -151,13 +140,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     raise CheckpointError(f"{path} does not hold a dictionary (got {type(obj).__name__})")
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically (:func:`rpnr.files.atomic_write`): a process killed at any moment, or a
-    full disk, leaves the previous file or the new one.
+def trained_on(path: str | os.PathLike, dataset: str, trial: int | None = None, display: str = "") -> dict | None:
+    """The saved settings of a checkpoint this project trained on ``dataset`` (and ``trial``, for a dataset with
+    one model per trial); None for one that records no dataset (the official release's). A checkpoint of
+    another dataset or trial (whose training identities are this trial's test identities) is refused."""
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("args", {})
+    if "dataset" in ckpt and ckpt["dataset"] != dataset:
+        raise CheckpointError(f"{path} was trained on {ckpt['dataset']}, not {dataset}")
+    if "dataset" in ckpt and trial is not None and saved.get("trial", trial) != trial:
+        raise CheckpointError(f"{path} was trained on {display} trial {saved['trial']}, not trial {trial}: its "
+                              f"training identities include trial {trial}'s test identities")
+    return saved if "dataset" in ckpt else None
 
-    The state is serialised in memory first, so that a full disk is an ``OSError`` (ENOSPC) rather
-    than PyTorch's ``unexpected pos`` error from inside its zip writer.
-    """
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write ``state`` atomically (:func:`rpnr.files.atomic_write`), serialised in memory first so that a full
+    disk is an ``OSError`` (ENOSPC) rather than PyTorch's ``unexpected pos`` error from inside its zip writer."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(path, buffer.getbuffer())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +17,6 @@ from rpnr.distributed import DistributedError, resolve_device
 from rpnr.evaluation import PRECISIONS
 from rpnr.models import imagenet_file
 
-STAGES = ("baseline", "rpnr")
 # value checks of the numeric settings: name -> (test, what a failing value is told)
 CHECKS = {"int>=1": (lambda v: v >= 1, "must be a positive integer"), ">0": (lambda v: v > 0, "must be positive"),
           ">=0": (lambda v: v >= 0, "must not be negative"), "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
@@ -32,111 +30,95 @@ class TrainingError(RuntimeError):
     """A run cannot go on (degenerate pseudo labels, divergence, an unusable checkpoint); one-line message."""
 
 
-def _opt(help: str, group: str = "running", **meta) -> dict:
-    """Field metadata: the help text, the --help group, and ``flag``, ``short``, ``choices``, ``check``,
-    ``dataset`` (the registry attribute giving the default), ``default_text`` (a default described in words)."""
-    return {"help": help, "group": group, **meta}
+def _f(default, help: str, group: str = "running", **meta):
+    """A setting: its default and metadata: the help text, the --help group, and ``flag``, ``short``,
+    ``choices``, ``check``, ``dataset`` (the registry attribute giving the default), ``default_text`` (a
+    default described in words), ``negation`` (a flag that sets the value "none")."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **meta})
 
 
 _SAMPLING, _LABELS, _INIT = "sampling and optimisation", "pseudo labels, memories and losses", "initialisation"
-_ABLATION = "the paper's ablations (stage 2; README: paper row -> flags)"
+_ABLATION, _REQUIRED = "the paper's ablations (stage 2; README: paper row -> flags)", dataclasses.MISSING
 
 
-@dataclass
+@dataclasses.dataclass
 class TrainConfig:
     """Every setting of a run (plain values; stored as the checkpoint's "args")."""
 
-    dataset: str = field(metadata=_opt("dataset to train on", short="-d", choices=names))
-    stage: str = field(metadata=_opt("baseline = stage 1 (ImageNet start); rpnr = stage 2 (starts from --baseline)",
-                                     choices=lambda: STAGES))
-    data_dir: str = field(metadata=_opt("prepared dataset folder (prepare_<dataset>.py)"))
-    logs_dir: str | None = field(default=None, metadata=_opt(
-        "output folder; '{trial}' is replaced by --trial",
-        default_text="baseline/<dataset>_s1 (stage 1) or logs/<dataset>_s2, plus /<trial> for datasets with one "
-                     "model per trial"))
-    trial: int = field(default=1, metadata=_opt("trial to train, for datasets with one model per trial (RegDB)"))
-    height: int = field(default=288, metadata=_opt("image height the data was prepared at"))
-    width: int = field(default=144, metadata=_opt("image width the data was prepared at"))
-    batch_size: int = field(default=128, metadata=_opt("infrared images per batch", _SAMPLING, short="-b",
-                                                       check="int>=1"))
-    rgb_batch_size: int | None = field(default=None, metadata=_opt(
-        "visible images per batch, each in two views", _SAMPLING,
-        default_text=lambda: "--batch-size in stage 2 on " + ", ".join(
+    dataset: str = _f(_REQUIRED, "dataset to train on", short="-d", choices=names)
+    stage: str = _f(_REQUIRED, "baseline = stage 1 (ImageNet start); rpnr = stage 2 (starts from --baseline)",
+                    choices=lambda: ("baseline", "rpnr"))
+    data_dir: str = _f(_REQUIRED, "prepared dataset folder (prepare_<dataset>.py)")
+    logs_dir: str | None = _f(None, "output folder; '{trial}' is replaced by --trial",
+                              default_text="baseline/<dataset>_s1 (stage 1) or logs/<dataset>_s2, plus /<trial> for "
+                                           "datasets with one model per trial")
+    trial: int = _f(1, "trial to train, for datasets with one model per trial (RegDB)")
+    height: int = _f(288, "image height the data was prepared at")
+    width: int = _f(144, "image width the data was prepared at")
+    batch_size: int = _f(128, "infrared images per batch", _SAMPLING, short="-b", check="int>=1")
+    rgb_batch_size: int | None = _f(None, "visible images per batch, each in two views", _SAMPLING, default_text=(
+        lambda: "--batch-size in stage 2 on " + ", ".join(
             ds.display for ds in registry().values() if ds.full_rgb_batch_in_stage2) + ", else --batch-size / 2"))
-    num_instances: int = field(default=16, metadata=_opt("images per pseudo identity in a batch", _SAMPLING,
-                                                         check="int>=1"))
-    iters: int | None = field(default=None, metadata=_opt("iterations per epoch", _SAMPLING, dataset="iters",
-                                                          check="int>=1"))
-    epochs: int = field(default=50, metadata=_opt("epochs", _SAMPLING, check="int>=1"))
-    lr: float = field(default=3.5e-4, metadata=_opt("Adam learning rate", _SAMPLING, check=">0"))
-    weight_decay: float = field(default=5e-4, metadata=_opt("Adam weight decay", _SAMPLING, check=">=0"))
-    step_size: int = field(default=20, metadata=_opt("StepLR period in epochs", _SAMPLING, check="int>=1"))
-    gamma: float = field(default=0.1, metadata=_opt("StepLR factor", _SAMPLING, check=">0"))
-    eps: float | None = field(default=None, metadata=_opt("DBSCAN eps", _LABELS, dataset="eps", check=">0"))
-    k1: int = field(default=30, metadata=_opt("k-reciprocal neighbours of the Jaccard distance", _LABELS,
-                                              check="int>=1"))
-    k2: int = field(default=6, metadata=_opt("query-expansion neighbours of the Jaccard distance", _LABELS,
-                                             check="int>=1"))
-    min_samples: int = field(default=4, metadata=_opt("DBSCAN min_samples", _LABELS, check="int>=1"))
-    momentum: float = field(default=0.1, metadata=_opt("memory update momentum", _LABELS, check="[0,1)"))
-    temp: float = field(default=0.05, metadata=_opt("memory temperature", _LABELS, check=">0"))
-    top_k: int | None = field(default=None, metadata=_opt(
-        "NPC prototype members (stage 2; the release's train_regdb.py keeps 5)", _LABELS, dataset="top_k",
-        check="int>=1"))
-    ot_reg: float = field(default=5.0, metadata=_opt("Sinkhorn entropic regularisation (stage 2)", _LABELS,
-                                                     check=">0"))
-    w_cross: float = field(default=0.25, metadata=_opt("cross-modality memory term weight (stage 2)", _LABELS,
-                                                       check=">=0"))
-    w_hybrid: float = field(default=0.5, metadata=_opt("hybrid memory term weight (stage 2)", _LABELS, check=">=0"))
-    w_nrl: float = field(default=10.0, metadata=_opt("neighbour relation loss weight (stage 2)", _LABELS,
-                                                     check=">=0"))
-    sigma: float = field(default=1.0, metadata=_opt("NRL kernel width (stage 2)", _LABELS, check=">0"))
-    delta: float = field(default=1.0, metadata=_opt("NRL margin (stage 2)", _LABELS, check=">=0"))
-    no_npc: bool = field(default=False, metadata=_opt("without NPC: train on the DBSCAN labels", _ABLATION))
-    no_nrl: bool = field(default=False, metadata=_opt("without NRL: no neighbour relation loss", _ABLATION))
-    no_mhl: bool = field(default=False, metadata=_opt("without MHL: no hybrid memory (its term and memory)",
-                                                      _ABLATION))
-    no_otpm: bool = field(default=False, metadata=_opt(
-        "without OTPM: no cross-modality matching, so neither the cross-modality term nor the hybrid memory",
-        _ABLATION))
-    imagenet: str | None = field(default="torchvision", metadata=_opt(
-        "ImageNet ResNet-50 weights that stage 1 starts from: 'torchvision' (torchvision's ResNet50_Weights."
-        "IMAGENET1K_V1 through its cache, $TORCH_HOME) or a local weight file", _INIT, negation="--no-imagenet",
-        negation_help="stage 1 from random weights"))
-    baseline: str | None = field(default=None, metadata=_opt(
-        "stage-1 checkpoint that stage 2 starts from", _INIT,
-        default_text="model_best.pth.tar of stage 1's default --logs-dir"))
-    resume: bool = field(default=False, metadata=_opt(
-        "continue the run in --logs-dir from its checkpoint.pth.tar, with its saved settings", _INIT))
-    overwrite: bool = field(default=False, metadata=_opt(
-        "start afresh in a --logs-dir that holds an earlier run: its outputs are removed first", _INIT))
-    device: str | None = field(default=None, metadata=_opt("cpu, cuda or cuda:N", default_text="cuda when available"))
-    seed: int = field(default=1, metadata=_opt("seed of every random generator"))
-    workers: int = field(default=4, metadata=_opt("threads that read training batches ahead", check=">=0"))
-    feature_batch_size: int = field(default=256, metadata=_opt("batch size of feature extraction", check="int>=1"))
-    test_trials: int = field(default=10, metadata=_opt("trials of the final test, for datasets with one model for "
-                                                       "every trial"))
-    amp: bool = field(default=True, metadata=_opt(
-        "train in float32 on CUDA (default: bf16 autocast; the release trains in float32)", flag="--no-amp"))
-    bn_splits: int | None = field(default=None, metadata=_opt(
-        "batch norm normalises each of this many slices of the training batch on its own, as the release's "
-        "nn.DataParallel on that many GPUs (1 = the whole batch)",
-        default_text="2, the release's two GPUs; under torchrun the number of processes", check="int>=1"))
-    feature_precision: str = field(default="tf32", metadata=_opt(
-        "arithmetic of the clustering features on CUDA (tf32 = what the release's PyTorch 1.8 did on Ampere and "
-        "later GPUs); test embeddings are always float32", choices=lambda: PRECISIONS))
-    low_memory: bool = field(default=False, metadata=_opt(
-        "exact training in less memory: the batch-norm slices' features without a graph, the objective's "
-        "gradient, then each slice again with a graph (one slice of activations at a time, one extra forward; "
-        "DESIGN.md section 11)"))
+    num_instances: int = _f(16, "images per pseudo identity in a batch", _SAMPLING, check="int>=1")
+    iters: int | None = _f(None, "iterations per epoch", _SAMPLING, dataset="iters", check="int>=1")
+    epochs: int = _f(50, "epochs", _SAMPLING, check="int>=1")
+    lr: float = _f(3.5e-4, "Adam learning rate", _SAMPLING, check=">0")
+    weight_decay: float = _f(5e-4, "Adam weight decay", _SAMPLING, check=">=0")
+    step_size: int = _f(20, "StepLR period in epochs", _SAMPLING, check="int>=1")
+    gamma: float = _f(0.1, "StepLR factor", _SAMPLING, check=">0")
+    eps: float | None = _f(None, "DBSCAN eps", _LABELS, dataset="eps", check=">0")
+    k1: int = _f(30, "k-reciprocal neighbours of the Jaccard distance", _LABELS, check="int>=1")
+    k2: int = _f(6, "query-expansion neighbours of the Jaccard distance", _LABELS, check="int>=1")
+    min_samples: int = _f(4, "DBSCAN min_samples", _LABELS, check="int>=1")
+    momentum: float = _f(0.1, "memory update momentum", _LABELS, check="[0,1)")
+    temp: float = _f(0.05, "memory temperature", _LABELS, check=">0")
+    top_k: int | None = _f(None, "NPC prototype members (stage 2; the release's train_regdb.py keeps 5)", _LABELS,
+                           dataset="top_k", check="int>=1")
+    ot_reg: float = _f(5.0, "Sinkhorn entropic regularisation (stage 2)", _LABELS, check=">0")
+    w_cross: float = _f(0.25, "cross-modality memory term weight (stage 2)", _LABELS, check=">=0")
+    w_hybrid: float = _f(0.5, "hybrid memory term weight (stage 2)", _LABELS, check=">=0")
+    w_nrl: float = _f(10.0, "neighbour relation loss weight (stage 2)", _LABELS, check=">=0")
+    sigma: float = _f(1.0, "NRL kernel width (stage 2)", _LABELS, check=">0")
+    delta: float = _f(1.0, "NRL margin (stage 2)", _LABELS, check=">=0")
+    no_npc: bool = _f(False, "without NPC: train on the DBSCAN labels", _ABLATION)
+    no_nrl: bool = _f(False, "without NRL: no neighbour relation loss", _ABLATION)
+    no_mhl: bool = _f(False, "without MHL: no hybrid memory (its term and memory)", _ABLATION)
+    no_otpm: bool = _f(False, "without OTPM: no cross-modality matching, so neither the cross-modality term nor "
+                              "the hybrid memory", _ABLATION)
+    imagenet: str | None = _f("torchvision", "ImageNet ResNet-50 weights that stage 1 starts from: 'torchvision' "
+                              "(torchvision's ResNet50_Weights.IMAGENET1K_V1 through its cache, $TORCH_HOME) or a "
+                              "local weight file", _INIT, negation="--no-imagenet",
+                              negation_help="stage 1 from random weights")
+    baseline: str | None = _f(None, "stage-1 checkpoint that stage 2 starts from", _INIT,
+                              default_text="model_best.pth.tar of stage 1's default --logs-dir")
+    resume: bool = _f(False, "continue the run in --logs-dir from its checkpoint.pth.tar, with its saved settings",
+                      _INIT)
+    overwrite: bool = _f(False, "start afresh in a --logs-dir that holds an earlier run: its outputs are removed "
+                                "first", _INIT)
+    device: str | None = _f(None, "cpu, cuda or cuda:N", default_text="cuda when available")
+    seed: int = _f(1, "seed of every random generator")
+    workers: int = _f(4, "threads that read training batches ahead", check=">=0")
+    feature_batch_size: int = _f(256, "batch size of feature extraction", check="int>=1")
+    test_trials: int = _f(10, "trials of the final test, for datasets with one model for every trial")
+    amp: bool = _f(True, "train in float32 on CUDA (default: bf16 autocast; the release trains in float32)",
+                   flag="--no-amp")
+    bn_splits: int | None = _f(None, "batch norm normalises each of this many slices of the training batch on its "
+                               "own, as the release's nn.DataParallel on that many GPUs (1 = the whole batch)",
+                               default_text="2, the release's two GPUs; under torchrun the number of processes",
+                               check="int>=1")
+    feature_precision: str = _f("tf32", "arithmetic of the clustering features on CUDA (tf32 = what the release's "
+                                "PyTorch 1.8 did on Ampere and later GPUs); test embeddings are always float32",
+                                choices=lambda: PRECISIONS)
+    low_memory: bool = _f(False, "exact training in less memory: the batch-norm slices' features without a graph, "
+                                 "the objective's gradient, then each slice again with a graph (one slice of "
+                                 "activations at a time, one extra forward; DESIGN.md section 11)")
 
 
-# settings that change what a run computes: a resumed run must keep them (DESIGN.md section 10)
-COMPUTED = ("trial", "height", "width", "batch_size", "rgb_batch_size", "num_instances", "iters", "lr", "weight_decay",
-            "step_size", "gamma", "eps", "k1", "k2", "min_samples", "momentum", "temp", "top_k", "ot_reg", "w_cross",
-            "w_hybrid", "w_nrl", "sigma", "delta", "seed", "amp", "bn_splits", "feature_precision", "no_npc", "no_nrl",
-            "no_mhl", "no_otpm")
 CURRENT = ("data_dir", "logs_dir", "resume", "overwrite", "device")  # a resumed run takes these from the command
+# settings that change what a run computes: a resumed run must keep them (DESIGN.md section 10)
+COMPUTED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in {
+    *CURRENT, "dataset", "stage", "imagenet", "baseline", "epochs", "workers", "feature_batch_size", "test_trials",
+    "low_memory"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,13 +131,9 @@ class _Parser(argparse.ArgumentParser):
 def _help(f: dataclasses.Field) -> str:
     """A field's help text with its real default, once."""
     meta, text = f.metadata, f.metadata["help"]
-    if "dataset" in meta:
-        return f"{text} (default: {per_dataset(meta['dataset'])})"
-    default = meta.get("default_text", f.default)
+    default = per_dataset(meta["dataset"]) if "dataset" in meta else meta.get("default_text", f.default)
     default = default() if callable(default) else default
-    if f.type in ("bool", bool) or default is dataclasses.MISSING:
-        return text
-    return f"{text} (default: {default})"
+    return text if f.type in ("bool", bool) or default is dataclasses.MISSING else f"{text} (default: {default})"
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
@@ -173,13 +151,11 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
             kwargs.update(type={"int": int, "float": float}.get(f.type.split(" ")[0], str),
                           required=f.default is dataclasses.MISSING, default=f.default,
                           choices=meta["choices"]() if "choices" in meta else None)
+        target = group.add_mutually_exclusive_group() if "negation" in meta else group
+        target.add_argument(*flags, **kwargs)
         if "negation" in meta:
-            exclusive = group.add_mutually_exclusive_group()
-            exclusive.add_argument(*flags, **kwargs)
-            exclusive.add_argument(meta["negation"], dest=f.name, action="store_const", const="none",
-                                   help=meta["negation_help"])
-        else:
-            group.add_argument(*flags, **kwargs)
+            target.add_argument(meta["negation"], dest=f.name, action="store_const", const="none",
+                                help=meta["negation_help"])
     return parser
 
 
@@ -200,10 +176,9 @@ def _check_bn_splits(splits: int, world: int, batch: int, rgb_batch: int) -> Non
     """--bn-splits against the process count and the batch sizes."""
     _require(splits % world == 0, f"--bn-splits {splits} is not a multiple of the {world} processes torchrun "
                                   f"started (each process runs --bn-splits / processes of the slices)")
-    if world > 1:
-        _require(batch % splits == 0 and (2 * rgb_batch) % splits == 0,
-                 f"--bn-splits {splits} must divide the infrared batch ({batch}) and the two-view visible batch "
-                 f"({2 * rgb_batch}) when torchrun runs {world} processes")
+    _require(world <= 1 or (batch % splits == 0 and (2 * rgb_batch) % splits == 0),
+             f"--bn-splits {splits} must divide the infrared batch ({batch}) and the two-view visible batch "
+             f"({2 * rgb_batch}) when torchrun runs {world} processes")
     chunks = [len(torch.empty(n).chunk(splits)) for n in (batch, 2 * rgb_batch)]
     _require(chunks[0] == chunks[1], f"--bn-splits {splits} cuts the infrared batch ({batch}) into {chunks[0]} "
                                      f"slices but the two-view visible batch ({2 * rgb_batch}) into {chunks[1]}")
@@ -213,11 +188,11 @@ def _fill_defaults(cfg: TrainConfig, world: int) -> TrainConfig:
     """The dataset's and stage's defaults of the settings left unset."""
     ds = get_dataset(cfg.dataset)
     rgb = cfg.batch_size if cfg.stage == "rpnr" and ds.full_rgb_batch_in_stage2 else cfg.batch_size // 2
-    logs = f"baseline/{cfg.dataset}_s1" if cfg.stage == "baseline" else f"logs/{cfg.dataset}_s2"
-    logs = f"{logs}/{cfg.trial}" if ds.model_per_trial else logs
-    baseline = f"baseline/{cfg.dataset}_s1" + (f"/{cfg.trial}" if ds.model_per_trial else "") + "/model_best.pth.tar"
+    trial = f"/{cfg.trial}" if ds.model_per_trial else ""
+    logs = f"baseline/{cfg.dataset}_s1{trial}" if cfg.stage == "baseline" else f"logs/{cfg.dataset}_s2{trial}"
     filled = {"eps": ds.eps, "iters": ds.iters, "top_k": ds.top_k, "rgb_batch_size": rgb, "logs_dir": logs,
-              "bn_splits": world if world > 1 else 2, "baseline": baseline if cfg.stage == "rpnr" else None}
+              "bn_splits": world if world > 1 else 2,
+              "baseline": f"baseline/{cfg.dataset}_s1{trial}/model_best.pth.tar" if cfg.stage == "rpnr" else None}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in filled.items() if getattr(cfg, k) is None})
     return dataclasses.replace(cfg, logs_dir=cfg.logs_dir.replace("{trial}", str(cfg.trial)),
                                baseline=cfg.baseline and cfg.baseline.replace("{trial}", str(cfg.trial)))
@@ -244,9 +219,8 @@ def build_config(values: dict, world: int = 1) -> TrainConfig:
                                                       f"{cfg.test_trials}")
     _require(not (cfg.resume and cfg.overwrite), "pass either --resume (continue the run) or --overwrite (start "
                                                  "afresh), not both")
-    if ds.model_per_trial:
-        _require(cfg.trial in ds.trials, f"--trial must be in {ds.trials[0]}..{ds.trials[-1]} for {ds.display}, "
-                                         f"got {cfg.trial}")
+    _require(not ds.model_per_trial or cfg.trial in ds.trials,
+             f"--trial must be in {ds.trials[0]}..{ds.trials[-1]} for {ds.display}, got {cfg.trial}")
     _check_bn_splits(cfg.bn_splits, world, cfg.batch_size, cfg.rgb_batch_size)
     try:
         cfg.device = resolve_device(cfg.device, world)
@@ -269,9 +243,8 @@ def _check_start(cfg: TrainConfig) -> TrainConfig:
             cfg = dataclasses.replace(cfg, imagenet=imagenet_file(cfg.imagenet))
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
-    if cfg.stage == "rpnr" and not cfg.resume:
-        _require(os.path.isfile(cfg.baseline), f"stage-1 checkpoint not found: {cfg.baseline} (run train.py --stage "
-                                               f"baseline first, or pass --baseline PATH)")
+    _require(cfg.stage != "rpnr" or cfg.resume or os.path.isfile(cfg.baseline), f"stage-1 checkpoint not found: "
+             f"{cfg.baseline} (run train.py --stage baseline first, or pass --baseline PATH)")
     return cfg
 
 

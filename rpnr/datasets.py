@@ -1,9 +1,7 @@
-"""The dataset registry (DESIGN.md section 7): one :class:`Dataset` entry per dataset holds everything that
-differs between datasets, so the rest of the package (preparation, training, tests, rank lists, synthetic
-trees, the command lines) asks the registry instead of naming datasets.
-
-The built-in entries live beside their raw layouts in ``rpnr/data/<name>.py``; a new dataset registers
-one entry (:func:`register`) and needs no other edit.
+"""The dataset registry (DESIGN.md section 7, "Extension points"): one :class:`Dataset` entry per dataset holds
+everything that differs between datasets, so the rest of the package (preparation, training, tests, rank lists,
+synthetic trees, the command lines) asks the registry instead of naming datasets; the built-in entries
+(:func:`register`) live beside their raw layouts in ``rpnr/data/<name>.py``.
 """
 
 from __future__ import annotations

@@ -29,18 +29,11 @@ class DistributedError(RuntimeError):
     """A launch that cannot work (process count, devices); the message is one line."""
 
 
-def launched_by_torchrun() -> bool:
-    """Whether torchrun (torch.distributed.run) started this process (also with one process)."""
-    return "LOCAL_RANK" in os.environ and "MASTER_ADDR" in os.environ
-
-
 def launched_processes() -> tuple[int, int, int, int]:
     """(world size, rank, local rank, local world size) from torchrun's environment; (1, 0, 0, 1) without it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    return world, rank, local_rank, local_world
+    return (world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
 def resolve_device(name: str | None, world: int = 1, local_rank: int = 0, local_world: int = 1,
@@ -60,14 +53,12 @@ def resolve_device(name: str | None, world: int = 1, local_rank: int = 0, local_
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if available == 0:
         raise DistributedError(f"--device {name}: CUDA is not available on this machine")
-    if dev.index is not None:
-        if world > 1:
-            raise DistributedError(f"--device {name}: under torchrun pass --device cuda; process k of a machine "
-                                   f"takes cuda:k")
-        if dev.index >= available:
-            raise DistributedError(f"--device {name}: only {available} CUDA device(s)")
-        return name
-    if not torchrun:
+    if dev.index is not None and world > 1:
+        raise DistributedError(f"--device {name}: under torchrun pass --device cuda; process k of a machine takes "
+                               f"cuda:k")
+    if dev.index is not None and dev.index >= available:
+        raise DistributedError(f"--device {name}: only {available} CUDA device(s)")
+    if dev.index is not None or not torchrun:
         return name
     if available < local_world:
         raise DistributedError(f"--device cuda with {local_world} processes per machine, but this machine has "
@@ -109,13 +100,9 @@ class ProcessGroup:
         """Rank 0: computes the pseudo labels, evaluates, writes logs and checkpoints."""
         return self.rank == 0
 
-    @property
-    def is_distributed(self) -> bool:
-        return self.joined
-
     def broadcast_object(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (tensors inside should be on the CPU)."""
-        if not self.is_distributed:
+        if not self.joined:
             return obj
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
@@ -127,7 +114,7 @@ class ProcessGroup:
 
     def gather_objects(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order (picklable objects)."""
-        if not self.is_distributed:
+        if not self.joined:
             return [obj]
         out: list = [None] * self.world_size
         dist.all_gather_object(out, obj)
@@ -147,7 +134,7 @@ class ProcessGroup:
 
         An exception on rank 0 is raised again on every rank (so none waits forever).
         """
-        if not self.is_distributed:
+        if not self.joined:
             return fn(*args, **kwargs)
         outcome: tuple[bool, object] = (True, None)
         if self.is_main:
@@ -159,11 +146,6 @@ class ProcessGroup:
         if not ok:
             raise value
         return value
-
-    def on_main(self, fn: Callable[..., object], *args, **kwargs) -> None:
-        """Run ``fn`` on rank 0 only (writing files); the others go on."""
-        if self.is_main:
-            fn(*args, **kwargs)
 
     def shard(self, count: int) -> range:
         """This rank's contiguous share of ``count`` items (the first ranks take one more when uneven)."""
@@ -180,11 +162,9 @@ class ProcessGroup:
 
     def gather_rows(self, local: Tensor) -> Tensor:
         """Every rank's rows concatenated in rank order (row counts may differ; no gradient)."""
-        if not self.is_distributed:
+        if not self.joined:
             return local
-        counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(self.world_size)]
-        dist.all_gather(counts, torch.tensor([local.size(0)], device=local.device))
-        counts = [int(c) for c in counts]
+        counts = self.gather_objects(local.size(0))
         padded = local.new_zeros((max(counts), *local.shape[1:]))  # [max rows, ...]
         padded[:local.size(0)] = local
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
@@ -192,36 +172,29 @@ class ProcessGroup:
         return torch.cat([p[:n] for p, n in zip(pieces, counts)], 0)
 
     def gather_with_grad(self, local: Tensor) -> Tensor:
-        """Every rank's rows (equal counts) concatenated; gradients flow back to each rank's own rows.
-
-        Every rank then evaluates the same full-batch objective; the backward sums the
-        ranks' (identical) gradients of this rank's rows, so after DDP's averaging the
-        parameter gradient equals the one-process gradient.
-        """
-        if not self.is_distributed:
+        """Every rank's rows (equal counts) concatenated, gradients flowing back as :class:`_GatherWithGrad` says:
+        after DDP's averaging the parameter gradient equals the one-process gradient (DESIGN.md section 8)."""
+        if not self.joined:
             return local
         return _GatherWithGrad.apply(local, self.rank, self.world_size)
 
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (batch-norm running statistics) on every rank."""
-        if self.is_distributed:
+        if self.joined:
             for buffer in module.buffers():
                 dist.broadcast(buffer, src=0)
 
     def sync_random_state(self) -> None:
         """Rank 0's python, numpy and torch CPU generator states on every rank."""
-        if self.is_distributed:
+        if self.joined:
             state = capture_rng_state()
             state.pop("cuda", None)
             restore_rng_state(self.broadcast_object(state))
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
-        """``module`` in DistributedDataParallel (gradients averaged over ranks); itself for one process.
-
-        DDP's default buffer synchronisation is kept: rank 0's running statistics are broadcast
-        at the start of every training forward, as DataParallel starts each step from replica 0's.
-        """
-        if not self.is_distributed:
+        """``module`` in DistributedDataParallel (gradients averaged over ranks; its broadcast of rank 0's running
+        statistics at every training forward kept, as DataParallel starts from replica 0's); itself for one process."""
+        if not self.joined:
             return module
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -236,7 +209,7 @@ def start(device: str) -> tuple[ProcessGroup, str]:
     Without torchrun: the one-process group (no torch.distributed) and ``device`` unchanged.
     """
     world, rank, local_rank, local_world = launched_processes()
-    if not launched_by_torchrun():
+    if "LOCAL_RANK" not in os.environ or "MASTER_ADDR" not in os.environ:  # not started by torchrun
         return SINGLE, device
     device = resolve_device(device, world, local_rank, local_world, torchrun=True)
     dev = torch.device(device)
@@ -248,5 +221,5 @@ def start(device: str) -> tuple[ProcessGroup, str]:
 
 def stop(group: ProcessGroup) -> None:
     """Leave the process group (if one was joined)."""
-    if group.is_distributed and dist.is_initialized():
+    if group.joined and dist.is_initialized():
         dist.destroy_process_group()

@@ -4,7 +4,6 @@ modality, NPC calibration and OT matching (stage 2), and the epoch's cluster mem
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ class PseudoLabelError(TrainingError):
     """An epoch's pseudo labels cannot fill a batch (too few clusters)."""
 
 
-@dataclass
+@dataclasses.dataclass
 class ModalityLabels:
     """One modality's pseudo labels of an epoch."""
 
@@ -44,7 +43,7 @@ class ModalityLabels:
         return int((self.cluster < 0).sum())
 
 
-@dataclass
+@dataclasses.dataclass
 class EpochLabels:
     """An epoch's pseudo labels of both modalities and, in stage 2, the OT partners."""
 
@@ -66,10 +65,9 @@ def label_purity(labels: np.ndarray, pids: np.ndarray) -> float:
         return 0.0
     pairs = np.stack([labels[keep], np.asarray(pids)[keep]], 1)  # [n, 2]
     uniq, counts = np.unique(pairs, axis=0, return_counts=True)
-    majority = {}
-    for (label, _), count in zip(uniq.tolist(), counts.tolist()):
-        majority[label] = max(majority.get(label, 0), count)
-    return float(sum(majority.values()) / keep.sum())
+    majority = np.zeros(int(labels.max()) + 1, dtype=np.int64)  # per cluster: the count of its majority identity
+    np.maximum.at(majority, uniq[:, 0], counts)
+    return float(majority.sum() / keep.sum())
 
 
 def modality_labels(features: Tensor, pids: np.ndarray, eps: float, k1: int, k2: int, min_samples: int,
@@ -78,8 +76,7 @@ def modality_labels(features: Tensor, pids: np.ndarray, eps: float, k1: int, k2:
     cluster = np.asarray(cluster_features(features, eps, k1, k2, min_samples), dtype=np.int64)
     centers = cluster_centers(features, cluster)  # [K, 2048]
     train = np.asarray(calibrate_labels(features, cluster, top_k), dtype=np.int64) if calibrate else cluster
-    relabeled = int((train != cluster).sum())
-    return ModalityLabels(cluster=cluster, train=train, centers=centers, relabeled=relabeled,
+    return ModalityLabels(cluster=cluster, train=train, centers=centers, relabeled=int((train != cluster).sum()),
                           purity=label_purity(train, pids))
 
 
@@ -88,18 +85,15 @@ def check_labels(labels: ModalityLabels, modality: str, epoch: int, eps: float, 
     """Raise :class:`PseudoLabelError` when the labels cannot fill one batch of identities."""
     need = max(batch_size // num_instances, 1)
     identities = int(np.unique(labels.train[labels.train >= 0]).size)
-    name = MODALITY_NAMES[modality]
+    if labels.num_clusters >= need and identities >= need:
+        return
     # mostly outliers: eps is too small; few clusters but few outliers: eps merges identities
     direction = "larger" if 2 * labels.num_outliers >= len(labels.cluster) else "smaller"
-    hint = (f"need at least {need} for a batch of {batch_size} with {num_instances} instances - "
-            f"try a {direction} --eps")
-    if labels.num_clusters < need:
-        raise PseudoLabelError(f"epoch {epoch}: {name} pseudo labels have {labels.num_clusters} clusters "
-                               f"({labels.num_outliers} outliers, eps {eps:g}); {hint}")
-    if identities < need:
-        raise PseudoLabelError(f"epoch {epoch}: {name} pseudo labels keep {identities} identities after "
-                               f"calibration ({labels.num_clusters} clusters, {labels.num_outliers} "
-                               f"outliers, eps {eps:g}); {hint}")
+    found = (f"have {labels.num_clusters} clusters (" if labels.num_clusters < need else
+             f"keep {identities} identities after calibration ({labels.num_clusters} clusters, ")
+    raise PseudoLabelError(f"epoch {epoch}: {MODALITY_NAMES[modality]} pseudo labels {found}{labels.num_outliers} "
+                           f"outliers, eps {eps:g}); need at least {need} for a batch of {batch_size} with "
+                           f"{num_instances} instances - try a {direction} --eps")
 
 
 def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, batch_size: int,
@@ -108,9 +102,7 @@ def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, bat
     """Clustering features: flip-averaged eval embeddings, NOT re-normalised (release): [N, 2048] float32.
 
     Computed without bf16 autocast unless ``precision`` is "bf16" (clustering is sensitive
-    to small feature changes). Under torchrun each rank embeds a contiguous share of the
-    batches (the batches of one process, so every image sees the same batch) and the
-    shares are gathered.
+    to small feature changes); under torchrun sharded over the ranks and gathered (DESIGN.md section 8).
     """
     batches = group.shard(-(-len(images) // batch_size))
     part = images[batches.start * batch_size:batches.stop * batch_size]  # [N_rank, H, W, 3]
@@ -125,9 +117,8 @@ def compute_labels(feats_rgb: Tensor, feats_ir: Tensor, train_rgb: ImageSet, tra
     """Pseudo labels of both modalities (NPC in stage 2 unless ``no_npc``), checked, with the OT partners
     (stage 2 unless ``no_otpm``); centres on the CPU."""
     calibrate = cfg.stage == "rpnr" and not cfg.no_npc
-    rgb = modality_labels(feats_rgb, train_rgb.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, calibrate,
-                          cfg.top_k)
-    ir = modality_labels(feats_ir, train_ir.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, calibrate, cfg.top_k)
+    rgb, ir = (modality_labels(feats, images.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, calibrate, cfg.top_k)
+               for feats, images in ((feats_rgb, train_rgb), (feats_ir, train_ir)))
     check_labels(ir, "ir", epoch + 1, cfg.eps, cfg.batch_size, cfg.num_instances)
     check_labels(rgb, "rgb", epoch + 1, cfg.eps, cfg.rgb_batch_size, cfg.num_instances)
     matched = cfg.stage == "rpnr" and not cfg.no_otpm
@@ -142,8 +133,7 @@ def build_memories(labels: EpochLabels, temp: float, momentum: float, hybrid: bo
                 "ir": ClusterMemory.from_centers(ir.centers, temp, momentum, "CMhcl")}
     if not hybrid:
         return memories
-    present = np.zeros(ir.num_clusters, dtype=bool)
-    present[np.unique(ir.train[ir.train >= 0])] = True
+    present = np.isin(np.arange(ir.num_clusters), ir.train)  # [K_ir] clusters that keep a member
     # quirk (release): hybrid rows of IR clusters left empty by calibration stay zero
     centers = hybrid_centers(rgb.centers, ir.centers, labels.i2r, present=present)  # [K_ir, 2048]
     memories["hybrid"] = ClusterMemory.from_centers(centers, temp, momentum, "CMhcl")

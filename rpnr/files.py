@@ -12,15 +12,11 @@ from pathlib import Path
 
 # what to do about an operating-system refusal, by errno
 _ADVICE = {
-    errno.ENOSPC: "no space left on the device: free some space",
-    errno.EDQUOT: "disk quota exceeded: free some space",
-    errno.EACCES: "permission denied: choose a folder you may write to",
+    errno.ENOSPC: "no space left on the device: free some space", errno.EDQUOT: "disk quota exceeded: free some space",
+    errno.EACCES: "permission denied: choose a folder you may write to", errno.ENOENT: "no such file or folder",
     errno.EPERM: "operation not permitted: choose a folder you may write to",
-    errno.EROFS: "read-only file system: choose a writable folder",
-    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
-    errno.EISDIR: "the path is a folder, not a file",
-    errno.ENOENT: "no such file or folder",
-}
+    errno.EROFS: "read-only file system: choose a writable folder", errno.EISDIR: "the path is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path"}
 
 
 def os_error_line(exc: OSError, action: str = "write") -> str:
@@ -41,39 +37,28 @@ def make_folder(path: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> None:
-    """Write ``data`` to ``path`` atomically (its folder created when missing): a temporary file in the same
-    folder, written, flushed and fsynced, renamed over ``path``, then the folder fsynced. The file gets
-    mode ``0o666 & ~umask``.
-
-    A process killed at any moment leaves the previous file or the new one; on any error (a full
-    disk included) the temporary file is removed and the previous file is untouched.
-    """
+    """Write ``data`` to ``path`` atomically (its folder created when missing), as DESIGN.md section 10 says:
+    a process killed at any moment leaves the previous file or the new one; on any error (a full disk
+    included) the temporary file is removed and the previous file is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
+    umask = os.umask(0)
+    os.umask(umask)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            os.fchmod(fh.fileno(), 0o666 & ~umask)
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_folder(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.filename is None or exc.filename == tmp:
+        if isinstance(exc, OSError) and (exc.filename is None or exc.filename == tmp):
             exc.filename = str(path)  # name the file being written, not its temporary
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -11,8 +11,7 @@ from torch import nn
 from rpnr.checkpoint import CheckpointError, load_checkpoint
 from rpnr.config import TrainConfig, TrainingError
 from rpnr.datasets import get_dataset
-from rpnr.distributed import ProcessGroup
-from rpnr.files import sha256_file
+from rpnr.files import sha256_file, write_json
 from rpnr.models import load_weights
 from rpnr.protocols import evaluate, to_percent
 from rpnr.rank_list import write_rank_list
@@ -20,64 +19,48 @@ from rpnr.results import side_by_side
 from rpnr.run_folder import BEST, CHECKPOINT
 from rpnr.run_log import RunLog
 
-TEST_JSON = "test.json"
-RANKS_PNG = "ranks.png"
 
-
-def evaluate_epoch(model: nn.Module, dataset: str, data_dir: str, trial: int, device: torch.device,
-                   batch_size: int) -> dict:
+def evaluate_epoch(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """The per-epoch test: the dataset's per-epoch setting (e.g. SYSU-MM01 all-search against the gallery of
     trial 0, RegDB visible to thermal of the run's trial); {"rank1", "mAP", "mINP"} in percent."""
-    ds = get_dataset(dataset)
-    result = evaluate(model, dataset, data_dir, [ds.epoch_setting], [ds.epoch_trial(trial)], device,
-                      batch_size)[ds.epoch_setting]
+    ds = get_dataset(cfg.dataset)
+    result = evaluate(model, cfg.dataset, cfg.data_dir, [ds.epoch_setting], [ds.epoch_trial(cfg.trial)], device,
+                      cfg.feature_batch_size)[ds.epoch_setting]
     return {key: value for key, value in to_percent(result).items() if key in ("rank1", "mAP", "mINP")}
 
 
-def final_test(model: nn.Module, dataset: str, data_dir: str, trial: int, trials: int, device: torch.device,
-               batch_size: int) -> dict:
+def final_test(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """The full test of a model: every final setting, on the run's own trial (one model per trial) or over the
-    first ``trials`` trials; {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}} in percent."""
-    ds = get_dataset(dataset)
-    chosen = [trial] if ds.model_per_trial else list(ds.trials[:trials])
+    first ``cfg.test_trials`` trials; {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}} in percent."""
+    ds = get_dataset(cfg.dataset)
+    chosen = [cfg.trial] if ds.model_per_trial else list(ds.trials[:cfg.test_trials])
     return {name: to_percent(result) for name, result in
-            evaluate(model, dataset, data_dir, None, chosen, device, batch_size).items()}
+            evaluate(model, cfg.dataset, cfg.data_dir, None, chosen, device, cfg.feature_batch_size).items()}
 
 
-def _tests(net: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[float, dict]:
-    """The full test of the last epoch's model (in memory) and of model_best (loaded), ranks.png of the best.
-
-    Returns (Rank-1 that selected the best model, {"best": {"epoch", "checkpoint", settings...},
-    "last": {...}}); "checkpoint" is ``{"path", "sha256"}`` of the file holding that model.
-    """
+def test_best_and_last(net: nn.Module, cfg: TrainConfig, log: RunLog, device: torch.device) -> dict:
+    """Rank 0: the full test of the last epoch's model (in memory) beside model_best (loaded; official quirk:
+    selected on the test set), test.json and ranks.png of the best. Returns ``{"best": {"epoch", "checkpoint",
+    settings...}, "last": {...}}``; "checkpoint" is ``{"path", "sha256"}`` of the file holding that model."""
     folder = Path(cfg.logs_dir)
     files = {name: {"path": str(folder / name), "sha256": sha256_file(folder / name)} for name in (CHECKPOINT, BEST)}
-    tested = final_test(net, cfg.dataset, cfg.data_dir, cfg.trial, cfg.test_trials, device, cfg.feature_batch_size)
-    last = {"epoch": cfg.epochs, "checkpoint": files[CHECKPOINT], **tested}
+    tested = final_test(net, cfg, device)
     try:
         load_weights(net, folder / BEST)
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from None
     best_ckpt = load_checkpoint(folder / BEST)
     epoch = int(best_ckpt["epoch"])
-    if epoch != cfg.epochs:
-        tested = final_test(net, cfg.dataset, cfg.data_dir, cfg.trial, cfg.test_trials, device,
-                            cfg.feature_batch_size)
-    write_rank_list(net, cfg.dataset, cfg.data_dir, folder / RANKS_PNG,
+    best = tested if epoch == cfg.epochs else final_test(net, cfg, device)
+    results = {"best": {"epoch": epoch, "checkpoint": files[BEST], **best},
+               "last": {"epoch": cfg.epochs, "checkpoint": files[CHECKPOINT], **tested}}
+    write_rank_list(net, cfg.dataset, cfg.data_dir, folder / "ranks.png",
                     trial=get_dataset(cfg.dataset).epoch_trial(cfg.trial), device=device,
                     batch_size=cfg.feature_batch_size)
-    return float(best_ckpt["rank1"]), {"best": {"epoch": epoch, "checkpoint": files[BEST], **tested}, "last": last}
-
-
-def test_best_and_last(net: nn.Module, cfg: TrainConfig, group: ProcessGroup, log: RunLog,
-                       device: torch.device) -> dict:
-    """Test model_best (official quirk: selected on the test set) beside the last epoch's model on rank 0;
-    write test.json and ranks.png; returns ``{"best": ..., "last": ...}`` on every rank."""
-    rank1, results = group.from_main(_tests, net, cfg, device)
-    log.print(f"best model: epoch {results['best']['epoch']}, Rank-1 {rank1:.2f}% (selected on the test set, "
+    log.print(f"best model: epoch {epoch}, Rank-1 {float(best_ckpt['rank1']):.2f}% (selected on the test set, "
               f"as the official release does)")
-    log.print(f"last model: epoch {results['last']['epoch']} (the final epoch: no choice made on the test set)")
+    log.print(f"last model: epoch {cfg.epochs} (the final epoch: no choice made on the test set)")
     for line in side_by_side(results, f"final test of {cfg.dataset} (percent)"):
         log.print(line)
-    log.write_json(TEST_JSON, results)
+    write_json(folder / "test.json", results)
     return results

@@ -7,13 +7,8 @@ from torch import Tensor
 
 
 def neighbor_relation_loss(emb: Tensor, target: Tensor, sigma: float = 1.0, delta: float = 1.0) -> Tensor:
-    """Relaxed contrastive loss between a batch's distances and its (detached) neighbour weights.
-
-    D = pairwise Euclidean distances of ``emb`` divided by each row's mean (diagonal
-    included, as the release); W = exp(-D_t^2 / sigma) from ``target`` without
-    gradient (unnormalised D_t). Loss = sum over i != j of
-    W * D^2 + (1 - W) * relu(delta - D)^2, divided by N (N - 1).
-    """
+    """Relaxed contrastive loss between a batch's distances D (of ``emb``) and its neighbour weights W (from
+    ``target``, without gradient), as DESIGN.md section 5 defines it (L_NRL)."""
     n = emb.size(0)
     dist = torch.cdist(emb, emb)  # [N, N]
     dist = dist / dist.mean(1, keepdim=True)

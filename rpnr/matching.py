@@ -10,14 +10,12 @@ from torch import Tensor
 
 def transport_plan(centers_rgb: Tensor, centers_ir: Tensor, reg: float = 5.0) -> np.ndarray:
     """Sinkhorn plan [K_rgb, K_ir] between the normalised centres, cost exp(-cos), uniform marginals."""
-    rgb = F.normalize(centers_rgb.detach().float().cpu(), dim=1)
-    ir = F.normalize(centers_ir.detach().float().cpu(), dim=1)
+    rgb, ir = (F.normalize(c.detach().float().cpu(), dim=1) for c in (centers_rgb, centers_ir))
     similarity = torch.mm(rgb, ir.T).exp()  # [K_rgb, K_ir]
     cost = (1 / similarity).numpy()  # the release computes exp(-cos) as 1 / exp(cos), in float32
     import ot  # POT takes seconds to import: only stage 2 needs it
 
-    a = np.ones(cost.shape[0]) / cost.shape[0]
-    b = np.ones(cost.shape[1]) / cost.shape[1]
+    a, b = (np.ones(k) / k for k in cost.shape)  # uniform marginals
     return ot.sinkhorn(a, b, cost, reg=reg, numItermax=5000, stopThr=1e-5)
 
 
@@ -25,18 +23,13 @@ def match_clusters(centers_rgb: Tensor, centers_ir: Tensor, reg: float = 5.0) ->
     """Cross-modality partners: ``r2i[k]`` = IR cluster of RGB cluster k (argmax of plan row),
     ``i2r[k]`` = RGB cluster of IR cluster k (argmax of plan column). Every cluster gets one."""
     plan = transport_plan(centers_rgb, centers_ir, reg)
-    r2i = np.argmax(plan, axis=1).astype(np.int64)
-    i2r = np.argmax(plan, axis=0).astype(np.int64)
-    return r2i, i2r
+    return np.argmax(plan, axis=1).astype(np.int64), np.argmax(plan, axis=0).astype(np.int64)  # r2i, i2r
 
 
 def hybrid_centers(centers_rgb: Tensor, centers_ir: Tensor, i2r, present=None) -> Tensor:
-    """Hybrid memory centres: row i = (c_ir[i] + c_rgb[i2r[i]]) / 2.
-
-    ``present`` (bool [K_ir]) marks the IR clusters that still carry a sample after
-    label calibration; the release fills only those rows and leaves the others zero.
-    Default: all rows filled.
-    """
+    """Hybrid memory centres: row i = (c_ir[i] + c_rgb[i2r[i]]) / 2. ``present`` (bool [K_ir], default: all) marks
+    the IR clusters that still carry a sample after label calibration: the release fills only those rows and
+    leaves the others zero."""
     i2r = torch.as_tensor(np.asarray(i2r), dtype=torch.long, device=centers_ir.device)
     pairs = torch.stack([centers_ir, centers_rgb.to(centers_ir.device)[i2r]], dim=0)  # [2, K_ir, d]
     hybrid = pairs.mean(0)  # [K_ir, d]

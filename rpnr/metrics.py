@@ -12,10 +12,8 @@ _QUERY_CHUNK = 1024  # queries ranked at once (bounds the [Q, G] temporaries of 
 
 
 def _ap_and_inp(matches: np.ndarray, keep: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AP and INP (float64 [Qv]) of the valid rows of ranked [Q, G] match/keep masks.
-
-    Removed (not kept) gallery entries are squeezed out of each ranking.
-    """
+    """AP and INP (float64 [Qv]) of the valid rows of ranked [Q, G] match/keep masks; removed (not kept)
+    gallery entries are squeezed out of each ranking."""
     m = matches[valid].astype(np.float64)  # [Qv, G], already zero where not kept
     kept_rank = keep[valid].cumsum(1).astype(np.float64)  # rank among kept entries, 1-based
     hits = m.cumsum(1)  # [Qv, G]
@@ -28,11 +26,9 @@ def _ap_and_inp(matches: np.ndarray, keep: np.ndarray, valid: np.ndarray) -> tup
 
 def _first_position_cmc(ranked_pids: np.ndarray, keep: np.ndarray, matches: np.ndarray, valid: np.ndarray,
                         max_rank: int) -> np.ndarray:
-    """Per-query first-position CMC rows, float32 [Q, max_rank] (zero rows for invalid queries).
-
-    A query is matched at rank r if its identity is among the first r DISTINCT kept gallery
-    identities (the release's ``np.unique(..., return_index=True)`` CMC).
-    """
+    """Per-query first-position CMC rows, float32 [Q, max_rank] (zero rows for invalid queries): a query is matched
+    at rank r if its identity is among the first r DISTINCT kept gallery identities (the release's ``np.unique(...,
+    return_index=True)`` CMC)."""
     rows = np.zeros((len(ranked_pids), max_rank), dtype=np.float32)
     first_hit = np.argmax(matches, axis=1)  # position of the first match (valid rows)
     for q in np.nonzero(valid)[0]:
@@ -46,20 +42,14 @@ def _first_position_cmc(ranked_pids: np.ndarray, keep: np.ndarray, matches: np.n
 
 def _eval_first_position(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, dropped: Callable,
                          max_rank: int) -> tuple[np.ndarray, float, float]:
-    """(cmc [max_rank] float32, mAP, mINP) with first-position CMC, ignoring the gallery entries
-    ``dropped(q_pids [Q, 1], q_camids [Q, 1], ranked_pids [Q, G], ranked_cams [Q, G]) -> bool [Q, G]``.
-
-    The CMC rows of all queries are summed (those without a kept match add zeros) and divided by the
-    number of queries with a kept match; mAP and mINP are means over those queries (the release's
-    eval_sysu / eval_llcm). Queries are ranked in chunks; each row is sorted on its own, as the release.
-    """
-    distmat = np.asarray(distmat)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    """(cmc [max_rank] float32, mAP, mINP) with first-position CMC as DESIGN.md section 6 (``eval_sysu``) says,
+    ignoring the gallery entries ``dropped(q_pids [Q, 1], q_camids [Q, 1], ranked_pids [Q, G], ranked_cams [Q, G])
+    -> bool [Q, G]``; queries ranked in chunks, each row sorted on its own, as the release."""
+    distmat, q_pids, g_pids, q_camids, g_camids = (np.asarray(a) for a in (distmat, q_pids, g_pids, q_camids, g_camids))
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
     cmc_sum = np.zeros(max_rank, dtype=np.float32)
-    aps, inps = [], []
+    aps, inps = np.zeros(0), np.zeros(0)  # float64 [Qv] of the valid queries
     for start in range(0, num_q, _QUERY_CHUNK):
         rows = slice(start, start + _QUERY_CHUNK)
         indices = np.argsort(distmat[rows], axis=1)  # default kind, as the release (tie order)
@@ -69,13 +59,10 @@ def _eval_first_position(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids
         valid = matches.any(1)
         cmc_sum += _first_position_cmc(ranked_pids, keep, matches, valid, max_rank).sum(0)
         ap, inp = _ap_and_inp(matches, keep, valid)
-        aps.append(ap)
-        inps.append(inp)
-    num_valid = sum(len(ap) for ap in aps)
-    if num_valid == 0:
+        aps, inps = np.concatenate([aps, ap]), np.concatenate([inps, inp])
+    if len(aps) == 0:
         raise ValueError("Error: all query identities do not appear in gallery")
-    cmc = cmc_sum / np.float32(num_valid)
-    return cmc.astype(np.float32), float(np.mean(np.concatenate(aps))), float(np.mean(np.concatenate(inps)))
+    return (cmc_sum / np.float32(len(aps))).astype(np.float32), float(np.mean(aps)), float(np.mean(inps))
 
 
 def sysu_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
@@ -93,34 +80,22 @@ def llcm_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
 
 def eval_sysu(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
               max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """SYSU-MM01 metrics: (cmc [max_rank] float32, mAP, mINP).
-
-    Gallery images of camera 2 are ignored for queries of camera 3. CMC follows the
-    release: each gallery identity counts once, at its first position; the rows of
-    queries without any match are summed too, but the sum is divided by the number of
-    valid queries (official quirk).
-    """
+    """SYSU-MM01 metrics: (cmc [max_rank] float32, mAP, mINP); camera 2 is ignored for queries of camera 3;
+    first-position CMC divided by the number of valid queries (official quirk), DESIGN.md section 6."""
     return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, sysu_ignored, max_rank)
 
 
 def eval_llcm(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
               max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """LLCM metrics as the LLCM release's ``eval_llcm``: (cmc [max_rank] float32, mAP, mINP).
-
-    Gallery images of the query's identity AND camera are ignored (camera k is one physical
-    camera in both modalities). As ``eval_sysu``: first-position CMC (each gallery identity
-    counts once) summed over all queries and divided by the number of queries whose identity
-    remains in the gallery; mAP and mINP over those queries. Where fewer than ``max_rank``
-    distinct identities remain (the release's curves would then be ragged) the curve keeps its
-    last value.
-    """
+    """LLCM metrics as the LLCM release's ``eval_llcm``: (cmc [max_rank] float32, mAP, mINP); gallery images of the
+    query's identity AND camera are ignored; CMC as :func:`eval_sysu`; where fewer than ``max_rank`` distinct identities
+    remain (the release's curves would then be ragged) the curve keeps its last value (DESIGN.md section 9)."""
     return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, llcm_ignored, max_rank)
 
 
 def eval_regdb(distmat: np.ndarray, q_pids, g_pids, max_rank: int = 20) -> tuple[np.ndarray, float, float]:
     """RegDB metrics (standard CMC clipped at 1, mAP, mINP): (cmc [max_rank] float32, mAP, mINP)."""
-    distmat = np.asarray(distmat)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    distmat, q_pids, g_pids = np.asarray(distmat), np.asarray(q_pids), np.asarray(g_pids)
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
     indices = np.argsort(distmat, axis=1)

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rpnr.data.prepared import ImageSet, check_prepared, check_trial, load_array, load_set, load_side
-from rpnr.datasets import Dataset, Setting, Side, get_dataset
+from rpnr.datasets import Setting, Side, get_dataset
 from rpnr.evaluation import extract_features_uint8
 from rpnr.results import METRICS
 
@@ -39,26 +39,19 @@ class _Rows:
 
 
 def summarize(cmc: np.ndarray, m_ap: float, m_inp: float) -> dict:
-    """One result dict from a CMC curve, mAP and mINP.
-
-    A curve shorter than 20 (a gallery of fewer than 20 images) is extended with its last value.
-    """
+    """One result dict from a CMC curve, mAP and mINP; a curve shorter than 20 (a gallery of fewer than 20
+    images) is extended with its last value."""
     cmc = np.asarray(cmc, dtype=np.float64)
     cmc = np.concatenate([cmc, np.full(max(0, RANKS[-1] - len(cmc)), cmc[-1])])  # [>= 20]
-    out = {"cmc": cmc, "mAP": float(m_ap), "mINP": float(m_inp)}
-    for k in RANKS:
-        out[f"rank{k}"] = float(cmc[k - 1])
-    return out
+    return {"cmc": cmc, "mAP": float(m_ap), "mINP": float(m_inp), **{f"rank{k}": float(cmc[k - 1]) for k in RANKS}}
 
 
 def mean_results(results: Sequence[dict]) -> dict:
     """The mean of one-trial result dicts (CMC, mAP and mINP averaged), with ``"per_trial"``."""
     if not results:
         raise ValueError("no results to average")
-    mean = summarize(np.mean([r["cmc"] for r in results], axis=0), np.mean([r["mAP"] for r in results]),
-                     np.mean([r["mINP"] for r in results]))
-    mean["per_trial"] = list(results)
-    return mean
+    return {**summarize(np.mean([r["cmc"] for r in results], axis=0), np.mean([r["mAP"] for r in results]),
+                        np.mean([r["mINP"] for r in results])), "per_trial": list(results)}
 
 
 def to_percent(result: dict) -> dict:
@@ -73,83 +66,56 @@ def format_result(result: dict, label: str = "") -> str:
     return f"{label} {text}" if label else text
 
 
-def _features(model: nn.Module, images, modal: str, device: torch.device, batch_size: int,
-              desc: str, progress: bool) -> np.ndarray:
-    """Test embeddings (flip average, L2-normalised) of uint8 images -> float64 [N, 2048].
-
-    Computed in float32, held in float64 as the release's test scripts do (their feature arrays are
-    ``np.zeros((n, 2048))``), so distances, and the order of near ties, are the release's.
-    """
-    with tqdm(total=len(images), desc=desc, unit="img", disable=None if progress else True,
-              dynamic_ncols=True) as bar:
-        feats = extract_features_uint8(model, images, modal, batch_size=batch_size, flip=True, normalize=True,
-                                       device=device, progress=bar.update)
-    return feats.cpu().numpy().astype(np.float64)
-
-
-def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return next(model.parameters()).device
-    device = torch.device(device)
-    model.to(device)
-    return device
-
-
-def _settings(ds: Dataset, settings: Iterable[str | Setting] | None) -> list[Setting]:
-    chosen = [s if isinstance(s, Setting) else ds.setting(s) for s in (ds.settings if settings is None else settings)]
-    if len({s.name for s in chosen}) < len(chosen):
-        raise ValueError(f"two of the settings share a name: {', '.join(s.name for s in chosen)}")
-    return chosen
-
-
-def _rows(root: str | os.PathLike, side: Side, trial: int, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(rows of the side's set, identity labels or None for the set's pids) of ``side`` in ``trial``."""
+def _rows(root: str | os.PathLike, side: Side, trial: int, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of the side's set ``images``, their identity labels: the side's own or the set's pids) in ``trial``."""
     index, labels = side.arrays(trial)
-    rows = np.arange(size) if index is None else load_array(root, index)
-    return rows, None if labels is None else load_array(root, labels)
+    rows = np.arange(len(images)) if index is None else load_array(root, index)
+    return rows, images.pids[rows] if labels is None else load_array(root, labels)
 
 
 def evaluate(model: nn.Module, dataset: str, root: str | os.PathLike, settings: Iterable[str | Setting] | None = None,
              trials: Iterable[int] | None = None, device: str | torch.device | None = None, batch_size: int = 64,
              progress: bool = False) -> dict[str, dict]:
     """The test of ``model`` on prepared ``dataset`` data: ``{setting: mean result dict with "per_trial"}`` over
-    ``trials`` (default: every trial of the dataset) for each of ``settings`` (default: the final test's).
-
-    Distance = -(q @ g.T) on float64 test embeddings (flip average, L2-normalised; visible stem for
-    visible images, infrared stem for infrared ones); each test image is embedded once, however many
-    settings and trials use it.
-    """
+    ``trials`` (default: every trial of the dataset) for each of ``settings`` (default: the final test's), as
+    DESIGN.md section 6 says: distance = -(q @ g.T) on the test embeddings, each test image embedded once."""
     ds = get_dataset(dataset)
     check_prepared(root, dataset)
-    device = _device(model, device)
-    settings, trials = _settings(ds, settings), list(ds.trials if trials is None else trials)
+    if device is not None:
+        model.to(torch.device(device))
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    settings = [s if isinstance(s, Setting) else ds.setting(s) for s in (ds.settings if settings is None else settings)]
+    if len({s.name for s in settings}) < len(settings):
+        raise ValueError(f"two of the settings share a name: {', '.join(s.name for s in settings)}")
+    trials = list(ds.trials if trials is None else trials)
     for trial in trials:
         check_trial(ds.trials, trial, ds.display)
     sets = {side.set: load_set(root, side.set) for s in settings for side in (s.query, s.gallery)}
-    plan = {(s.name, t): [(side, *_rows(root, side, t, len(sets[side.set]))) for side in (s.query, s.gallery)]
+    plan = {(s.name, t): [(side, *_rows(root, side, t, sets[side.set])) for side in (s.query, s.gallery)]
             for s in settings for t in trials}  # [(side, rows, labels) of the query, of the gallery]
-    used: dict[str, list[np.ndarray]] = {}  # set -> the rows each (setting, trial) reads
+    used: dict[str, tuple[Side, list[np.ndarray]]] = {}  # set -> (its first side, the rows each setting/trial reads)
     for sides in plan.values():
         for side, rows, _ in sides:
-            used.setdefault(side.set, []).append(rows)
-    feats = {}
-    for sides in plan.values():
-        for side, _, _ in sides:
-            if side.set not in feats:
-                rows = np.unique(np.concatenate(used[side.set]))
-                feats[side.set] = np.zeros((len(sets[side.set]), 2048))  # [N, 2048] float64; unused rows stay 0
-                feats[side.set][rows] = _features(model, _Rows(sets[side.set].images, rows), side.modal, device,
-                                                  batch_size, side.set, progress)
+            used.setdefault(side.set, (side, []))[1].append(rows)
+    feats = {}  # set -> test embeddings (flip average, L2-normalised) [N, 2048]; unused rows stay 0
+    for name, (side, reads) in used.items():
+        rows = np.unique(np.concatenate(reads))
+        # computed in float32, held in float64 as the release's test scripts do (their feature arrays are
+        # np.zeros((n, 2048))), so distances, and the order of near ties, are the release's
+        feats[name] = np.zeros((len(sets[name]), 2048))
+        with tqdm(total=len(rows), desc=name, unit="img", disable=None if progress else True,
+                  dynamic_ncols=True) as bar:
+            feats[name][rows] = extract_features_uint8(model, _Rows(sets[name].images, rows), side.modal,
+                                                       batch_size=batch_size, device=device,
+                                                       progress=bar.update).cpu().numpy()
     out = {}
     for s in settings:
         per_trial = []
         for t in trials:
             (q_side, q_rows, q_labels), (g_side, g_rows, g_labels) = plan[s.name, t]
-            q_set, g_set = sets[q_side.set], sets[g_side.set]
             distmat = -np.matmul(feats[q_side.set][q_rows], feats[g_side.set][g_rows].T)  # [Q, G]
-            cmc, m_ap, m_inp = s.metric(distmat, q_set.pids[q_rows] if q_labels is None else q_labels,
-                                        g_set.pids[g_rows] if g_labels is None else g_labels, q_set.cams[q_rows],
-                                        g_set.cams[g_rows])
+            cmc, m_ap, m_inp = s.metric(distmat, q_labels, g_labels, sets[q_side.set].cams[q_rows],
+                                        sets[g_side.set].cams[g_rows])
             per_trial.append({**summarize(cmc, m_ap, m_inp), "trial": t})
         out[s.name] = mean_results(per_trial)
     return out

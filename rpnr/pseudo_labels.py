@@ -1,13 +1,6 @@
-"""Pseudo labels: k-reciprocal Jaccard distance, DBSCAN, cluster centres and
-Noisy Pseudo-label Calibration (NPC), DESIGN.md section 3.
-
-The Jaccard distance is the one of Zhong et al. (CVPR 2017) as computed by the
-ClusterContrast/RPNR release (``compute_jaccard_distance``), rewritten on sparse
-structures: the encoding matrix V has a few dozen non-zeros per row, so the
-min-sums that make the distance are accumulated over pairs that share a column
-instead of over dense N x N arrays. Everything runs in torch on the features'
-device (CUDA or CPU).
-"""
+"""Pseudo labels: k-reciprocal Jaccard distance (Zhong et al., CVPR 2017, as the ClusterContrast/RPNR release's
+``compute_jaccard_distance`` computes it), DBSCAN, cluster centres and Noisy Pseudo-label Calibration (NPC),
+DESIGN.md section 3; its "Implementation" part says how (sparse min-sums, in torch on the features' device)."""
 
 from __future__ import annotations
 
@@ -24,20 +17,15 @@ _KNN_BLOCK = 2048
 _PAIR_BUDGET = 8_000_000  # pairs materialised at once in the min-sum accumulation (~50 bytes each)
 
 
-# ----------------------------------------------------------------------------- kNN
 def knn(features: Tensor, k: int) -> Tensor:
     """Exact k nearest neighbours by squared L2, self included: [N, d] -> [N, k] int64, nearest first."""
     return _knn_with_gram(features, k)[0]
 
 
 def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(indices [N, k] int64, dot products f_i.f_j [N, k] float32) of the k nearest neighbours.
-
-    Neighbours are ordered by (squared distance, index): exact ties go to the lower
-    index, so duplicated images get one deterministic order. Each block product serves
-    both row blocks it touches (the Gram matrix is symmetric), so the cost is about
-    half of one X.X^T.
-    """
+    """(indices [N, k] int64, dot products f_i.f_j [N, k] float32) of the k nearest neighbours, ordered by
+    (squared distance, index); each block product serves both row blocks it touches (the Gram matrix is
+    symmetric: about half the cost of one X.X^T), DESIGN.md section 3."""
     x = features.float()
     n = x.size(0)
     k = min(k, n)
@@ -57,18 +45,13 @@ def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return best_key & 0xFFFFFFFF, best_dot
 
 
-def _ordered_keys(d: Tensor, c0: int) -> Tensor:
-    """int64 keys that sort as (d, column index): float32 bits made monotonic, index in the low 32 bits."""
-    bits = d.contiguous().view(torch.int32).long()  # [B, C]
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # signed, monotonic in d
-    cols = torch.arange(c0, c0 + d.size(1), device=d.device)
-    return (bits << 32) | cols
-
-
 def _merge_topk(best_key: Tensor, best_dot: Tensor, r0: int, r1: int, d: Tensor, gram: Tensor, c0: int) -> None:
     k = best_key.size(1)
-    kk = min(k, d.size(1))
-    cand_key, cand_pos = torch.topk(_ordered_keys(d, c0), kk, dim=1, largest=False)  # [B, kk]
+    # int64 keys that sort as (d, column index): float32 bits made monotonic, the index in the low 32 bits
+    bits = d.contiguous().view(torch.int32).long()  # [B, C]
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # signed, monotonic in d
+    keys = (bits << 32) | torch.arange(c0, c0 + d.size(1), device=d.device)
+    cand_key, cand_pos = torch.topk(keys, min(k, d.size(1)), dim=1, largest=False)  # [B, kk]
     all_key = torch.cat([best_key[r0:r1], cand_key], 1)
     all_dot = torch.cat([best_dot[r0:r1], torch.gather(gram, 1, cand_pos)], 1)
     top_key, pos = torch.topk(all_key, k, dim=1, largest=False, sorted=True)
@@ -76,15 +59,13 @@ def _merge_topk(best_key: Tensor, best_dot: Tensor, r0: int, r1: int, d: Tensor,
     best_dot[r0:r1] = torch.gather(all_dot, 1, pos)
 
 
-# ----------------------------------------------------------------- k-reciprocal sets
 def _reciprocal_mask(rank: Tensor, k: int) -> Tensor:
     """mask[i, j]: rank[i, j] (j < k) has i among its own first k neighbours. [N, k] bool."""
-    n = rank.size(0)
     fwd = rank[:, :k]  # [N, k]
     mask = torch.empty(fwd.shape, dtype=torch.bool, device=rank.device)
-    ids = torch.arange(n, device=rank.device)
+    ids = torch.arange(rank.size(0), device=rank.device)
     step = max(1, 4_000_000 // (k * k))
-    for s in range(0, n, step):
+    for s in range(0, rank.size(0), step):
         back = fwd[fwd[s:s + step]]  # [b, k, k]
         mask[s:s + step] = (back == ids[s:s + step, None, None]).any(-1)
     return mask
@@ -101,7 +82,7 @@ def _expanded_pairs(rank: Tensor, k1: int) -> tuple[Tensor, Tensor]:
     h_pad = torch.where(h_mask, rank[:, :kh], torch.full_like(rank[:, :kh], -1))  # R_half(i)
     h_size = h_mask.sum(1)  # [N]
 
-    rows_out, cols_out = [], []
+    keys = []  # row * n + col of each block's pairs, sorted and unique
     step = max(1, 3_000_000 // (k1 * kh * k1))
     for s in range(0, n, step):
         e = min(s + step, n)
@@ -119,29 +100,22 @@ def _expanded_pairs(rank: Tensor, k1: int) -> tuple[Tensor, Tensor]:
                               acc_rows[:, None].expand(-1, kh).reshape(-1)])
         cols_cat = torch.cat([r_blk.reshape(-1), take.reshape(-1)])
         keep = cols_cat >= 0
-        key = torch.unique(rows_cat[keep] * n + cols_cat[keep])  # sorted
-        rows_out.append(key // n)
-        cols_out.append(key % n)
-    return torch.cat(rows_out), torch.cat(cols_out)
+        keys.append(torch.unique(rows_cat[keep] * n + cols_cat[keep]))
+    key = torch.cat(keys)
+    return key // n, key % n
 
 
-# ---------------------------------------------------------------- encoding matrix V
 class _SparseRows:
     """A sparse N x N matrix in CSR form (sorted columns) with a CSC view."""
 
     def __init__(self, rows: Tensor, cols: Tensor, vals: Tensor, n: int):
-        self.n = n
-        self.rows, self.cols, self.vals = rows, cols, vals
+        self.n, self.rows, self.cols, self.vals = n, rows, cols, vals
         counts = torch.bincount(rows, minlength=n)
-        self.indptr = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
-        self.indptr[1:] = torch.cumsum(counts, 0)
+        self.indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])  # [N + 1]
         order = torch.argsort(cols * n + rows)  # column-major
-        self.c_rows = rows[order]
-        self.c_vals = vals[order]
-        c_counts = torch.bincount(cols, minlength=n)
-        self.c_indptr = torch.zeros(n + 1, dtype=torch.long, device=rows.device)
-        self.c_indptr[1:] = torch.cumsum(c_counts, 0)
-        self.c_counts = c_counts
+        self.c_rows, self.c_vals = rows[order], vals[order]
+        self.c_counts = torch.bincount(cols, minlength=n)
+        self.c_indptr = torch.cat([self.c_counts.new_zeros(1), torch.cumsum(self.c_counts, 0)])  # [N + 1]
 
 
 def _pair_dots(x: Tensor, rank: Tensor, gram: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -163,10 +137,11 @@ def _pair_dots(x: Tensor, rank: Tensor, gram: Tensor, rows: Tensor, cols: Tensor
     return dots
 
 
-def _encoding(features: Tensor, rank: Tensor, gram: Tensor, k1: int, k2: int) -> _SparseRows:
+def _encoding(features: Tensor, k1: int, k2: int) -> _SparseRows:
     """V (softmax over each expanded set of -(2 - 2 f_i.f_j)), then query expansion over k2 neighbours."""
-    x = features.float()
+    x = _prepare(features)
     n = x.size(0)
+    rank, gram = _knn_with_gram(x, k1)
     rows, cols = _expanded_pairs(rank, k1)
     sims = _pair_dots(x, rank, gram, rows, cols)
     logits = -(2 - 2 * sims)  # in [-4, 0]: exp cannot overflow, no max shift needed
@@ -178,8 +153,7 @@ def _encoding(features: Tensor, rank: Tensor, gram: Tensor, k1: int, k2: int) ->
     if k2 != 1:
         # V_qe[i] = mean of V rows of i's k2 nearest neighbours
         counts = torch.bincount(rows, minlength=n)
-        indptr = torch.zeros(n + 1, dtype=torch.long, device=x.device)
-        indptr[1:] = torch.cumsum(counts, 0)
+        indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])  # [N + 1]
         src = rank[:, :k2].reshape(-1)  # [N*k2] neighbour rows
         dst = torch.arange(n, device=x.device).repeat_interleave(k2)
         lens = counts[src]
@@ -196,14 +170,10 @@ def _encoding(features: Tensor, rank: Tensor, gram: Tensor, k1: int, k2: int) ->
     return _SparseRows(rows, cols, vals, n)
 
 
-# ---------------------------------------------------------------- Jaccard min-sums
 def _min_sum_blocks(v: _SparseRows, out: np.ndarray | None = None) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield (r0, r1, s) with s[i - r0, j] = sum_c min(V[i, c], V[j, c]) for rows r0 <= i < r1.
-
-    With ``out`` (a float32 [N, N] array on the CPU) the blocks are views of its rows.
-    """
-    n = v.n
-    dev = v.vals.device
+    """Yield (r0, r1, s) with s[i - r0, j] = sum_c min(V[i, c], V[j, c]) for rows r0 <= i < r1; with ``out`` (a
+    float32 [N, N] array on the CPU) the blocks are views of its rows."""
+    n, dev = v.n, v.vals.device
     # pairs generated by each CSR entry = size of its column
     per_entry = v.c_counts[v.cols]  # [nnz]
     per_row = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, v.rows, per_entry)
@@ -219,15 +189,11 @@ def _min_sum_blocks(v: _SparseRows, out: np.ndarray | None = None) -> Iterator[t
             r1 += 1
         e0, e1 = int(v.indptr[r0]), int(v.indptr[r1])
         if out is not None and dev.type == "cpu":
-            s = torch.from_numpy(out[r0:r1]).view(-1)
-            s.zero_()
+            s = torch.from_numpy(out[r0:r1]).view(-1).zero_()
         else:
             s = torch.zeros((r1 - r0) * n, device=dev)
         if e1 > e0:
-            rows = v.rows[e0:e1]
-            cols = v.cols[e0:e1]
-            vals = v.vals[e0:e1]
-            lens = per_entry[e0:e1]
+            rows, cols, vals, lens = v.rows[e0:e1], v.cols[e0:e1], v.vals[e0:e1], per_entry[e0:e1]
             total = int(lens.sum())
             e_idx = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), lens)
             offs = torch.arange(total, device=dev) - (torch.cumsum(lens, 0) - lens)[e_idx]
@@ -258,15 +224,10 @@ def _prepare(features) -> Tensor:
 
 
 def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6) -> np.ndarray:
-    """k-reciprocal Jaccard distance (Zhong et al. 2017) as the release computes it: [N, d] -> [N, N] float32.
-
-    Features are used as given (the flip-averaged embeddings are not re-normalised).
-    """
-    x = _prepare(features)
-    n = x.size(0)
-    rank, gram = _knn_with_gram(x, k1)
-    v = _encoding(x, rank, gram, k1, k2)
-    out = np.empty((n, n), dtype=np.float32)
+    """k-reciprocal Jaccard distance (Zhong et al. 2017) as the release computes it: [N, d] -> [N, N] float32;
+    features are used as given (the flip-averaged embeddings are not re-normalised)."""
+    v = _encoding(features, k1, k2)
+    out = np.empty((v.n, v.n), dtype=np.float32)
     for r0, r1, s in _min_sum_blocks(v, out):
         d = _jaccard_from_min_sum(s)
         if d.device.type != "cpu":
@@ -274,8 +235,9 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6) -> np.ndarray:
     return out
 
 
-def _eps_graph_from_blocks(blocks, n: int, eps: float) -> sp.csr_matrix:
-    """CSR of the pairs with distance <= eps (diagonal included), from (r0, r1, dist_block) blocks."""
+def _dbscan_blocks(blocks, n: int, eps: float, min_samples: int) -> np.ndarray:
+    """sklearn's DBSCAN labels (int64) on the sparse precomputed graph of the pairs with distance <= eps (diagonal
+    included) of (r0, r1, dist_block) blocks: stored entries are the neighbours, exactly as with the dense matrix."""
     indptr = [np.zeros(1, dtype=np.int64)]
     indices, data = [], []
     offset = 0
@@ -290,80 +252,58 @@ def _eps_graph_from_blocks(blocks, n: int, eps: float) -> sp.csr_matrix:
     graph = sp.csr_matrix((np.concatenate(data) if data else np.zeros(0),
                            np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
                            np.concatenate(indptr)), shape=(n, n))
-    return graph
-
-
-def _dbscan_sparse(graph: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:
-    # sklearn's DBSCAN on a sparse precomputed graph: stored entries with distance <= eps
-    # are the neighbours, exactly as with the dense matrix.
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(graph)
-    return labels.astype(np.int64)
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(graph).astype(np.int64)
 
 
 def dbscan(dist: np.ndarray, eps: float, min_samples: int = 4) -> np.ndarray:
-    """DBSCAN on a precomputed distance matrix: labels [N] int64, -1 = outlier.
-
-    Same labels as sklearn ``DBSCAN(eps, min_samples, metric="precomputed").fit_predict(dist)``;
-    only the pairs within ``eps`` are handed to it, as a sparse graph.
-    """
+    """DBSCAN on a precomputed distance matrix: labels [N] int64, -1 = outlier; the labels of sklearn's
+    ``DBSCAN(eps, min_samples, metric="precomputed").fit_predict(dist)``, given the pairs within ``eps`` only."""
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
     dist = np.asarray(dist)
     n = dist.shape[0]
     step = max(1, 16_000_000 // max(1, n))
     blocks = ((r0, min(r0 + step, n), torch.from_numpy(dist[r0:r0 + step])) for r0 in range(0, n, step))
-    return _dbscan_sparse(_eps_graph_from_blocks(blocks, n, eps), eps, min_samples)
+    return _dbscan_blocks(blocks, n, eps, min_samples)
 
 
 def cluster_features(features: Tensor, eps: float, k1: int = 30, k2: int = 6, min_samples: int = 4) -> np.ndarray:
     """Labels of ``dbscan(jaccard_distance(features, k1, k2), eps, min_samples)`` without the dense matrix."""
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    x = _prepare(features)
-    n = x.size(0)
-    rank, gram = _knn_with_gram(x, k1)
-    v = _encoding(x, rank, gram, k1, k2)
+    v = _encoding(features, k1, k2)
     blocks = ((r0, r1, _jaccard_from_min_sum(s)) for r0, r1, s in _min_sum_blocks(v))
-    return _dbscan_sparse(_eps_graph_from_blocks(blocks, n, eps), eps, min_samples)
+    return _dbscan_blocks(blocks, v.n, eps, min_samples)
 
 
-# ------------------------------------------------------------------ centres and NPC
-def _cluster_ids(labels) -> np.ndarray:
+def _labels(labels) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as int64 [N], the cluster ids in increasing order, outliers -1 left out)."""
     labels = np.asarray(labels).astype(np.int64)
-    return np.unique(labels[labels >= 0])
+    return labels, np.unique(labels[labels >= 0])
 
 
 def cluster_centers(features: Tensor, labels) -> Tensor:
     """Mean feature of each cluster, rows in increasing label order (outliers ignored): [K, d]."""
     x = _prepare(features)
-    labels = np.asarray(labels).astype(np.int64)
-    ids = _cluster_ids(labels)
+    labels, ids = _labels(labels)
     if ids.size == 0:
         return x.new_zeros((0, x.size(1)))
     # row of each sample in the output (labels may have gaps: rows follow sorted labels)
-    row = np.full(labels.shape, -1, dtype=np.int64)
     keep = labels >= 0
-    row[keep] = np.searchsorted(ids, labels[keep])
-    row_t = torch.as_tensor(row[keep], device=x.device)
+    row_t = torch.as_tensor(np.searchsorted(ids, labels[keep]), device=x.device)
     sums = x.new_zeros((ids.size, x.size(1))).index_add_(0, row_t, x[torch.as_tensor(keep, device=x.device)])
     counts = torch.bincount(row_t, minlength=ids.size).to(x.dtype)
     return sums / counts[:, None]
 
 
 def npc_prototypes(features: Tensor, labels, top_k: int = 20) -> Tensor:
-    """Density prototypes of NPC (RPNR section 3.1): [K, d], rows in increasing label order.
-
-    Within a cluster, rho_j = sum_k sign(cos(f_j, f_k) - 0.5) (self included); the
-    prototype is the mean of the raw features of the top_k members by rho (ties: the
-    earlier member in dataset order, as ``heapq.nlargest`` in the release).
-    """
+    """Density prototypes of NPC (RPNR section 3.1, DESIGN.md section 3 step 5): [K, d], rows in increasing
+    label order; ties in density go to the earlier member in dataset order (``heapq.nlargest``)."""
     x = _prepare(features)
-    labels = np.asarray(labels).astype(np.int64)
-    ids = _cluster_ids(labels)
+    labels, ids = _labels(labels)
     protos = x.new_zeros((ids.size, x.size(1)))
     order = np.argsort(labels, kind="stable")  # members grouped by label, dataset order inside
-    sorted_labels = labels[order]
-    bounds = np.searchsorted(sorted_labels, np.concatenate([ids, [np.iinfo(np.int64).max]]))
+    bounds = np.searchsorted(labels[order], np.concatenate([ids, [np.iinfo(np.int64).max]]))
     normed = x / x.norm(dim=1, keepdim=True)
     for c in range(ids.size):
         members = torch.as_tensor(order[bounds[c]:bounds[c + 1]], device=x.device)
@@ -376,22 +316,17 @@ def npc_prototypes(features: Tensor, labels, top_k: int = 20) -> Tensor:
 
 
 def calibrate_labels(features: Tensor, labels, top_k: int = 20) -> np.ndarray:
-    """NPC: relabel every non-outlier to its most cosine-similar density prototype: [N] int64.
-
-    The new label is the prototype's row index (clusters in increasing label order).
-    Outliers stay -1. Cluster count, centres and memories keep the DBSCAN labels.
-    """
+    """NPC: relabel every non-outlier to its most cosine-similar density prototype: [N] int64, the new label
+    being the prototype's row index (clusters in increasing label order); outliers stay -1."""
     x = _prepare(features)
-    labels = np.asarray(labels).astype(np.int64)
+    labels, ids = _labels(labels)
     out = labels.copy()
-    if _cluster_ids(labels).size == 0:
+    if ids.size == 0:
         return out
     protos = npc_prototypes(x, labels, top_k)
     protos_n = protos / protos.norm(dim=1, keepdim=True)  # [K, d]
     idx = np.nonzero(labels >= 0)[0]
-    step = 8192
-    for s in range(0, idx.size, step):
-        sel = torch.as_tensor(idx[s:s + step], device=x.device)
-        sims = x[sel] @ protos_n.T  # [b, K]; |f_i| does not change the argmax
-        out[idx[s:s + step]] = sims.argmax(1).cpu().numpy()
+    for chunk in np.split(idx, np.arange(8192, idx.size, 8192)):  # 8192 samples at a time
+        sims = x[torch.as_tensor(chunk, device=x.device)] @ protos_n.T  # [b, K]; |f_i| does not change the argmax
+        out[chunk] = sims.argmax(1).cpu().numpy()
     return out

@@ -1,8 +1,6 @@
-"""Rank lists: a picture of the top gallery matches of a few queries, to look at what a model retrieves.
-
-One row per query: the query image, then its top-k gallery images of the first test trial,
-each framed green for the query's identity and red for another, with its rank, similarity
-and identity written under it. Queries are chosen deterministically, spread over identities.
+"""Rank lists: a picture of the top gallery matches of a few queries, to look at what a model retrieves. One row
+per query (chosen deterministically, spread over identities): the query, then its top-k gallery images of the
+first test trial, framed green for the query's identity and red for another, with rank, similarity, identity.
 
     write_rank_list(model, dataset, "data/<dataset>", "logs/<dataset>_s2/ranks.png", device="cuda")
 """
@@ -71,8 +69,7 @@ def top_matches(q_feat: np.ndarray, g_feat: np.ndarray, excluded: np.ndarray,
     """``(index int64 [Q, top_k], similarity float32 [Q, top_k])`` of the most similar gallery images per
     query, best first (ties: lower gallery row first), skipping ``excluded`` [Q, G] pairs; index -1 and
     similarity nan where fewer than ``top_k`` images remain."""
-    sim = np.matmul(q_feat, g_feat.T).astype(np.float32)  # [Q, G]
-    sim = np.where(excluded, -np.inf, sim)  # [Q, G]
+    sim = np.where(excluded, -np.inf, np.matmul(q_feat, g_feat.T).astype(np.float32))  # [Q, G]
     sim = np.concatenate([sim, np.full((len(sim), max(0, top_k - sim.shape[1])), -np.inf, np.float32)], 1)
     order = np.argsort(-sim, axis=1, kind="stable")[:, :top_k]  # [Q, top_k]
     top = np.take_along_axis(sim, order, axis=1)  # [Q, top_k]
@@ -83,18 +80,15 @@ def top_matches(q_feat: np.ndarray, g_feat: np.ndarray, excluded: np.ndarray,
 def rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial: int | None = None,
               num_queries: int = 8, top_k: int = 10, device: str | torch.device | None = None,
               batch_size: int = 64) -> RankList:
-    """The rank list of ``model`` on the per-epoch setting of ``dataset`` (e.g. SYSU-MM01 all-search, RegDB
-    visible to thermal) in ``trial`` (default: the first trial) with the test embedding (flip average,
-    L2-normalised)."""
+    """The rank list of ``model`` on the per-epoch setting of ``dataset`` (e.g. SYSU-MM01 all-search, RegDB visible to
+    thermal) in ``trial`` (default: the first trial) with the test embedding (flip average, L2-normalised)."""
     sets = trial_sets(dataset, data_dir, trial)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     query = sets.query.subset(spread_queries(sets.query.pids, num_queries))
-    q_feat = extract_features_uint8(model, query.images, sets.setting.query.modal, batch_size=batch_size,
-                                    device=device).cpu().numpy()  # [R, 2048]
-    g_feat = extract_features_uint8(model, sets.gallery.images, sets.setting.gallery.modal, batch_size=batch_size,
-                                    device=device).cpu().numpy()  # [G, 2048]
-    index, sim = top_matches(q_feat, g_feat, sets.excluded(query), top_k)
+    feats = [extract_features_uint8(model, images, side.modal, batch_size=batch_size, device=device).cpu().numpy()
+             for images, side in ((query.images, sets.setting.query), (sets.gallery.images, sets.setting.gallery))]
+    index, sim = top_matches(*feats, sets.excluded(query), top_k)  # feats: query [R, 2048], gallery [G, 2048]
     safe = np.maximum(index, 0)  # [R, K]
     images = np.asarray(sets.gallery.images)[safe]  # [R, K, H, W, 3]
     images[index < 0] = 0
@@ -156,8 +150,7 @@ def layout(ranks: RankList, font: ImageFont.ImageFont | None = None) -> Layout:
     line_h = int(probe.textbbox((0, 0), "Ag#0", font=font)[3]) + 3
     cell_w = max(img_w + 2 * BORDER, int(probe.textlength("#10 -0.000", font=font)) + 4)
     cell_h = img_h + 2 * BORDER + 2 * line_h + 2
-    rows, k = ranks.index.shape
-    return Layout((img_h, img_w), (cell_h, cell_w), line_h, k + 1, rows)
+    return Layout((img_h, img_w), (cell_h, cell_w), line_h, ranks.index.shape[1] + 1, len(ranks.index))
 
 
 def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:

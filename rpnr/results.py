@@ -21,8 +21,7 @@ import numpy as np
 
 COLUMNS = ("best", "last")
 METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
-METRIC_LABEL = {"rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10", "rank20": "Rank-20", "mAP": "mAP",
-                "mINP": "mINP"}
+METRIC_LABEL = {m: m.replace("rank", "Rank-") for m in METRICS}  # "rank1" -> "Rank-1"; "mAP", "mINP" as they are
 
 
 def settings(result: dict) -> list[str]:
@@ -34,27 +33,20 @@ def mean_results(results: Sequence[dict]) -> dict:
     """The mean over runs (RegDB trials) of best/last results; "epoch" becomes the list of epochs."""
     if not results:
         raise ValueError("no results to average")
-    out = {}
-    for column in COLUMNS:
-        out[column] = {"epoch": [r[column]["epoch"] for r in results]}
-        for setting in settings(results[0]):
-            out[column][setting] = {m: float(np.mean([r[column][setting][m] for r in results])) for m in METRICS}
-    return out
-
-
-def _epochs(epoch) -> str:
-    return f"epoch {epoch}" if isinstance(epoch, int) else "epochs " + ",".join(str(e) for e in epoch)
+    return {column: {"epoch": [r[column]["epoch"] for r in results],
+                     **{setting: {m: float(np.mean([r[column][setting][m] for r in results])) for m in METRICS}
+                        for setting in settings(results[0])}} for column in COLUMNS}
 
 
 def side_by_side(result: dict, title: str) -> list[str]:
     """Lines of a table: one row per setting and metric, the best and the last model in two columns."""
-    heads = [f"best ({_epochs(result['best']['epoch'])})", f"last ({_epochs(result['last']['epoch'])})"]
+    heads = [f"{c} (epoch {e})" if isinstance(e := result[c]["epoch"], int) else f"{c} (epochs {','.join(map(str, e))})"
+             for c in COLUMNS]
     rows = [(setting, METRIC_LABEL[m], *(f"{result[c][setting][m]:.2f}" for c in COLUMNS))
             for setting in settings(result) for m in METRICS]
-    width = [max(len(r[i]) for r in rows) for i in range(2)]
-    col = [max(len(heads[i]), 6) for i in range(2)]
-    lines = [title, f"{'':<{width[0]}}  {'':<{width[1]}}  {heads[0]:>{col[0]}}  {heads[1]:>{col[1]}}"]
-    lines += [f"{s:<{width[0]}}  {m:<{width[1]}}  {b:>{col[0]}}  {last:>{col[1]}}" for s, m, b, last in rows]
+    width = [max(len(r[i]) for r in rows) for i in range(2)] + [max(len(h), 6) for h in heads]
+    lines = [title] + [f"{s:<{width[0]}}  {m:<{width[1]}}  {b:>{width[2]}}  {last:>{width[3]}}"
+                       for s, m, b, last in [("", "", *heads), *rows]]
     lines.append("best = the epoch with the highest per-epoch test Rank-1 (the release's protocol, optimistic); "
                  "last = the final epoch (no choice made on the test set)")
     return lines

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from rpnr.checkpoint import load_checkpoint, save_checkpoint
+from rpnr.distributed import ProcessGroup
 from rpnr.files import make_folder, write_json
 
 CHECKPOINT = "checkpoint.pth.tar"
@@ -23,7 +24,6 @@ BEST = "model_best.pth.tar"
 RUN_JSON = "run.json"
 # every output of a run; --overwrite removes these and nothing else
 OUTPUTS = (CHECKPOINT, BEST, "metrics.json", "log.txt", "test.json", RUN_JSON, "curves.png", "ranks.png")
-LOCK = ".lock"
 VERSIONED = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "POT")
 
 
@@ -42,7 +42,7 @@ class RunFolder:
     def lock(self) -> None:
         """Create the folder and take its lock, or raise :class:`RunFolderError` naming the other run's pid."""
         make_folder(self.path)
-        handle = open(self.path / LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        handle = open(self.path / ".lock", "a+")  # noqa: SIM115 - held open for the run's lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -59,7 +59,6 @@ class RunFolder:
     def release(self) -> None:
         if self._lock is not None:
             self._lock.close()
-            self._lock = None
 
     def outputs(self) -> list[str]:
         """The names of the run outputs present in the folder."""
@@ -86,6 +85,14 @@ class RunFolder:
         for name in self.outputs():
             (self.path / name).unlink()
 
+    def write_run_json(self, record: dict, resumed: bool) -> None:
+        """Write ``run.json`` for a fresh run, or append ``record`` under ``"resumed"`` for a resumed one."""
+        path = self.path / RUN_JSON
+        first = json.loads(path.read_text()) if resumed and path.is_file() else None
+        if isinstance(first, dict):
+            record = {**first, "resumed": [*first.get("resumed", []), record]}
+        write_json(path, record)
+
 
 def best_state(model_state: dict, best: dict, args: dict) -> dict:
     """The contents of model_best.pth.tar: the model of the best epoch (``best``: its epoch, Rank-1 and mAP)."""
@@ -94,17 +101,12 @@ def best_state(model_state: dict, best: dict, args: dict) -> dict:
 
 
 def reconcile_best(folder: str | os.PathLike, ckpt: dict) -> str | None:
-    """Make model_best agree with the checkpoint's best epoch after a kill between the two writes.
-
-    The checkpoint is written first: when it names its own epoch as the best one but model_best holds
-    an older epoch (or none), model_best is rewritten from the checkpoint's model (the returned note
-    says so). Any other disagreement is a :class:`RunFolderError`.
-    """
+    """Make model_best agree with the checkpoint's best epoch after a kill between the two writes (DESIGN.md
+    section 10, "Checkpoints"): the note returned when model_best was rewritten, a :class:`RunFolderError` for any
+    other disagreement."""
     best, path = ckpt.get("best"), Path(folder) / BEST
-    if best is None:  # written before the best epoch was recorded
-        return None
-    held = int(load_checkpoint(path)["epoch"]) if path.is_file() else None
-    if held == best["epoch"]:
+    held = int(load_checkpoint(path)["epoch"]) if best is not None and path.is_file() else None
+    if best is None or held == best["epoch"]:  # no best: written before the best epoch was recorded
         return None
     if best["epoch"] == ckpt["epoch"] and (held is None or held < best["epoch"]):
         save_checkpoint(best_state(ckpt["model"], best, ckpt["args"]), path)
@@ -113,61 +115,31 @@ def reconcile_best(folder: str | os.PathLike, ckpt: dict) -> str | None:
                          f"the best; restore the run's files or start afresh with --overwrite")
 
 
+def _git(code_root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(code_root), *args], capture_output=True, text=True, timeout=30,
+                          check=True).stdout.strip()
+
+
 def git_state(code_root: Path) -> dict | None:
     """``{"commit", "dirty"}`` of the checkout that holds ``code_root``; None outside a checkout."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(code_root), *args], capture_output=True, text=True, timeout=30)
-        if done.returncode:
-            raise OSError(done.stderr)
-        return done.stdout.strip()
-
     try:
-        if Path(git("rev-parse", "--show-toplevel")).resolve() != code_root.resolve():
+        if Path(_git(code_root, "rev-parse", "--show-toplevel")).resolve() != code_root.resolve():
             return None
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"commit": _git(code_root, "rev-parse", "HEAD"),
+                "dirty": bool(_git(code_root, "status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(command: list[str], args: dict, device: torch.device, device_names: list[str],
-               world_size: int) -> dict:
-    """What produced a run: command, settings, code, library versions, devices, host and start time."""
+def provenance(command: list[str], args: dict, device: torch.device, group: ProcessGroup) -> dict:
+    """What produced a run: command, settings, code, library versions, the devices of every rank, host and
+    start time."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
-        "command": list(command),
-        "args": args,
-        "git": git_state(Path(__file__).resolve().parents[1]),
-        "versions": {"python": platform.python_version(), **{p: _version(p) for p in VERSIONED},
+        "command": list(command), "args": args, "git": git_state(Path(__file__).resolve().parents[1]),
+        "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in VERSIONED},
                      "cuda": torch.version.cuda, "cudnn": cudnn},
-        "device": {"type": device.type, "names": device_names, "world_size": world_size,
+        "device": {"type": device.type, "names": group.gather_objects(name), "world_size": group.world_size,
                    "count": torch.cuda.device_count() if device.type == "cuda" else 1},
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def device_name(device: torch.device) -> str:
-    """The model of the device this process computes on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def write_run_json(folder: str | os.PathLike, record: dict, resumed: bool) -> None:
-    """Write ``run.json`` for a fresh run, or append ``record`` under ``"resumed"`` for a resumed one."""
-    path = Path(folder) / RUN_JSON
-    if resumed and path.is_file():
-        try:
-            first = json.loads(path.read_text())
-        except ValueError:
-            first = None
-        if isinstance(first, dict):
-            record = {**first, "resumed": [*first.get("resumed", []), record]}
-    write_json(path, record)
+        "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -22,11 +22,9 @@ from rpnr.files import atomic_write, write_json  # noqa: E402
 class RunLog:
     """Prints lines (tqdm-safe) and appends them to ``log.txt``; keeps ``metrics.json`` and ``curves.png``.
 
-    ``resume_epoch``: keep the log and the metrics records of epochs up to this
-    number (a resumed run); ``None`` starts both afresh. ``log_bytes``: with
-    ``resume_epoch``, cut ``log.txt`` back to this length (what it held when the
-    checkpoint was written). ``enabled=False`` (torchrun ranks other than 0) prints
-    and writes nothing.
+    A resumed run (DESIGN.md section 10) keeps the metrics records up to epoch ``resume_epoch`` and the first
+    ``log_bytes`` bytes of the log; ``resume_epoch=None`` starts both afresh. ``enabled=False`` (torchrun ranks
+    other than 0) prints and writes nothing.
     """
 
     def __init__(self, logs_dir: str | os.PathLike, resume_epoch: int | None = None, enabled: bool = True,
@@ -35,24 +33,16 @@ class RunLog:
         self.enabled = enabled
         self.log_path = self.dir / "log.txt"
         self.metrics_path = self.dir / "metrics.json"
-        self.curves_path = self.dir / "curves.png"
         self.records: list[dict] = []
         if not enabled:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if resume_epoch is None:
+        if resume_epoch is None:  # a fresh run: the folder holds no earlier outputs (rpnr.run_folder)
             self.log_path.write_text("")
-            for stale in (self.metrics_path, self.curves_path):
-                stale.unlink(missing_ok=True)
             return
-        if log_bytes is not None and self.log_path.is_file() and self.log_path.stat().st_size > log_bytes:
+        if log_bytes is not None and self.size() > log_bytes:
             os.truncate(self.log_path, log_bytes)  # nothing past the checkpoint's epoch
-        if self.metrics_path.is_file():
-            try:
-                records = json.loads(self.metrics_path.read_text())
-            except json.JSONDecodeError:
-                records = []
-            self.records = [r for r in records if isinstance(r, dict) and r.get("epoch", 0) <= resume_epoch]
+        records = json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else []
+        self.records = [r for r in records if r["epoch"] <= resume_epoch]
 
     def print(self, line: str = "") -> None:
         if self.enabled:
@@ -69,18 +59,13 @@ class RunLog:
             with open(self.log_path, "a") as fh:
                 fh.write(line + "\n")
 
-    def write_json(self, name: str, obj) -> None:
-        """Write ``obj`` as ``name`` in the logs folder (atomically)."""
-        if self.enabled:
-            write_json(self.dir / name, obj)
-
     def add_record(self, record: dict) -> None:
         """Append one epoch's record (replacing an older one of the same epoch); rewrite json and curves."""
         if not self.enabled:
             return
         self.records = [r for r in self.records if r.get("epoch") != record.get("epoch")] + [record]
-        self.write_json(self.metrics_path.name, self.records)
-        plot_curves(self.records, self.curves_path)
+        write_json(self.metrics_path, self.records)
+        plot_curves(self.records, self.dir / "curves.png")
 
 
 # the panels of curves.png: title -> (record key, label) of each line; "loss_*" stands for every loss term

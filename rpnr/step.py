@@ -15,14 +15,12 @@ from rpnr.config import TrainConfig, TrainingError
 from rpnr.data.augment import IterationDraws
 from rpnr.distributed import ProcessGroup
 from rpnr.epoch_labels import EpochLabels
-from rpnr.training import stage1_loss, stage2_loss
+from rpnr.training import stage2_loss
 
 
 def _autocast(device: torch.device, enabled: bool = True):
     """bfloat16 autocast on CUDA when enabled; nothing on the CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast("cuda", torch.bfloat16) if enabled and device.type == "cuda" else contextlib.nullcontext()
 
 
 def _objective(f_rgb: Tensor, f_ir: Tensor, cfg: TrainConfig, batch: IterationBatch, labels: EpochLabels,
@@ -31,13 +29,11 @@ def _objective(f_rgb: Tensor, f_ir: Tensor, cfg: TrainConfig, batch: IterationBa
     y_ir = torch.from_numpy(labels.ir.train[batch.rows_ir]).to(f_ir.device)  # [B_ir]
     y = torch.from_numpy(labels.rgb.train[batch.rows_rgb]).to(f_rgb.device)  # [B_rgb]
     y_rgb = torch.cat((y, y), 0)  # [2 B_rgb]: labels of view 1 then view 2
-    if cfg.stage == "baseline":
-        total, parts = stage1_loss(f_rgb, f_ir, y_rgb, y_ir, memories)
-    else:
-        total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, labels.r2i, labels.i2r, epoch,
-                                   w_cross=cfg.w_cross, w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl, sigma=cfg.sigma,
-                                   delta=cfg.delta, cross=not cfg.no_otpm, hybrid=not (cfg.no_otpm or cfg.no_mhl),
-                                   nrl=not cfg.no_nrl)
+    rpnr = cfg.stage == "rpnr"  # stage 1: stage2_loss without its stage-2 terms, as stage1_loss
+    total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, labels.r2i, labels.i2r, epoch, w_cross=cfg.w_cross,
+                               w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl, sigma=cfg.sigma, delta=cfg.delta,
+                               cross=rpnr and not cfg.no_otpm, hybrid=rpnr and not (cfg.no_otpm or cfg.no_mhl),
+                               nrl=rpnr and not cfg.no_nrl)
     parts["total"] = total.item()
     if not all(math.isfinite(v) for v in parts.values()):
         terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
@@ -50,9 +46,8 @@ def _objective(f_rgb: Tensor, f_ir: Tensor, cfg: TrainConfig, batch: IterationBa
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup, cfg: TrainConfig,
                batch: IterationBatch, images: tuple[Tensor, Tensor], labels: EpochLabels, memories: dict, epoch: int,
                iteration: int) -> dict:
-    """One iteration on the global batch (``images``: this rank's uint8 infrared and visible rows); returns
-    the loss terms (and "total") as floats. A loss that is not finite stops the run before the optimizer step
-    (:class:`TrainingError`)."""
+    """One iteration on the global batch (``images``: this rank's uint8 infrared and visible rows): the loss terms
+    (and "total") as floats; a loss that is not finite is a :class:`TrainingError` before the optimizer step."""
     device = torch.device(cfg.device)
     # the whole batch's draws from the shared stream; this rank applies its slice (section 8)
     draws = IterationDraws.draw(len(batch.rows_ir), len(batch.rows_rgb), cfg.height, cfg.width)
@@ -76,23 +71,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, group: Proces
 
 def _low_memory_backward(model: nn.Module, group: ProcessGroup, device: torch.device, amp: bool, x_rgb: Tensor,
                          x_ir: Tensor, objective: tuple) -> dict:
-    """The one-graph step's gradients and memory updates, one batch-norm slice of activations at a time
-    (DESIGN.md section 11): this rank's features without a graph (slice 0 updates the running statistics),
-    the objective's gradient with respect to them (the memories updated here, once), then each slice again
-    with a graph, backward with its rows of that gradient (DDP synchronises on the last slice only)."""
+    """The one-graph step's gradients and memory updates, one batch-norm slice of activations at a time, as
+    DESIGN.md section 11 says (steps 1-3; DDP synchronises on the last slice only)."""
     with torch.no_grad(), _autocast(device, amp):
-        f_rgb, f_ir = model(x_rgb, x_ir)
+        f_rgb, f_ir = model(x_rgb, x_ir)  # no graph; slice 0 updates the running statistics
     leaf_rgb = f_rgb.float().detach().requires_grad_()  # [2 B_rgb / W, 2048]
     leaf_ir = f_ir.float().detach().requires_grad_()  # [B_ir / W, 2048]
     total, parts = _objective(group.gather_with_grad(leaf_rgb), group.gather_with_grad(leaf_ir), *objective)
-    total.backward()
+    total.backward()  # the features' gradient; the memories updated here, once
     splits = getattr(model, "module", model).bn_splits
-    rows_rgb = [len(c) for c in torch.arange(len(x_rgb)).chunk(splits)]
-    rows_ir = [len(c) for c in torch.arange(len(x_ir)).chunk(splits)]
-    grads = list(zip(leaf_rgb.grad.split(rows_rgb), leaf_ir.grad.split(rows_ir)))
+    rows = [[len(c) for c in torch.arange(len(x)).chunk(splits)] for x in (x_rgb, x_ir)]  # rows of each slice
+    grads = list(zip(leaf_rgb.grad.split(rows[0]), leaf_ir.grad.split(rows[1])))
     for j, (grad_rgb, grad_ir) in enumerate(grads):
-        last = j == len(grads) - 1
-        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+        with contextlib.nullcontext() if j == len(grads) - 1 or not hasattr(model, "no_sync") else model.no_sync():
             with _autocast(device, amp):
                 s_rgb, s_ir = model(x_rgb, x_ir, slice_index=j)  # slice j, running statistics untouched
             torch.autograd.backward([s_rgb.float(), s_ir.float()], [grad_rgb, grad_ir])

@@ -1,15 +1,7 @@
-"""The training loop of both stages (DESIGN.md sections 3-5 and 10): open or resume a run in its locked logs
-folder, then per epoch pseudo labels, memories, training iterations, evaluation and checkpoints.
-
-Stage "baseline" (stage 1): DBSCAN labels per modality, CMhcl memories, L_ir + L_rgb.
-Stage "rpnr" (stage 2): adds NPC label calibration, OT prototype matching, the hybrid
-memory, the alternating cross-modality terms and the neighbour relation loss.
-One code path serves every registered dataset; the differences are registry entries.
-
-Under torchrun (section 8) every rank runs the same loop: clustering features are
-extracted in shards, pseudo labels are computed on rank 0 and shared, each rank
-trains on its slice of every global batch, and rank 0 alone evaluates and writes
-(``rpnr.distributed``). One process is the group of size 1.
+"""The training loop of both stages and every registered dataset (DESIGN.md sections 3-5 and 10): open or
+resume a run in its locked logs folder, then per epoch pseudo labels, memories, training iterations,
+evaluation and checkpoints. Under torchrun (section 8) every rank runs this loop on its slice of each batch;
+rank 0 alone computes the pseudo labels, evaluates and writes. One process is the group of size 1.
 """
 
 from __future__ import annotations
@@ -19,14 +11,13 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rpnr.batches import epoch_batches, prefetch
-from rpnr.checkpoint import load_checkpoint, save_checkpoint
+from rpnr.checkpoint import load_checkpoint, save_checkpoint, trained_on
 from rpnr.config import TrainConfig, TrainingError, resumed_config
 from rpnr.data.prepared import ImageSet, check_prepared, load_train
 from rpnr.datasets import get_dataset
@@ -36,24 +27,14 @@ from rpnr.files import remove_temporaries
 from rpnr.final_test import evaluate_epoch, test_best_and_last
 from rpnr.models import build_model, load_weights
 from rpnr.rng import capture_rng_state, restore_rng_state, seed_everything
-from rpnr.run_folder import (
-    BEST,
-    CHECKPOINT,
-    OUTPUTS,
-    RunFolder,
-    best_state,
-    device_name,
-    provenance,
-    reconcile_best,
-    write_run_json,
-)
+from rpnr.run_folder import BEST, CHECKPOINT, OUTPUTS, RunFolder, best_state, provenance, reconcile_best
 from rpnr.run_log import RunLog
 from rpnr.step import train_step
 
 FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclasses.dataclass
 class RunState:
     """Everything a run holds between epochs."""
 
@@ -91,22 +72,11 @@ def _init_model(cfg: TrainConfig, device: torch.device, initialise: bool) -> nn.
 
 
 def check_baseline(cfg: TrainConfig) -> str | None:
-    """Refuse a stage-1 model of another dataset or of another trial (of a dataset with one model per trial,
-    whose training identities would be this trial's test identities); a note for a checkpoint that records
-    neither (the official release's)."""
-    if not Path(cfg.baseline).is_file():
-        raise TrainingError(f"stage-1 checkpoint not found: {cfg.baseline} (run train.py --stage "
-                            f"baseline first or pass --baseline PATH)")
-    ckpt = load_checkpoint(cfg.baseline)
-    saved, ds = ckpt.get("args", {}), get_dataset(cfg.dataset)
-    if "dataset" not in ckpt:
+    """Refuse a stage-1 model of another dataset or trial; a note for one that records neither (the official
+    release's), DESIGN.md section 10."""
+    ds = get_dataset(cfg.dataset)
+    if trained_on(cfg.baseline, cfg.dataset, cfg.trial if ds.model_per_trial else None, ds.display) is None:
         return f"{cfg.baseline} records no dataset or trial (an official release checkpoint?); used as given"
-    if ckpt["dataset"] != cfg.dataset:
-        raise TrainingError(f"--baseline {cfg.baseline} was trained on {ckpt['dataset']}, not {cfg.dataset}")
-    if ds.model_per_trial and saved.get("trial", cfg.trial) != cfg.trial:
-        raise TrainingError(f"--baseline {cfg.baseline} was trained on {ds.display} trial {saved['trial']}, not "
-                            f"--trial {cfg.trial} (its training identities include this trial's test identities)")
-    return None
 
 
 def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
@@ -147,7 +117,7 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
     if cfg.overwrite and not cfg.resume:
         folder.clear()
     remove_temporaries(folder.path, OUTPUTS)
-    write_run_json(folder.path, record, resumed=cfg.resume)
+    folder.write_run_json(record, resumed=cfg.resume)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
@@ -155,10 +125,7 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
 def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset(),
              command: list[str] | None = None) -> RunState:
     """Lock the logs folder, check everything, then start or resume the run: data, model, optimizer, log.
-
-    ``given``: the settings the command line named (a resumed run keeps the checkpoint's others).
-    Nothing in the folder changes before every check has passed.
-    """
+    Nothing in the folder changes before every check has passed. ``given``: :func:`rpnr.config.named_settings`."""
     folder = RunFolder(cfg.logs_dir)
     group.from_main(folder.lock)  # rank 0 holds the lock; the others share its verdict
     group.from_main(folder.check_fresh, cfg.resume, cfg.overwrite, keep=cfg.baseline)
@@ -182,8 +149,7 @@ def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = froz
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     s = RunState(cfg=cfg, group=group, net=net, model=group.wrap(net, device), optimizer=optimizer,
                  scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, folder=folder, data_id=data_id)
-    record = provenance(command or sys.argv, s.args, device, group.gather_objects(device_name(device)),
-                        group.world_size)
+    record = provenance(command or sys.argv, s.args, device, group)
     notes.append(group.from_main(reconcile_best, folder.path, ckpt) if ckpt is not None else None)
     group.from_main(_claim_folder, folder, cfg, record, [n for n in notes if n])
     if ckpt is not None:
@@ -205,8 +171,7 @@ def _restore(s: RunState, ckpt: dict) -> None:
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.start_epoch = int(ckpt["epoch"])
     s.best = dict(ckpt.get("best") or {"epoch": 0, "rank1": float(ckpt["best_rank1"]), "mAP": 0.0})
-    s.log = RunLog(s.folder.path, resume_epoch=s.start_epoch, enabled=s.group.is_main,
-                   log_bytes=ckpt.get("log_bytes"))
+    s.log = RunLog(s.folder.path, resume_epoch=s.start_epoch, enabled=s.group.is_main, log_bytes=ckpt.get("log_bytes"))
     s.log.print(f"resuming from {s.folder.path / CHECKPOINT} after epoch {s.start_epoch} "
                 f"(best Rank-1 {s.best['rank1']:.2f}%)")
     restore_rng_state(ckpt["rng"])  # the resumed epoch sees the random stream of the uninterrupted run
@@ -214,11 +179,11 @@ def _restore(s: RunState, ckpt: dict) -> None:
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device)  # the phase times below measure the GPU work
 
 
-def epoch_labels(s: RunState, epoch: int, times: dict) -> EpochLabels:
-    """Clustering features (sharded over ranks), then pseudo labels computed on rank 0 and shared."""
+def epoch_labels(s: RunState, epoch: int, times: dict) -> tuple[EpochLabels, dict]:
+    """Clustering features (sharded over ranks), pseudo labels computed on rank 0 and shared, the memories."""
     cfg = s.cfg
     t0 = time.perf_counter()
     s.group.broadcast_buffers(s.net)  # rank 0's running statistics (section 8) before any eval forward
@@ -228,10 +193,12 @@ def epoch_labels(s: RunState, epoch: int, times: dict) -> EpochLabels:
     _sync(s.device)
     times["time_features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    labels = s.group.from_main(compute_labels, *feats, s.train_rgb, s.train_ir, cfg, epoch)
+    labels = s.group.from_main(compute_labels, *feats, s.train_rgb, s.train_ir, cfg, epoch).to(s.device)
     s.group.sync_random_state()
+    memories = build_memories(labels, cfg.temp, cfg.momentum,
+                              hybrid=cfg.stage == "rpnr" and not (cfg.no_mhl or cfg.no_otpm))
     times["time_clustering"] = time.perf_counter() - t0
-    return labels.to(s.device)
+    return labels, memories
 
 
 def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) -> dict:
@@ -242,36 +209,29 @@ def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) ->
     loaded = zip(prefetch(s.train_ir.images, [b.load_ir() for b in batches], cfg.workers, pin),
                  prefetch(s.train_rgb.images, [b.load_rgb() for b in batches], cfg.workers, pin))
     s.model.train()
-    sums: dict[str, float] = {}
+    steps: list[dict[str, float]] = []  # each iteration's loss terms
     bar = s.group.progress(zip(loaded, batches), total=cfg.iters, desc=f"epoch {epoch + 1} train", unit="it",
                            leave=False)
     for iteration, (images, batch) in enumerate(bar, 1):
-        parts = train_step(s.model, s.optimizer, s.group, cfg, batch, images, labels, memories, epoch, iteration)
-        for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + value
-        bar.set_postfix(loss=f"{parts['total']:.3f}")
+        steps.append(train_step(s.model, s.optimizer, s.group, cfg, batch, images, labels, memories, epoch, iteration))
+        bar.set_postfix(loss=f"{steps[-1]['total']:.3f}")
     bar.close()
-    return {key: value / cfg.iters for key, value in sums.items()}
+    return {key: sum(parts[key] for parts in steps) / cfg.iters for key in steps[0]}
 
 
 def check_finite_weights(net: nn.Module, epoch: int) -> None:
     """Raise :class:`TrainingError` when a weight or running statistic is not finite (never saved)."""
-    bad = next((k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()),
-               None)
-    if bad is not None:
+    bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
         kept = f"checkpoint of epoch {epoch - 1} intact" if epoch > 1 else "no checkpoint was written"
-        raise TrainingError(f"epoch {epoch}: the model's weights are not finite ({bad}); lower --lr; {kept}")
+        raise TrainingError(f"epoch {epoch}: the model's weights are not finite ({bad[0]}); lower --lr; {kept}")
 
 
 def run_epoch(s: RunState, epoch: int) -> None:
     """Pseudo labels, memories, ``cfg.iters`` iterations, evaluation, log and checkpoints of one epoch."""
     cfg, times = s.cfg, {}
     try:
-        labels = epoch_labels(s, epoch, times)
-        t0 = time.perf_counter()
-        memories = build_memories(labels, cfg.temp, cfg.momentum,
-                                  hybrid=cfg.stage == "rpnr" and not (cfg.no_mhl or cfg.no_otpm))
-        times["time_clustering"] += time.perf_counter() - t0
+        labels, memories = epoch_labels(s, epoch, times)
         t0 = time.perf_counter()
         losses = train_epoch(s, labels, memories, epoch)
         lr = s.optimizer.param_groups[0]["lr"]
@@ -283,8 +243,7 @@ def run_epoch(s: RunState, epoch: int) -> None:
         s.log.note(f"error: {exc}")
         raise
     t0 = time.perf_counter()
-    result = s.group.from_main(evaluate_epoch, s.net, cfg.dataset, cfg.data_dir, cfg.trial, s.device,
-                               cfg.feature_batch_size)
+    result = s.group.from_main(evaluate_epoch, s.net, cfg, s.device)
     times["time_evaluation"] = time.perf_counter() - t0
     finish_epoch(s, epoch + 1, labels, losses, result, lr, times)
 
@@ -298,11 +257,10 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
              f"purity visible {rgb.purity:.3f}, infrared {ir.purity:.3f}"]
     if cfg.stage == "rpnr":
         lines.append(f"{head}: NPC relabelled visible {rgb.relabeled}, infrared {ir.relabeled}")
-    lines.append(f"{head}: loss " + " ".join(f"{k} {v:.5g}" for k, v in losses.items()))
-    lines.append(f"{head}: Rank-1 {result['rank1']:.2f}% mAP {result['mAP']:.2f}% mINP {result['mINP']:.2f}% "
-                 f"(best Rank-1 {best:.2f}%)")
-    lines.append(f"{head}: seconds " + ", ".join(f"{k[len('time_'):]} {v:.1f}" for k, v in times.items()))
-    return lines
+    return lines + [f"{head}: loss " + " ".join(f"{k} {v:.5g}" for k, v in losses.items()),
+                    f"{head}: Rank-1 {result['rank1']:.2f}% mAP {result['mAP']:.2f}% mINP {result['mINP']:.2f}% "
+                    f"(best Rank-1 {best:.2f}%)",
+                    f"{head}: seconds " + ", ".join(f"{k[len('time_'):]} {v:.1f}" for k, v in times.items())]
 
 
 def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, result: dict, lr: float,
@@ -324,28 +282,26 @@ def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, resu
         "relabeled_ir": labels.ir.relabeled if calibrate else None,
         "purity_rgb": labels.rgb.purity, "purity_ir": labels.ir.purity,
         **{f"loss_{k}": v for k, v in losses.items()}, **times})
-    model_state, folder = s.net.state_dict(), s.folder.path
-    s.group.on_main(save_checkpoint, {
-        "model": model_state, "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-        "epoch": done, "best_rank1": s.best["rank1"], "best": s.best, "rng": capture_rng_state(), "args": s.args,
-        "stage": cfg.stage, "dataset": cfg.dataset, "world_size": s.group.world_size, "data_id": s.data_id,
-        "log_bytes": s.log.size(), "format_version": FORMAT_VERSION}, folder / CHECKPOINT)
-    if improved:
-        s.group.on_main(save_checkpoint, best_state(model_state, s.best, s.args), folder / BEST)
+    if s.group.is_main:  # rank 0 writes
+        model_state, folder = s.net.state_dict(), s.folder.path
+        save_checkpoint({
+            "model": model_state, "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+            "epoch": done, "best_rank1": s.best["rank1"], "best": s.best, "rng": capture_rng_state(), "args": s.args,
+            "stage": cfg.stage, "dataset": cfg.dataset, "world_size": s.group.world_size, "data_id": s.data_id,
+            "log_bytes": s.log.size(), "format_version": FORMAT_VERSION}, folder / CHECKPOINT)
+        if improved:
+            save_checkpoint(best_state(model_state, s.best, s.args), folder / BEST)
 
 
 def run(cfg: TrainConfig, group: ProcessGroup = SINGLE, given: frozenset[str] = frozenset(),
         command: list[str] | None = None) -> dict:
-    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best and the last model.
-
-    Writes checkpoint.pth.tar, model_best.pth.tar, log.txt, metrics.json, curves.png, test.json,
-    ranks.png and run.json into ``cfg.logs_dir`` (rank 0 only under torchrun), which it holds locked;
-    returns the final test results ``{"best": ..., "last": ...}`` (on every rank).
-    """
+    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best and the last model; writes
+    the run's :data:`rpnr.run_folder.OUTPUTS` into ``cfg.logs_dir`` (rank 0 only under torchrun), which it holds
+    locked, and returns the final test results ``{"best": ..., "last": ...}`` (on every rank)."""
     s = open_run(cfg, group, given, command)
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):
             run_epoch(s, epoch)
-        return test_best_and_last(s.net, s.cfg, s.group, s.log, s.device)
+        return s.group.from_main(test_best_and_last, s.net, s.cfg, s.log, s.device)
     finally:
         s.folder.release()

@@ -20,11 +20,9 @@ def _lookup(mapping, labels: Tensor) -> Tensor:
 
 def stage1_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
                 memories: Mapping[str, ClusterMemory]) -> tuple[Tensor, dict]:
-    """Baseline objective: L_ir + L_rgb with per-modality memories (release order: IR first)."""
-    loss_ir = memories["ir"](f_ir, y_ir)
-    loss_rgb = memories["rgb"](f_rgb, y_rgb)
-    total = loss_ir + loss_rgb
-    return total, {"ir": loss_ir.item(), "rgb": loss_rgb.item()}
+    """Baseline objective L_ir + L_rgb, per-modality memories (release order: IR first): :func:`stage2_loss`
+    without its stage-2 terms."""
+    return stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, None, None, 0, cross=False, hybrid=False, nrl=False)
 
 
 def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
@@ -32,19 +30,11 @@ def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
                 w_cross: float = 0.25, w_hybrid: float = 0.5, w_nrl: float = 10.0,
                 sigma: float = 1.0, delta: float = 1.0, cross: bool = True, hybrid: bool = True,
                 nrl: bool = True) -> tuple[Tensor, dict]:
-    """RPNR objective: L_ir + L_rgb + w_cross L_cross + w_hybrid L_hyb + w_nrl L_NRL.
-
-    ``y_rgb`` covers both RGB views. Odd epochs: IR features against the RGB memory
-    (labels i2r[y_ir]) and the hybrid memory (y_ir); even epochs: RGB features against
-    the IR memory and the hybrid memory (labels r2i[y_rgb]). The terms are computed in
-    the release's order (ir, rgb, cross, hybrid, NRL), so ``total.backward()`` updates
-    the memories in its reverse order (hybrid, cross, rgb, ir), as the release does.
-    The paper's ablations leave terms out entirely (``cross``, ``hybrid``, ``nrl`` False; a left-out
-    memory term updates no memory), and ``parts`` then lacks them.
-    """
-    loss_ir = memories["ir"](f_ir, y_ir)
-    loss_rgb = memories["rgb"](f_rgb, y_rgb)
-    total, parts = loss_ir + loss_rgb, {"ir": loss_ir, "rgb": loss_rgb}
+    """RPNR objective: L_ir + L_rgb + w_cross L_cross + w_hybrid L_hyb + w_nrl L_NRL (DESIGN.md section 5), terms
+    in the release's order (memory updates: :mod:`rpnr.memory`); ``y_rgb`` covers both RGB views. The paper's
+    ablations (``cross``, ``hybrid``, ``nrl`` False) leave terms out entirely: no memory update, no ``parts`` key."""
+    parts = {"ir": memories["ir"](f_ir, y_ir), "rgb": memories["rgb"](f_rgb, y_rgb)}  # IR first, as the release
+    total = parts["ir"] + parts["rgb"]
     odd = epoch % 2 == 1
     feats, targets = (f_ir, y_ir) if odd else (f_rgb, _lookup(r2i, y_rgb) if cross or hybrid else None)
     if cross:

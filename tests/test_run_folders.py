@@ -249,7 +249,7 @@ def test_a_really_full_disk_is_one_line_and_leaves_no_temporary_file(train, tmp_
 
 def test_stage2_refuses_a_stage1_model_of_another_dataset_or_trial(train, tmp_path):
     for name, dataset, trial, message in (("sysu.pth", "sysu", 1, "was trained on sysu, not regdb"),
-                                          ("trial2.pth", "regdb", 2, "was trained on RegDB trial 2, not --trial 1")):
+                                          ("trial2.pth", "regdb", 2, "was trained on RegDB trial 2, not trial 1")):
         save_checkpoint({"model": {}, "dataset": dataset, "args": {"trial": trial}}, tmp_path / name)
         status, err, _ = train(tmp_path / "s2", "--stage", "rpnr", "--baseline", tmp_path / name)
         assert status == 1 and message in err, err

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 from rpnr.checkpoint import load_checkpoint
@@ -72,9 +74,14 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
 
 def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)  # default output folders are relative to the working directory
-    status = train_script.main([*TINY, "--stage", "baseline", "--data-dir", str(tiny_regdb), "--no-imagenet"])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torchvision's weights from a filled cache
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50().state_dict(), cached)
+    status = train_script.main([*TINY, "--stage", "baseline", "--data-dir", str(tiny_regdb)])
     assert status == 0, capsys.readouterr().err
     s1 = tmp_path / "baseline" / "regdb_s1" / "1"  # where stage 2 looks by default
+    assert load_checkpoint(s1 / "checkpoint.pth.tar")["args"]["imagenet"] == str(cached)
     records1 = _check_run(s1, "baseline", ("ir", "rgb"))
     assert all(r["relabeled_rgb"] is None for r in records1)
 

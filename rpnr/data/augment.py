@@ -1,18 +1,10 @@
-"""Training augmentation, batched on the device (DESIGN.md section 5).
-
-Same steps and distributions as the release's per-image torchvision pipelines:
-resize, pad 10, random crop, horizontal flip, to tensor, ImageNet normalisation,
-``ChannelRandomErasing`` on the normalised tensor, then ``ChannelExchange(gray=2)``
-for the second RGB view or ``ChannelAdapGray(0.5)`` for infrared images.
-Images stay uint8 until they are on the device; every sample draws its own random
-parameters from the global torch generator (CPU), so runs are reproducible.
-
-The random parameters of a whole batch are drawn first (:class:`ViewDraws`,
-:class:`IterationDraws`) and then applied to any subset of its rows: a torchrun rank
-draws the global batch's parameters from the shared stream and applies its slice
-(DESIGN.md section 8), so every rank and a one-process run see the same draws.
+"""Training augmentation, batched on the device: the steps and distributions of the release's per-image torchvision
+pipelines (DESIGN.md section 5), with ``ChannelRandomErasing`` on the normalised tensor, then
+``ChannelExchange(gray=2)`` for the second RGB view or ``ChannelAdapGray(0.5)`` for infrared images. Images stay uint8
+until they are on the device; every sample draws its own random parameters from the global torch generator (CPU), so
+runs are reproducible. The parameters of a whole batch are drawn first (:class:`ViewDraws`, :class:`IterationDraws`),
+then applied to any subset of its rows: a torchrun rank applies its slice of the global draws (DESIGN.md section 8).
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -63,10 +55,7 @@ class ViewDraws:
 
 
 def _draw_crop(b: int, pad: int, flip_prob: float) -> tuple[Tensor, Tensor, Tensor]:
-    top = _randint(0, 2 * pad, b)  # [B]
-    left = _randint(0, 2 * pad, b)  # [B]
-    flip = torch.rand(b) < flip_prob  # [B]
-    return top, left, flip
+    return _randint(0, 2 * pad, b), _randint(0, 2 * pad, b), torch.rand(b) < flip_prob  # top, left, flip: [B] each
 
 
 def _draw_erasing(b: int, h: int, w: int, prob: float) -> tuple[Tensor, ...]:
@@ -81,20 +70,13 @@ def _draw_erasing(b: int, h: int, w: int, prob: float) -> tuple[Tensor, ...]:
     rows = torch.arange(b)
     apply &= fits[rows, first]
     eh, ew = eh[rows, first], ew[rows, first]  # [B]
-    top = _randint(0, h - eh, b)  # [B]
-    left = _randint(0, w - ew, b)  # [B]
-    return apply, top, left, eh, ew
+    return apply, _randint(0, h - eh, b), _randint(0, w - ew, b), eh, ew  # top, left drawn after the size: [B]
 
 
 def draw_view(batch: int, height: int, width: int, channel: str = "none") -> ViewDraws:
-    """Draw one view's parameters for ``batch`` images of ``height`` x ``width``.
-
-    ``channel``: "none" (RGB view 1), "exchange" (RGB view 2) or "adaptive_grey" (infrared).
-    Draw order: crop/flip, erasing, channel choice (the order of the per-step functions).
-    """
-    top, left, flip = _draw_crop(batch, PAD, 0.5)
-    erase = _draw_erasing(batch, height, width, ERASE_PROB)
-    draws = ViewDraws(top, left, flip, *erase)
+    """Draw one view's parameters for ``batch`` images of ``height`` x ``width``, in the order of the steps: crop
+    and flip, erasing, channel choice (``channel``: "none" (RGB view 1), "exchange" (RGB view 2), "adaptive_grey")."""
+    draws = ViewDraws(*_draw_crop(batch, PAD, 0.5), *_draw_erasing(batch, height, width, ERASE_PROB))
     if channel == "exchange":
         draws.channel = torch.randint(0, 3, (batch,))  # [B]
     elif channel == "adaptive_grey":
@@ -145,16 +127,11 @@ def _copy_channel(x: Tensor, channel: Tensor) -> Tensor:
     return torch.gather(x, 1, index).expand_as(x).contiguous()
 
 
-def _grey(x: Tensor) -> Tensor:
-    """0.2989 R + 0.5870 G + 0.1140 B in all three channels: [B, 3, H, W]."""
-    weights = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * weights).sum(1, keepdim=True).expand_as(x).contiguous()
-
-
 def _adaptive_grey_with(x: Tensor, choice: Tensor, to_grey: Tensor) -> Tensor:
     copied = _copy_channel(x, choice.clamp(max=2))
     out = torch.where((choice < 3).to(x.device)[:, None, None, None], copied, x)
-    return torch.where(to_grey.to(x.device)[:, None, None, None], _grey(x), out)
+    grey = (x * torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return torch.where(to_grey.to(x.device)[:, None, None, None], grey, out)  # grey: [B, 1, H, W] into all three
 
 
 def apply_view(images: Tensor, draws: ViewDraws, height: int, width: int) -> Tensor:
@@ -180,19 +157,16 @@ class IterationDraws:
     @classmethod
     def draw(cls, n_ir: int, n_rgb: int, height: int, width: int) -> IterationDraws:
         """Draw in the trainer's order: infrared, then RGB view 1, then RGB view 2."""
-        ir = draw_view(n_ir, height, width, "adaptive_grey")
-        rgb1 = draw_view(n_rgb, height, width, "none")
-        return cls(ir, rgb1, draw_view(n_rgb, height, width, "exchange"))
+        return cls(draw_view(n_ir, height, width, "adaptive_grey"), draw_view(n_rgb, height, width, "none"),
+                   draw_view(n_rgb, height, width, "exchange"))
 
     def ir_views(self, images: Tensor, positions: np.ndarray, height: int, width: int) -> Tensor:
         """Infrared views of batch ``positions`` (``images`` holds those rows): [P, 3, H, W]."""
         return apply_view(images, self.ir.rows(positions), height, width)
 
     def rgb_views(self, images: Tensor, positions: np.ndarray, height: int, width: int) -> Tensor:
-        """Positions of the two-view batch [view 1; view 2] of n RGB images: [P, 3, H, W].
-
-        ``images`` holds the rows :func:`rgb_rows` returns for ``positions`` (each once).
-        """
+        """Positions of the two-view batch [view 1; view 2] of n RGB images: [P, 3, H, W]; ``images`` holds the
+        rows :func:`rgb_rows` returns for ``positions`` (each once)."""
         n = self.rgb1.top.size(0)
         positions = np.asarray(positions)
         rows = rgb_rows(positions, n)

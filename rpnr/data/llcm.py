@@ -1,24 +1,10 @@
 """LLCM: the raw layout (training lists, test identities, the official query/gallery splits), what prepare
-writes, the synthetic tree, the published statistics and the registry entry.
+writes, the synthetic tree, the published statistics and the registry entry. Raw layout, test protocol and the
+dataset's revision after publication (ZYK100/LLCM issue #28): DESIGN.md section 9.
 
-Raw layout (as distributed by its authors, Zhang and Wang, CVPR 2023):
-
-- ``idx/train_vis.txt``, ``idx/train_nir.txt``: one ``<relative path> <label>`` line per training
-  image, e.g. ``vis/0001/0001_c01_s185535_f7010_vis.jpg 0``; identity = the label, camera = the
-  number after ``_c`` in the file name;
-- ``idx/test_id.txt``: one line of comma-separated test identity numbers;
-- ``test_vis/cam<k>/<pid as 4 digits>/`` (k = 1..9) and ``test_nir/cam<k>/<pid>/`` (k = 1, 2,
-  4..9; the release never lists ``test_nir/cam3``, which is empty): the test images, camera = k,
-  identity = the folder name. Camera k is the same physical camera in both modalities.
-
-Only paths relative to the root are parsed, so the root itself may be named anything.
-
-Published statistics: Zhang and Wang, "Diverse Embedding Expansion Network and Low-Light Cross-Modality
-Benchmark for Visible-Infrared Person Re-identification", CVPR 2023 (46,767 bounding boxes of 1,064
-identities from 9 cameras, split into 713 training identities, 16,946 visible + 13,975 infrared images,
-and 351 test identities, 8,680 visible + 7,166 infrared images); the release's DEEN/AGW code trains a
-713-class classifier. The authors adjusted the dataset after publication (ZYK100/LLCM issue #28, 2024),
-so a copy received later may differ from these figures: the manifest records the counts that were prepared.
+Published statistics (:data:`PUBLISHED`): Zhang and Wang, "Diverse Embedding Expansion Network and Low-Light
+Cross-Modality Benchmark for Visible-Infrared Person Re-identification", CVPR 2023; the release's DEEN/AGW code
+trains a 713-class classifier.
 """
 
 from __future__ import annotations
@@ -32,7 +18,7 @@ from PIL import Image
 from rpnr.data.prepared import PreparePlan, SetSpec
 from rpnr.data.published import PublishedStats
 from rpnr.data.raw_images import RawDataError
-from rpnr.data.raw_layout import Split, folder_images, read_id_line, read_path_labels, sample_folder_images
+from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, read_path_labels, sample_folder_images
 from rpnr.data.synthetic import background, make_identity, new_folder, render
 from rpnr.datasets import Dataset, Setting, Side, register
 from rpnr.metrics import eval_llcm, llcm_ignored
@@ -40,18 +26,16 @@ from rpnr.metrics import eval_llcm, llcm_ignored
 TRAIN_LISTS = {"visible": "idx/train_vis.txt", "infrared": "idx/train_nir.txt"}
 TEST_ID_FILE = "idx/test_id.txt"
 TEST_ROOTS = {"visible": "test_vis", "infrared": "test_nir"}
+LLCM_VIS_CAMS = tuple(range(1, 10))
+LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # LLCM's test_nir/cam3 is empty
 # camera folders in the release's order (DEEN/data_manager.py process_query_llcm / process_gallery_llcm)
-TEST_FOLDERS = {
-    "visible": tuple(f"test_vis/cam{k}" for k in range(1, 10)),
-    "infrared": tuple(f"test_nir/cam{k}" for k in (1, 2, 4, 5, 6, 7, 8, 9)),
-}
+TEST_FOLDERS = {"visible": tuple(f"test_vis/cam{k}" for k in LLCM_VIS_CAMS),
+                "infrared": tuple(f"test_nir/cam{k}" for k in LLCM_NIR_CAMS)}
 LAYOUT = ("expected the LLCM layout with idx/train_vis.txt, idx/train_nir.txt, idx/test_id.txt, "
           "test_vis/cam<k>/<id>/ and test_nir/cam<k>/<id>/")
 _CAMERA = re.compile(r"_c(\d+)_")
 LLCM_MODALITIES = ("visible", "infrared")
 LLCM_TRIALS = tuple(range(10))
-LLCM_VIS_CAMS = tuple(range(1, 10))
-LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # LLCM's test_nir/cam3 is empty
 
 
 def _check_root(root: str) -> None:
@@ -92,39 +76,27 @@ def train_split(root: str, modality: str) -> Split:
 
 
 def cluster_order(split: Split) -> Split:
-    """``split`` sorted by relative path: the order in which the RPNR release clusters training images.
-
-    Its framework extracts clustering features over ``sorted(dataset.train)`` (entries ``(root + path,
-    pid, cam)``, train_sysu.py / train_regdb.py), and the LLCM dataset classes it ships compiled
-    (``clustercontrast/datasets/__pycache__/llcm_{rgb,ir}.cpython-38.pyc``) fill ``dataset.train``
-    from ``idx/train_{vis,nir}.txt``; sorting by path keeps the list's labels and cameras.
-    """
+    """``split`` sorted by relative path: the order in which the RPNR release clusters training images. Its
+    framework extracts clustering features over ``sorted(dataset.train)`` (entries ``(root + path, pid, cam)``,
+    train_sysu.py / train_regdb.py), and the LLCM dataset classes it ships compiled
+    (``clustercontrast/datasets/__pycache__/llcm_{rgb,ir}.cpython-38.pyc``) fill ``dataset.train`` from
+    ``idx/train_{vis,nir}.txt``; sorting by path keeps the list's labels and cameras."""
     order = sorted(range(len(split.paths)), key=split.paths.__getitem__)
     return Split([split.paths[i] for i in order], split.pids[order], split.cams[order])
 
 
-def _test_split(root: str, paths: list[str]) -> Split:
-    """Relative paths ``test_*/cam<k>/<pid>/<file>`` with pid = the folder, camera = k."""
-    relative = [os.path.relpath(p, root) for p in paths]
-    parts = [p.split(os.sep) for p in relative]
-    pids = np.array([int(q[2]) for q in parts], dtype=np.int64)
-    cams = np.array([int(q[1][3:]) for q in parts], dtype=np.int64)
-    return Split(relative, pids.reshape(-1), cams.reshape(-1))
-
-
 def query_split(root: str, modality: str) -> Split:
-    """Every test image of ``modality``: ids sorted, then the camera folders in the release's order,
-    then files sorted by name (``process_query_llcm``); relative paths."""
+    """Every test image of ``modality`` in the release's query order (:func:`folder_images`,
+    ``process_query_llcm``), with paths ``test_*/cam<k>/<pid>/<file>`` relative to ``root``."""
     _check_modality(modality)
-    return _test_split(root, folder_images(root, TEST_FOLDERS[modality], read_test_ids(root)))
+    return cam_split(folder_images(root, TEST_FOLDERS[modality], read_test_ids(root)), root)
 
 
 def gallery_split(root: str, modality: str, trial: int = 0) -> Split:
-    """The gallery of ``trial`` in ``modality``: for each sorted test id and each camera folder of the
-    modality that exists for it, one image drawn by ``random.Random(trial).choice`` over its sorted
-    files, in that order (``process_gallery_llcm`` after ``random.seed(trial)``); relative paths."""
+    """The gallery of ``trial`` in ``modality``: one image per sorted test id and camera folder of the modality
+    (:func:`sample_folder_images`, ``process_gallery_llcm`` after ``random.seed(trial)``); relative paths."""
     _check_modality(modality)
-    return _test_split(root, sample_folder_images(root, TEST_FOLDERS[modality], read_test_ids(root), trial))
+    return cam_split(sample_folder_images(root, TEST_FOLDERS[modality], read_test_ids(root), trial), root)
 
 
 def check_layout(root: str) -> None:
@@ -155,11 +127,8 @@ def plan_llcm(root: str) -> PreparePlan:
     rows = {m: {p: i for i, p in enumerate(test[m].paths)} for m in LLCM_MODALITIES}  # galleries hold queries
     arrays = {f"gallery_index_{m}_{t}": np.array([rows[m][p] for p in gallery.paths], dtype=np.int64)
               for (m, t), gallery in galleries.items()}
-    sets = [
-        SetSpec("train_rgb", train["visible"].paths, train["visible"].pids, train["visible"].cams, "bicubic"),
-        SetSpec("train_ir", train["infrared"].paths, train["infrared"].pids, train["infrared"].cams, "bicubic"),
-        *[SetSpec(f"test_{m}", test[m].paths, test[m].pids, test[m].cams, "lanczos") for m in LLCM_MODALITIES],
-    ]
+    sets = [SetSpec("train_rgb", *train["visible"], "bicubic"), SetSpec("train_ir", *train["infrared"], "bicubic"),
+            *[SetSpec(f"test_{m}", *test[m], "lanczos") for m in LLCM_MODALITIES]]
     views = [("train", m, train[m].pids, train[m].cams) for m in LLCM_MODALITIES]
     views += [("test (every image)", m, test[m].pids, test[m].cams) for m in LLCM_MODALITIES]
     views += [("gallery (trial 0)", m, galleries[m, 0].pids, galleries[m, 0].cams) for m in LLCM_MODALITIES]
@@ -169,14 +138,11 @@ def plan_llcm(root: str) -> PreparePlan:
 
 def _figures(train: dict[str, Split], test: dict[str, Split]) -> dict[str, list[int]]:
     """The counts that :data:`PUBLISHED` lists."""
-    return {
-        "train identities": [len(np.unique(np.concatenate([s.pids for s in train.values()])))],
-        "train visible images": [len(train["visible"].paths)],
-        "train infrared images": [len(train["infrared"].paths)],
-        "test identities": [len(np.unique(np.concatenate([s.pids for s in test.values()])))],
-        "test visible images": [len(test["visible"].paths)],
-        "test infrared images": [len(test["infrared"].paths)],
-    }
+    figures = {}
+    for split, splits in (("train", train), ("test", test)):
+        figures[f"{split} identities"] = [len(np.unique(np.concatenate([s.pids for s in splits.values()])))]
+        figures.update({f"{split} {m} images": [len(s.paths)] for m, s in splits.items()})
+    return figures
 
 
 def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -190,17 +156,12 @@ def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
 
 def write_llcm(out: str | os.PathLike, train_ids: int = 16, test_ids: int = 8, per_camera: int = 3,
                height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw LLCM-layout tree (JPEG); returns {"ids", "train_visible", "train_infrared",
-    "test_visible", "test_infrared"} image counts.
-
-    Ids 1..N go to train and test at random; ``idx/test_id.txt`` lists the test ids in that random
-    order. Each id has 2-4 visible and 1-3 infrared cameras (often one physical camera in both),
-    with ``per_camera`` +-1 images (at least 1) per camera, named as LLCM names them:
-    ``<pid>_c<cam:02d>_s<seq>_f<frame>_<vis|nir>.jpg``. Training images lie in ``vis/<pid>/`` and
-    ``nir/<pid>/``, listed camera by camera in ``idx/train_vis.txt`` / ``idx/train_nir.txt`` with
-    label = the rank of the id among the training ids (0-based); test images in ``test_vis/cam<k>/<pid>/`` and
-    ``test_nir/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM.
-    """
+    """Write a raw LLCM-layout tree (JPEG); returns {"ids", "train_visible", "train_infrared", "test_visible",
+    "test_infrared"} image counts. Ids 1..N go to train and test at random; ``idx/test_id.txt`` lists the test ids in
+    that random order. Each id has ``per_camera`` +-1 images (at least 1) per camera of :func:`_llcm_cameras`, named as
+    LLCM names them: ``<pid>_c<cam:02d>_s<seq>_f<frame>_<vis|nir>.jpg``. Training images lie in ``{vis,nir}/<pid>/``,
+    listed camera by camera in ``idx/train_{vis,nir}.txt`` with label = the rank of the id among the training ids
+    (0-based); test images in ``test_{vis,nir}/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM."""
     if train_ids < 1 or test_ids < 1 or per_camera < 1:
         raise ValueError("LLCM needs at least one training id, one test id and one image per camera")
     out = new_folder(out)
@@ -253,13 +214,8 @@ def _direction(query: str, gallery: str, sampled_queries: bool = False) -> Setti
 
 
 PUBLISHED = PublishedStats("LLCM", "Zhang and Wang CVPR 2023", {
-    "train identities": 713,
-    "train visible images": 16946,
-    "train infrared images": 13975,
-    "test identities": 351,
-    "test visible images": 8680,
-    "test infrared images": 7166,
-})
+    "train identities": 713, "train visible images": 16946, "train infrared images": 13975,
+    "test identities": 351, "test visible images": 8680, "test infrared images": 7166})
 
 LLCM = register(Dataset(  # no release recipe: SYSU-MM01's settings (DESIGN.md section 9)
     name="llcm", display="LLCM", layout="raw LLCM folder (idx/, vis/, nir/, test_vis/, test_nir/)", plan=plan_llcm,

@@ -15,10 +15,8 @@ from rpnr.files import os_error_line
 
 def prepare_main(dataset: str, argv: list[str] | None = None, description: str | None = None) -> int:
     """Prepare the registered ``dataset``: parse the arguments, write the prepared arrays, print the statistics
-    table and its comparison with the published statistics (one warning line per difference).
-
-    Bad input prints one ``<prog>: error: ...`` line and returns 1; Ctrl-C one line and 130.
-    """
+    table and its comparison with the published statistics (one warning line per difference). Bad input prints one
+    ``<prog>: error: ...`` line and returns 1; Ctrl-C one line and 130."""
     ds = get_dataset(dataset)
     prog = ds.prepare_script
     parser = argparse.ArgumentParser(prog=prog, description=description or f"Prepare {ds.display}.",
@@ -35,11 +33,9 @@ def prepare_main(dataset: str, argv: list[str] | None = None, description: str |
     try:
         manifest = write_prepared(ds.plan(args.data_dir), args.output_dir, args.height, args.width, args.overwrite,
                                   args.workers)
-    except (RawDataError, PreparedDataError) as exc:
-        print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{prog}: error: {os_error_line(exc)}", file=sys.stderr)
+    except (RawDataError, PreparedDataError, OSError) as exc:
+        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
+        print(f"{prog}: error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {args.output_dir} was left as it was", file=sys.stderr)
@@ -51,6 +47,7 @@ def prepare_main(dataset: str, argv: list[str] | None = None, description: str |
     return 0
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so temporary output is removed."""
+def script(dataset: str, description: str) -> None:
+    """Run ``prepare_<dataset>.py``: SIGTERM unwinds like Ctrl-C (temporary output removed), then exit."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(prepare_main(dataset, description=description))

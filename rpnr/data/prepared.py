@@ -1,16 +1,7 @@
-"""Prepared datasets: uint8 image arrays at a fixed size, with identity, camera and source path.
-
-Layout of a prepared folder (all ``.npy``; images are loaded memory-mapped):
-
-- ``manifest.json``: dataset, height, width, format version, source folder, creation
-  time, per-set counts, the statistics table rows and ``published_check`` (the counts
-  compared with the dataset's published statistics, :mod:`rpnr.data.published`);
-- per image set ``<set>_images.npy`` (uint8 [N, H, W, 3]), ``<set>_pids.npy``,
-  ``<set>_cams.npy`` (int64 [N]) and ``<set>_paths.npy`` (str [N], relative to the raw root);
-- index arrays (int64) that select the rows of a set for a trial.
-
-Which sets and index arrays a dataset writes is its plan's (``rpnr/data/<name>.py``); the registry entry's
-sides (:class:`rpnr.datasets.Side`) name the rows each trial reads (:func:`load_side`).
+"""Prepared datasets: uint8 image arrays at a fixed size, with identity, camera and source path; the files of a
+prepared folder: DESIGN.md section 1, "Preparation". Which sets and index arrays a dataset writes is its plan's
+(``rpnr/data/<name>.py``); the registry entry's sides (:class:`rpnr.datasets.Side`) name the rows each trial
+reads (:func:`load_side`).
 """
 
 from __future__ import annotations
@@ -25,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rpnr.data.published import compare_published
-from rpnr.data.raw_images import RESAMPLE, write_image_array
+from rpnr.data.raw_images import write_image_array
 from rpnr.datasets import Side, get_dataset
 from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, write_json
 
@@ -54,11 +45,7 @@ class ImageSet:
         index = np.asarray(index, dtype=np.int64)
         return ImageSet(images=np.ascontiguousarray(self.images[index]),
                         pids=np.asarray(self.pids[index] if pids is None else pids, dtype=np.int64),
-                        cams=np.asarray(self.cams[index], dtype=np.int64),
-                        paths=self.paths[index])
-
-
-# ----------------------------------------------------------------------------- writing
+                        cams=np.asarray(self.cams[index], dtype=np.int64), paths=self.paths[index])
 
 
 @dataclass
@@ -87,25 +74,19 @@ class PreparePlan:
     figures: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _view_stats(split: str, modality: str, pids: np.ndarray, cams: np.ndarray) -> dict:
-    return {"split": split, "modality": modality, "ids": int(len(np.unique(pids))), "images": int(len(pids)),
-            "cameras": [int(c) for c in np.unique(cams)]}
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 
 def _recover_killed_runs(out: Path) -> None:
-    """Clean up after prepare runs that were killed: remove their ``OUT.tmp-<pid>`` folders, and their
-    ``OUT.old-<pid>`` folders (the previous output, moved aside for the final rename), which go back to
-    ``OUT`` when a kill between the two renames left no ``OUT``."""
+    """Remove the ``OUT.tmp-<pid>`` and ``OUT.old-<pid>`` folders of killed prepare runs; an ``OUT.old-<pid>``
+    goes back to ``OUT`` when a kill between the two renames left no ``OUT`` (DESIGN.md section 10)."""
     for leftover in sorted(out.parent.glob(f"{out.name}.tmp-*")) + sorted(out.parent.glob(f"{out.name}.old-*")):
         suffix = leftover.name.rsplit("-", 1)[-1]
         if not suffix.isdigit() or int(suffix) == os.getpid() or _pid_alive(int(suffix)):
@@ -114,16 +95,6 @@ def _recover_killed_runs(out: Path) -> None:
             os.replace(leftover, out)
         else:
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _prepared_by_us(folder: Path) -> bool:
-    """Whether ``folder`` holds a ``manifest.json`` that this project wrote (format version and dataset)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION \
-        and isinstance(manifest.get("dataset"), str)
 
 
 def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
@@ -136,7 +107,11 @@ def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
         raise PreparedDataError(f"output path {out} exists and is not a folder; choose another --output-dir")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if not _prepared_by_us(out):
+    try:  # a manifest.json this project wrote (format version and dataset)
+        ours = isinstance(read_manifest(out).get("dataset"), str)
+    except PreparedDataError:
+        ours = False
+    if not ours:
         raise PreparedDataError(f"output folder {out} is not empty and was not prepared by this project (no "
                                 f"{MANIFEST} of ours); it is left alone: choose a new or empty --output-dir")
     if not overwrite:
@@ -155,14 +130,8 @@ def _check_free_space(plan: PreparePlan, folder: Path, height: int, width: int) 
 
 def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int, width: int,
                    overwrite: bool = False, workers: int | None = None) -> dict:
-    """Read, resize and write every set of ``plan`` into ``output_dir``; returns the manifest.
-
-    Refused untouched (:class:`PreparedDataError`): an output folder that is the raw folder or holds
-    it, a non-empty folder this project did not prepare, a prepared one without ``overwrite``, and a
-    file system without room for the arrays. Everything goes to ``OUT.tmp-<pid>`` first and is
-    renamed to ``OUT`` at the end; an error, a full disk or Ctrl-C removes the temporary folder, so
-    nothing half-written is left, and leftovers of earlier killed runs are cleaned up first.
-    """
+    """Read, resize and write every set of ``plan`` into ``output_dir``; returns the manifest. Refusals
+    (:class:`PreparedDataError`) and the ``OUT.tmp-<pid>`` folder renamed at the end: DESIGN.md section 10."""
     if height <= 0 or width <= 0:
         raise PreparedDataError(f"image size must be positive, got {height}x{width}")
     out = Path(output_dir).absolute()
@@ -183,13 +152,12 @@ def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int
         else:
             os.replace(tmp, out)
         fsync_folder(out.parent)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
         exc.filename = exc.filename or str(out)
         raise PreparedDataError(f"{os_error_line(exc)} (nothing was written)") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -197,8 +165,6 @@ def _write_arrays(plan: PreparePlan, folder: Path, height: int, width: int, work
     """Every set's images, pids, cams and paths, the index arrays and the manifest, into ``folder``."""
     sets_info = {}
     for spec in plan.sets:
-        if spec.resample not in RESAMPLE:
-            raise ValueError(f"unknown resample {spec.resample!r}")
         write_image_array(folder / f"{spec.name}_images.npy", [os.path.join(plan.root, p) for p in spec.paths],
                           height, width, spec.resample, desc=f"{spec.name} ({spec.resample})", workers=workers)
         np.save(folder / f"{spec.name}_pids.npy", np.asarray(spec.pids, dtype=np.int64))
@@ -207,39 +173,25 @@ def _write_arrays(plan: PreparePlan, folder: Path, height: int, width: int, work
         sets_info[spec.name] = {"count": len(spec.paths), "resample": spec.resample}
     for name, arr in plan.arrays.items():
         np.save(folder / f"{name}.npy", np.asarray(arr, dtype=np.int64))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "dataset": plan.dataset,
-        "height": int(height),
-        "width": int(width),
-        "source": str(Path(plan.root).absolute()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "sets": sets_info,
-        "arrays": sorted(plan.arrays),
-        "stats": [_view_stats(*view) for view in plan.views],
-        "published_check": compare_published(plan.dataset, plan.figures),
-        **plan.info,
-    }
+    manifest = {"format_version": FORMAT_VERSION, "dataset": plan.dataset, "height": int(height), "width": int(width),
+                "source": str(Path(plan.root).absolute()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "sets": sets_info, "arrays": sorted(plan.arrays), "stats": [
+                    {"split": split, "modality": modality, "ids": len(np.unique(pids)), "images": len(pids),
+                     "cameras": np.unique(cams).tolist()} for split, modality, pids, cams in plan.views],
+                "published_check": compare_published(plan.dataset, plan.figures), **plan.info}
     write_json(folder / MANIFEST, manifest)
     return manifest
 
 
 def format_stats(manifest: dict) -> str:
     """The statistics table (ids, images, cameras per split and modality) of a manifest."""
-    rows = [("split", "modality", "ids", "images", "cameras")]
-    for s in manifest["stats"]:
-        rows.append((s["split"], s["modality"], str(s["ids"]), str(s["images"]),
-                     ",".join(str(c) for c in s["cameras"])))
+    rows = [("split", "modality", "ids", "images", "cameras")] + [
+        (s["split"], s["modality"], str(s["ids"]), str(s["images"]), ",".join(str(c) for c in s["cameras"]))
+        for s in manifest["stats"]]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = [f"{manifest['dataset']} prepared at {manifest['height']}x{manifest['width']} (HxW)"]
-    for k, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- reading
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([f"{manifest['dataset']} prepared at {manifest['height']}x{manifest['width']} (HxW)", *lines])
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
@@ -249,11 +201,9 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise PreparedDataError(f"prepared data folder not found: {root}")
     path = root / MANIFEST
     if not path.is_file():
-        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_<dataset>.py "
-                                f"first)")
+        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_<dataset>.py first)")
     try:
-        with open(path) as fh:
-            manifest = json.load(fh)
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PreparedDataError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
@@ -271,8 +221,7 @@ def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = N
         raise PreparedDataError(str(exc)) from None
     manifest = read_manifest(root)
     if manifest.get("dataset") != dataset:
-        raise PreparedDataError(f"{root} holds prepared {manifest.get('dataset')} data, not {dataset} "
-                                f"(run {script})")
+        raise PreparedDataError(f"{root} holds prepared {manifest.get('dataset')} data, not {dataset} (run {script})")
     size = (manifest.get("height"), manifest.get("width"))
     if (height is not None and height != size[0]) or (width is not None and width != size[1]):
         raise PreparedDataError(f"{root} was prepared at {size[0]}x{size[1]} (HxW), not {height or size[0]}x"
@@ -319,8 +268,8 @@ def _check_array(path: Path, shape: tuple, kind: str) -> None:
                                 f"data bytes; prepare the data again)")
 
 
-def _load_npy(root: Path, name: str, mmap: bool = False) -> np.ndarray:
-    path = root / f"{name}.npy"
+def _load_npy(root: str | os.PathLike, name: str, mmap: bool = False) -> np.ndarray:
+    path = Path(root) / f"{name}.npy"
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -329,14 +278,13 @@ def _load_npy(root: Path, name: str, mmap: bool = False) -> np.ndarray:
 
 def load_set(root: str | os.PathLike, name: str) -> ImageSet:
     """A whole stored image set (images memory-mapped)."""
-    root = Path(root)
     return ImageSet(images=_load_npy(root, f"{name}_images", mmap=True), pids=_load_npy(root, f"{name}_pids"),
                     cams=_load_npy(root, f"{name}_cams"), paths=_load_npy(root, f"{name}_paths"))
 
 
 def load_array(root: str | os.PathLike, name: str) -> np.ndarray:
     """A stored index/label array (e.g. ``gallery_index_all_0``)."""
-    return _load_npy(Path(root), name)
+    return _load_npy(root, name)
 
 
 def load_side(root: str | os.PathLike, side: Side, trial: int) -> ImageSet:

@@ -22,35 +22,23 @@ class PublishedStats:
     figures: Mapping[str, int]
 
 
-def _span(values: Sequence[int]) -> list[int]:
-    """``[fewest, most]`` of the values observed for one figure (equal when it does not vary)."""
-    return [int(min(values)), int(max(values))]
-
-
-def _text(span: list[int]) -> str:
-    return f"{span[0]:,}" if span[0] == span[1] else f"{span[0]:,} to {span[1]:,}"
-
-
 def compare_published(dataset: str, found: Mapping[str, Sequence[int]]) -> dict:
-    """Compare counted figures with the published ones.
-
-    ``found`` maps a figure name to every value observed for it (one value for a total,
-    one per trial or per identity for "per trial"/"per identity" figures). Returns
-    ``{"dataset", "name", "source", "expected", "found", "differences", "matches"}``:
-    ``expected`` maps figures to counts, ``found`` to ``[fewest, most]`` observed, and
-    ``differences`` holds one sentence per differing figure. A dataset without published
-    figures has no expectations (and matches).
-    """
+    """Compare counted figures (``found``: figure name -> every value observed, one for a total, one per trial or
+    identity for "per trial"/"per identity" figures) with the published ones: ``{"dataset", "name", "source",
+    "expected", "found", "differences", "matches"}``, ``expected`` mapping figures to counts, ``found`` to
+    ``[fewest, most]``, ``differences`` one sentence per differing figure. A dataset without published figures has
+    no expectations (and matches)."""
     known = registry()
     stats = known[dataset].published if dataset in known else PublishedStats(dataset, "none", {})
-    counted = {name: _span(values) for name, values in found.items() if len(values)}
+    counted = {name: [int(min(values)), int(max(values))] for name, values in found.items() if len(values)}
     differences = []
     for figure, expected in stats.figures.items():
         span = counted.get(figure)
         if span is None:
             differences.append(f"{figure}: not counted here, published {expected:,}")
         elif span != [expected, expected]:
-            differences.append(f"{figure}: found {_text(span)}, published {expected:,}")
+            text = f"{span[0]:,}" if span[0] == span[1] else f"{span[0]:,} to {span[1]:,}"
+            differences.append(f"{figure}: found {text}, published {expected:,}")
     return {"dataset": dataset, "name": stats.name, "source": stats.source, "expected": dict(stats.figures),
             "found": counted, "differences": differences, "matches": not differences}
 

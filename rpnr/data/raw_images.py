@@ -21,31 +21,21 @@ class RawDataError(Exception):
     """The raw dataset is missing, incomplete or holds an unreadable file (one-line message)."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def read_image(path: str | os.PathLike, height: int, width: int, resample: str) -> np.ndarray:
     """One image file -> uint8 [height, width, 3] (RGB, resized with ``resample``)."""
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB")
-            rgb = rgb.resize((width, height), RESAMPLE[resample])
-            return np.asarray(rgb, dtype=np.uint8)
+            return np.asarray(img.convert("RGB").resize((width, height), RESAMPLE[resample]), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = _one_line(exc).replace(f" '{path}'", "").replace(f" {path}", "")
+        reason = (" ".join(str(exc).split()) or type(exc).__name__).replace(f" '{path}'", "").replace(f" {path}", "")
         raise RawDataError(f"cannot read image {path}: {reason}") from None
 
 
 def write_image_array(path: str | os.PathLike, paths: Sequence[str], height: int, width: int, resample: str,
                       desc: str = "images", workers: int | None = None) -> None:
     """Decode ``paths`` (resized with ``resample``) into the ``.npy`` file ``path``: uint8 [N, height, width, 3]
-    in the order of ``paths``, with a progress bar.
-
-    The file is written sequentially (no memory map), so a full disk is an ``OSError`` (ENOSPC), never
-    a bus error. Decoding runs on ``workers`` threads (PIL releases the GIL).
-    """
+    in the order of ``paths``, with a progress bar, on ``workers`` threads (PIL releases the GIL); written
+    sequentially (no memory map), so a full disk is an ``OSError`` (ENOSPC), never a bus error."""
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {sorted(RESAMPLE)}, got {resample!r}")
     workers = workers or min(8, os.cpu_count() or 1)
@@ -57,8 +47,7 @@ def write_image_array(path: str | os.PathLike, paths: Sequence[str], height: int
         np.lib.format.write_array_header_2_0(fh, header)
         for start in range(0, len(paths), _CHUNK):
             chunk = paths[start:start + _CHUNK]
-            arrays = pool.map(read_image, chunk, [height] * len(chunk), [width] * len(chunk),
-                              [resample] * len(chunk))
+            arrays = pool.map(lambda p: read_image(p, height, width, resample), chunk)
             fh.write(np.stack(list(arrays)).tobytes())  # [c, H, W, 3]
             bar.update(len(chunk))
         fh.flush()

@@ -1,11 +1,9 @@
-"""Pieces the raw layouts share: id files, ``<relative path> <label>`` lists, camera folders.
+"""Pieces the raw layouts share: id files, ``<relative path> <label>`` lists (RegDB, LLCM training), camera folders.
 
-SYSU-MM01 (``cam<k>/<pid>/``) and the LLCM test images (``test_vis/cam<k>/<pid>/``,
-``test_nir/cam<k>/<pid>/``) share the official test protocol of the AGW/DEEN code base:
-an id file of one comma-separated line, queries = every image of the test ids (ids sorted,
-camera folders in a fixed order, files sorted), and a gallery per trial with one image
-drawn per (id, camera folder) after ``random.seed(trial)``. RegDB's and LLCM's training
-lists share the ``<relative path> <label>`` line format.
+SYSU-MM01 (``cam<k>/<pid>/``) and the LLCM test images (``test_{vis,nir}/cam<k>/<pid>/``) share the official
+test protocol of the AGW/DEEN code base (DESIGN.md sections 1 and 9): an id file of one comma-separated line,
+queries = every image of the test ids (:func:`folder_images`), one gallery image per (id, camera folder) and
+trial (:func:`sample_folder_images`).
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -29,15 +28,11 @@ class Split(NamedTuple):
 
 
 def read_id_line(path: str, missing_hint: str) -> list[str]:
-    """Ids of an id file as 4-digit strings, in file order.
-
-    As the official code: only the FIRST line is read, split on ',', each value int()-ed and
-    written back as ``"%04d"``. ``missing_hint`` completes the error for a missing file.
-    """
+    """Ids of an id file as 4-digit strings, in file order: the first line only, as the official code (DESIGN.md
+    section 1); ``missing_hint`` completes the error for a missing file."""
     if not os.path.isfile(path):
         raise RawDataError(f"missing {path} ({missing_hint})")
-    with open(path) as fh:
-        lines = fh.read().splitlines()
+    lines = Path(path).read_text().splitlines()
     if not lines or not lines[0].strip():
         raise RawDataError(f"{path} is empty (expected one line of comma-separated ids)")
     try:
@@ -45,6 +40,15 @@ def read_id_line(path: str, missing_hint: str) -> list[str]:
     except ValueError:
         raise RawDataError(f"{path}: first line is not a comma-separated list of integer ids") from None
     return [f"{x:04d}" for x in ids]  # the official "%04d" % x
+
+
+def cam_split(paths: list[str], root: str | None = None) -> Split:
+    """``paths`` ending in ``cam<k>/<pid>/<file>``, with pid = the id folder and camera = k; relative to ``root``
+    when it is given."""
+    paths = paths if root is None else [os.path.relpath(p, root) for p in paths]
+    folders = [p.split(os.sep)[-3:-1] for p in paths]
+    return Split(paths, np.array([int(pid) for _, pid in folders], dtype=np.int64),
+                 np.array([int(cam[3:]) for cam, _ in folders], dtype=np.int64))
 
 
 def sorted_files(img_dir: str) -> list[str]:
@@ -63,21 +67,14 @@ def _id_folders(root: str, folders: Sequence[str], ids: Sequence[str]) -> Iterat
 
 
 def folder_images(root: str, folders: Sequence[str], ids: Sequence[str]) -> list[str]:
-    """Every image of ``ids`` (visited in sorted order) in each of ``folders`` (in the given order)
-    that has a folder for the id, files sorted: the official query order.
-
-    Paths are ``os.path.join(root, folder, pid) + '/' + name``, as the official code builds them.
-    """
+    """Every image of the :func:`_id_folders`, files sorted (:func:`sorted_files`): the official query order."""
     return [file for img_dir in _id_folders(root, folders, ids) for file in sorted_files(img_dir)]
 
 
 def sample_folder_images(root: str, folders: Sequence[str], ids: Sequence[str], trial: int) -> list[str]:
-    """One image per (id, folder) in :func:`folder_images`' order: the official gallery of ``trial``.
-
-    The official ``random.seed(trial)`` followed by ``random.choice`` over the sorted files of
-    each folder is reproduced with ``random.Random(trial).choice``, so the global random state
-    is left alone. An empty folder is an error (the official ``random.choice`` fails on it).
-    """
+    """One image per (id, folder) in :func:`folder_images`' order: the official gallery of ``trial``, drawn by
+    ``random.Random(trial).choice`` (global random state left alone; an empty folder is an error), DESIGN.md
+    section 1."""
     rng = random.Random(trial)
     files = []
     for img_dir in _id_folders(root, folders, ids):
@@ -89,30 +86,24 @@ def sample_folder_images(root: str, folders: Sequence[str], ids: Sequence[str], 
 
 
 def read_path_labels(root: str, path: str, missing_hint: str) -> tuple[list[str], np.ndarray]:
-    """``(relative paths, labels int64)`` of a ``<relative path> <label>`` list file, in file order.
-
-    Blank lines are skipped; every listed image must exist under ``root``. ``missing_hint``
-    completes the error for a missing list file.
-    """
+    """``(relative paths, labels int64)`` of a ``<relative path> <label>`` list file, in file order; blank lines
+    skipped, every listed image must exist under ``root``, ``missing_hint`` completes the error for a missing file."""
     if not os.path.isfile(path):
         raise RawDataError(f"missing {path} ({missing_hint})")
     paths, labels = [], []
-    with open(path) as fh:
-        for number, line in enumerate(fh.read().splitlines(), 1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                labels.append(int(fields[1]))
-            except ValueError:
-                raise RawDataError(f"{path} line {number}: expected '<relative path> <label>', "
-                                   f"got {line.strip()!r}") from None
-            if not os.path.isfile(os.path.join(root, fields[0])):
-                raise RawDataError(f"image {os.path.join(root, fields[0])} listed in {path} line {number} "
-                                   f"does not exist")
-            paths.append(fields[0])
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            relative, label = fields
+            labels.append(int(label))
+        except ValueError:
+            raise RawDataError(f"{path} line {number}: expected '<relative path> <label>', "
+                               f"got {line.strip()!r}") from None
+        if not os.path.isfile(os.path.join(root, relative)):
+            raise RawDataError(f"image {os.path.join(root, relative)} listed in {path} line {number} does not exist")
+        paths.append(relative)
     if not paths:
         raise RawDataError(f"{path} lists no images")
     return paths, np.array(labels, dtype=np.int64)

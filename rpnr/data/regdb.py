@@ -1,10 +1,5 @@
 """RegDB: the raw layout, what prepare writes, the release's training order, the synthetic tree, the
-published statistics and the registry entry.
-
-Raw layout: ``Visible/``, ``Thermal/`` and ``idx/{train,test}_{visible,thermal}_{1..10}.txt``. Each idx line
-is ``relative/path.bmp label``; trial t trains on the ``train_*_t`` lists and tests on the ``test_*_t`` lists.
-Camera ids: visible = 1, thermal = 2. Prepared sets ``{visible,thermal}_{train,test}`` hold each listed
-image once, with ``trial{t}_{train,test}_{visible,thermal}_{index,labels}`` for t = 1..10.
+published statistics and the registry entry; raw layout, trials, camera ids and prepared sets: DESIGN.md section 1.
 
 Published statistics: Nguyen et al., "Person Recognition System Based on a Combination of Body Images from
 Visible Light and Thermal Cameras", Sensors 2017 (412 persons, 10 visible + 10 thermal images each); the
@@ -14,6 +9,7 @@ ten-trial protocol (Ye et al., 2018) splits them into 206 training and 206 test 
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 from PIL import Image
@@ -34,14 +30,9 @@ REGDB_TRIALS = tuple(range(1, 11))
 STEM = {"visible": "visible", "thermal": "infrared"}
 
 
-def idx_path(root: str, split: str, modality: str, trial: int) -> str:
-    """``root/idx/<split>_<modality>_<trial>.txt``."""
-    return os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt")
-
-
 def read_idx(root: str, split: str, modality: str, trial: int) -> tuple[list[str], np.ndarray]:
     """``(relative paths, labels int64)`` of one idx file, in file order; every file must exist."""
-    return read_path_labels(root, idx_path(root, split, modality, trial),
+    return read_path_labels(root, os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt"),
                             "expected the RegDB layout with idx/{train,test}_{visible,thermal}_{1..10}.txt")
 
 
@@ -56,7 +47,7 @@ def plan_regdb(root: str) -> PreparePlan:
                            f"Visible/, Thermal/, idx/)")
     lists = {(split, modality, t): read_idx(root, split, modality, t)
              for t in REGDB_TRIALS for split in SPLITS for modality in MODALITIES}
-    sets, arrays, views = [], {}, []
+    sets, arrays, views, stored = [], {}, [], []
     for split in SPLITS:
         for modality in MODALITIES:
             union = sorted({p for t in REGDB_TRIALS for p in lists[split, modality, t][0]})
@@ -72,12 +63,9 @@ def plan_regdb(root: str) -> PreparePlan:
             paths, labels = lists[split, modality, REGDB_TRIALS[0]]
             views.append((f"{split} (trial {REGDB_TRIALS[0]})", modality, labels,
                           np.full(len(paths), CAMERA[modality])))
-    for split in SPLITS:
-        for modality in MODALITIES:
-            spec = next(s for s in sets if s.name == f"{modality}_{split}")
-            folders = np.array([os.path.dirname(p) for p in spec.paths])  # ids counted as image folders
-            views.append((f"{split} (stored, trials 1-10)", modality, folders, spec.cams))
-    return PreparePlan("regdb", root, sets, arrays, views, {"trials": list(REGDB_TRIALS)}, _figures(lists))
+            folders = np.array([os.path.dirname(p) for p in union])  # ids counted as image folders
+            stored.append((f"{split} (stored, trials 1-10)", modality, folders, cams))
+    return PreparePlan("regdb", root, sets, arrays, views + stored, {"trials": list(REGDB_TRIALS)}, _figures(lists))
 
 
 def _figures(lists: dict[tuple[str, str, int], tuple[list[str], np.ndarray]]) -> dict[str, list[int]]:
@@ -87,29 +75,20 @@ def _figures(lists: dict[tuple[str, str, int], tuple[list[str], np.ndarray]]) ->
     folders: set[str] = set()
     for modality in MODALITIES:
         listed = {p for (_, m, _), (paths, _) in lists.items() if m == modality for p in paths}
-        per_folder: dict[str, int] = {}
-        for path in listed:
-            folder = os.path.basename(os.path.dirname(path))
-            per_folder[folder] = per_folder.get(folder, 0) + 1
+        per_folder = Counter(os.path.basename(os.path.dirname(path)) for path in listed)
         folders.update(per_folder)
         figures[f"{modality} images per identity"] = list(per_folder.values())
     figures["identities"] = [len(folders)]
     for split in SPLITS:
-        figures[f"{split} identities per trial"] = [len(np.unique(lists[split, "visible", t][1]))
-                                                    for t in REGDB_TRIALS]
+        figures[f"{split} identities per trial"] = [len(np.unique(lists[split, "visible", t][1])) for t in REGDB_TRIALS]
         for modality in MODALITIES:
-            figures[f"{split} {modality} images per trial"] = [len(lists[split, modality, t][0])
-                                                               for t in REGDB_TRIALS]
+            figures[f"{split} {modality} images per trial"] = [len(lists[split, modality, t][0]) for t in REGDB_TRIALS]
     return figures
 
 
 def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
-    """Row order in which the release clusters RegDB training images: [N] int64.
-
-    The release copies each image to ``<label>_c1_<file name>`` and iterates over
-    ``sorted(dataset.train)``, i.e. by that name as a string ("10_..." before "1_...").
-    Its SYSU names ``<4-digit id>_c<cam>_<file>`` sort like the prepared order already.
-    """
+    """Row order in which the release clusters RegDB training images: [N] int64, the string order of the names
+    ``<label>_c1_<file name>`` it copies them to (DESIGN.md section 1, "Training order")."""
     names = [f"{pid}_c1_{os.path.basename(path)}" for pid, path in zip(np.asarray(pids).tolist(),
                                                                        np.asarray(paths).tolist())]
     return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
@@ -117,11 +96,9 @@ def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
 
 def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, height: int = 128,
                 width: int = 64, seed: int = 0) -> dict:
-    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts.
-
-    Trial t splits the ids in half at random (train/test, a different split per trial);
-    labels in the idx files are 0..n-1 in id order within each split, as in RegDB.
-    """
+    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts. Trial t splits the ids
+    in half at random (train/test, a different split per trial); labels in the idx files are 0..n-1 in id order
+    within each split, as in RegDB."""
     if ids < 2 or per_modality < 1:
         raise ValueError("RegDB needs at least 2 ids and one image per modality")
     out = new_folder(out)
@@ -147,7 +124,7 @@ def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, h
         perm = np.random.default_rng([seed, 1000 + trial]).permutation(np.arange(1, ids + 1))
         half = ids // 2
         for split, members in (("train", sorted(perm[:half])), ("test", sorted(perm[half:]))):
-            for modality in ("visible", "thermal"):
+            for modality in MODALITIES:
                 lines = [f"{rel} {label}" for label, pid in enumerate(members) for rel in files[pid][modality]]
                 (out / "idx" / f"{split}_{modality}_{trial}.txt").write_text("\n".join(lines) + "\n")
     return {"ids": ids, "visible_images": ids * per_modality, "thermal_images": ids * per_modality}
@@ -169,16 +146,10 @@ def _direction(query: str, gallery: str) -> Setting:
 
 
 PUBLISHED = PublishedStats("RegDB", "Nguyen et al. Sensors 2017; Ye et al. 2018 trials", {
-    "identities": 412,
-    "visible images per identity": 10,
-    "thermal images per identity": 10,
-    "train identities per trial": 206,
-    "test identities per trial": 206,
-    "train visible images per trial": 2060,
-    "train thermal images per trial": 2060,
-    "test visible images per trial": 2060,
-    "test thermal images per trial": 2060,
-})
+    "identities": 412, "visible images per identity": 10, "thermal images per identity": 10,
+    "train identities per trial": 206, "test identities per trial": 206,
+    "train visible images per trial": 2060, "train thermal images per trial": 2060,
+    "test visible images per trial": 2060, "test thermal images per trial": 2060})
 
 REGDB = register(Dataset(
     name="regdb", display="RegDB", layout="raw RegDB folder (Visible/, Thermal/, idx/)", plan=plan_regdb,

@@ -1,12 +1,6 @@
-"""Identity-balanced batches over pseudo-labelled samples (DESIGN.md section 5).
-
-``RandomMultipleGallerySampler`` reproduces the release's sampler (from
-ClusterContrast): per pass, the pseudo identities in a random order, each as an
-anchor plus ``num_instances - 1`` samples, preferably from other cameras.
-``BatchStream`` cuts the passes into fixed-size batches and starts a new pass when
-one runs out, as the release's ``IterLoader`` over a ``drop_last`` DataLoader does.
-It draws from the global ``random``, ``numpy`` and ``torch`` generators, as the
-release does, so a run is reproducible from their saved states.
+"""Identity-balanced batches over pseudo-labelled samples (DESIGN.md section 5): the release's sampler (from
+ClusterContrast) and its ``IterLoader`` over a ``drop_last`` DataLoader. They draw from the global ``random``,
+``numpy`` and ``torch`` generators, as the release does, so a run is reproducible from their saved states.
 """
 
 from __future__ import annotations
@@ -17,21 +11,13 @@ import numpy as np
 import torch
 
 
-def _other_positions(values: list, exclude) -> list[int]:
-    """Positions in ``values`` whose value differs from ``exclude`` (the release's ``No_index``)."""
-    return [i for i, v in enumerate(values) if v != exclude]
-
-
 class RandomMultipleGallerySampler:
-    """Positions into a data source of (pseudo label, camera) pairs, grouped by identity.
-
-    ``labels`` and ``cams`` describe the data source in its order (outliers already
-    removed). Identities are kept in order of first appearance, as the release's dict.
-    """
+    """Positions into a data source of (pseudo label, camera) pairs (``labels``, ``cams`` in its order; negative
+    labels, outliers, never sampled), grouped by identity as DESIGN.md section 5 ("Sampler") says: per pass, the
+    identities in a random order, each as an anchor plus ``num_instances - 1`` samples, preferably of other cameras."""
 
     def __init__(self, labels, cams, num_instances: int = 4):
-        labels = np.asarray(labels)
-        cams = np.asarray(cams)
+        labels, cams = np.asarray(labels), np.asarray(cams)
         if labels.shape != cams.shape:
             raise ValueError(f"labels and cams differ in length: {labels.shape} vs {cams.shape}")
         if num_instances < 1:
@@ -45,7 +31,7 @@ class RandomMultipleGallerySampler:
                 continue
             self.pid_index.setdefault(pid, []).append(index)
             self.pid_cam.setdefault(pid, []).append(cam)
-        self.pids = list(self.pid_index)
+        self.pids = list(self.pid_index)  # order of first appearance, as the release's dict
 
     @property
     def num_identities(self) -> int:
@@ -66,13 +52,11 @@ class RandomMultipleGallerySampler:
             index = self.pid_index[pid]
             anchor = random.choice(index)
             ret.append(anchor)
-            other_cams = _other_positions(self.pid_cam[pid], self.cams[anchor])
-            if other_cams:
-                candidates = other_cams
-            else:
-                candidates = _other_positions(index, anchor)
-                if not candidates:
-                    continue
+            # the release's No_index: positions of the other cameras' samples, else of the other samples
+            candidates = ([i for i, cam in enumerate(self.pid_cam[pid]) if cam != self.cams[anchor]]
+                          or [i for i, k in enumerate(index) if k != anchor])
+            if not candidates:
+                continue
             replace = len(candidates) < self.num_instances
             # global legacy numpy stream, as the release (its state is saved in checkpoints)
             picks = np.random.choice(candidates, size=self.num_instances - 1, replace=replace)  # noqa: NPY002
@@ -81,34 +65,25 @@ class RandomMultipleGallerySampler:
 
 
 class BatchStream:
-    """Endless fixed-size batches of sampler positions; a new pass starts when one is used up.
-
-    Like a ``drop_last`` DataLoader wrapped in the release's ``IterLoader``: the
-    incomplete tail of a pass is dropped. ``new_epoch()`` starts a fresh pass.
-    """
+    """Endless fixed-size batches of sampler positions, as a ``drop_last`` DataLoader wrapped in the release's
+    ``IterLoader``: a pass's incomplete tail is dropped, a new pass starts when one is used up or at ``new_epoch()``."""
 
     def __init__(self, sampler: RandomMultipleGallerySampler, batch_size: int):
         if sampler.pass_length() < batch_size:
-            raise ValueError(
-                f"one pass of the sampler yields {sampler.pass_length()} samples, "
-                f"fewer than a batch of {batch_size}"
-            )
-        self.sampler = sampler
-        self.batch_size = batch_size
+            raise ValueError(f"one pass of the sampler yields {sampler.pass_length()} samples, "
+                             f"fewer than a batch of {batch_size}")
+        self.sampler, self.batch_size = sampler, batch_size
         self._batches: list[np.ndarray] = []
 
     def new_epoch(self) -> None:
         self._batches = []
 
-    def _refill(self) -> None:
-        flat = np.fromiter(iter(self.sampler), dtype=np.int64)
-        n = len(flat) // self.batch_size
-        self._batches = list(flat[: n * self.batch_size].reshape(n, self.batch_size))[::-1]
-
     def next(self) -> np.ndarray:
         """The next batch: int64 positions [batch_size] into the sampler's data source."""
-        if not self._batches:
-            self._refill()
+        if not self._batches:  # a new pass
+            flat = np.fromiter(iter(self.sampler), dtype=np.int64)
+            n = len(flat) // self.batch_size
+            self._batches = list(flat[: n * self.batch_size].reshape(n, self.batch_size))[::-1]
         return self._batches.pop()
 
     def take(self, count: int) -> list[np.ndarray]:

@@ -1,12 +1,10 @@
 """Small synthetic raw dataset trees with real image files (tests and the demo): the drawing of persons
 here, each dataset's tree writer beside its layout (``Dataset.write_synthetic``).
 
-Each identity is a drawn pedestrian with its own shape (head, torso, legs, arms, bag) and
-its own torso/leg textures (stripe orientation and frequency, patterns). Visible images
-show them in the identity's colours; infrared/thermal images show the same shape and
-texture as grey-ish intensities (3-channel, no colour), so identity is recognisable across
-modalities. Pose jitter, scale, flips, camera-specific backgrounds, lighting and noise
-vary per image. Output is deterministic given the seed.
+Each identity is a drawn pedestrian with its own shape and torso/leg textures (:class:`Identity`). Visible
+images show them in the identity's colours; infrared/thermal images show the same shape and texture as grey-ish
+intensities (3-channel, no colour), so identity is recognisable across modalities. Pose jitter, scale, flips,
+camera-specific backgrounds, lighting and noise vary per image. Output is deterministic given the seed.
 
     python -m rpnr.data.synthetic --dataset <name> --out data/<name>_synth
 """
@@ -45,19 +43,12 @@ class Identity:
 def make_identity(rng: np.random.Generator) -> Identity:
     """Draw one identity's appearance."""
     return Identity(
-        head=float(rng.uniform(0.09, 0.15)),
-        torso_w=float(rng.uniform(0.16, 0.28)),
-        torso_end=float(rng.uniform(0.48, 0.62)),
-        leg_gap=float(rng.uniform(0.01, 0.06)),
-        arm_w=float(rng.uniform(0.04, 0.08)),
-        bag=int(rng.integers(-1, 2)),
-        up_angle=float(rng.choice([0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4])),
-        up_freq=float(rng.uniform(3.0, 9.0)),
-        up_kind=int(rng.integers(0, 3)),
-        low_freq=float(rng.choice([0.0, 0.0, 6.0, 10.0])),
-        colors=rng.uniform(0.05, 0.95, size=(5, 3)),
-        ir_levels=rng.uniform(0.25, 0.95, size=5),
-    )
+        head=float(rng.uniform(0.09, 0.15)), torso_w=float(rng.uniform(0.16, 0.28)),
+        torso_end=float(rng.uniform(0.48, 0.62)), leg_gap=float(rng.uniform(0.01, 0.06)),
+        arm_w=float(rng.uniform(0.04, 0.08)), bag=int(rng.integers(-1, 2)),
+        up_angle=float(rng.choice([0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4])), up_freq=float(rng.uniform(3.0, 9.0)),
+        up_kind=int(rng.integers(0, 3)), low_freq=float(rng.choice([0.0, 0.0, 6.0, 10.0])),
+        colors=rng.uniform(0.05, 0.95, size=(5, 3)), ir_levels=rng.uniform(0.25, 0.95, size=5))
 
 
 def render(person: Identity, rng: np.random.Generator, height: int, width: int, infrared: bool,
@@ -104,12 +95,10 @@ def render(person: Identity, rng: np.random.Generator, height: int, width: int, 
         img[bag] = lv[4]
         img[head] = 0.95
         img[hair] = lv[3] * 0.6
-        img = img * light
-        img = np.repeat(img[:, :, None], 3, axis=2) * (1.0 + rng.uniform(-0.04, 0.04, size=3))  # grey-ish
+        img = np.repeat(img[:, :, None] * light, 3, axis=2) * (1.0 + rng.uniform(-0.04, 0.04, size=3))  # grey-ish
     else:
         col = person.colors
-        img = np.empty((height, width, 3), dtype=np.float32)
-        img[:] = background
+        img = np.full((height, width, 3), background, dtype=np.float32)
         img += (y[:, :, None] * 0.2 - 0.1).astype(np.float32)
         img[legs] = col[2] * np.where(leg_pattern[legs], 0.6, 1.0)[:, None]
         img[torso | arms] = np.where(pattern[:, :, None], col[0], col[1])[torso | arms]

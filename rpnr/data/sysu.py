@@ -1,15 +1,11 @@
 """SYSU-MM01: the raw layout (identity files, the official query/gallery splits, the training split), what
-prepare writes, the synthetic tree, the published statistics and the registry entry.
+prepare writes, the synthetic tree, the published statistics and the registry entry; raw layout: DESIGN.md section 1.
 
-Raw layout: ``cam1 ... cam6/<pid as 4 digits>/<file>.jpg`` and ``exp/{train,val,test}_id.txt``
-(one line of comma-separated integer ids). RGB cameras 1, 2, 4, 5; IR cameras 3, 6.
-
-Published statistics: Wu et al., "RGB-Infrared Cross-Modality Person Re-Identification", ICCV 2017, and
-the dataset's README (491 identities = 296 training + 99 validation + 96 test; training uses training +
-validation ids). The RPNR release's own log (``logs/sysu_s2_log.txt``) prints 395 ids with 22,258 RGB and
-11,909 IR training images, and 384 + 3,419 = 3,803 IR test images of 96 ids. All-search galleries (one
-image per test id and RGB camera 1, 2, 4, 5) hold 301 images and indoor-search galleries (cameras 1, 2)
-112, as the cross-modality literature reports.
+Published statistics: Wu et al., "RGB-Infrared Cross-Modality Person Re-Identification", ICCV 2017, and the dataset's
+README (491 identities = 296 training + 99 validation + 96 test; training uses training + validation ids). The RPNR
+release's own log (``logs/sysu_s2_log.txt``) prints 395 ids with 22,258 RGB and 11,909 IR training images, and 384 +
+3,419 = 3,803 IR test images of 96 ids. All-search galleries (one image per test id and RGB camera 1, 2, 4, 5) hold 301
+images and indoor-search galleries (cameras 1, 2) 112, as the cross-modality literature reports.
 """
 
 from __future__ import annotations
@@ -22,38 +18,26 @@ from PIL import Image
 from rpnr.data.prepared import PreparePlan, SetSpec
 from rpnr.data.published import PublishedStats
 from rpnr.data.raw_images import RawDataError
-from rpnr.data.raw_layout import Split, folder_images, read_id_line, sample_folder_images
+from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, sample_folder_images
 from rpnr.data.synthetic import background, make_identity, new_folder, render
 from rpnr.datasets import Dataset, Setting, Side, register
 from rpnr.metrics import eval_sysu, sysu_ignored
 
-RGB_CAMERAS = ("cam1", "cam2", "cam4", "cam5")
-RGB_CAMS, IR_CAMS = (1, 2, 4, 5), (3, 6)  # camera numbers (synthetic trees)
-IR_CAMERAS = ("cam3", "cam6")
-QUERY_CAMERAS = ("cam3", "cam6")  # the same for both modes (official)
-GALLERY_CAMERAS = {"all": ("cam1", "cam2", "cam4", "cam5"), "indoor": ("cam1", "cam2")}
+RGB_CAMS, IR_CAMS = (1, 2, 4, 5), (3, 6)  # camera numbers
+RGB_CAMERAS, IR_CAMERAS = tuple(f"cam{k}" for k in RGB_CAMS), tuple(f"cam{k}" for k in IR_CAMS)
+QUERY_CAMERAS = IR_CAMERAS  # the same for both modes (official)
+GALLERY_CAMERAS = {"all": RGB_CAMERAS, "indoor": ("cam1", "cam2")}
 ALL_CAMERAS = tuple(f"cam{i}" for i in range(1, 7))
 SYSU_MODES = ("all", "indoor")
 SYSU_TRIALS = tuple(range(10))
 
 
 def read_ids(root: str, split: str) -> list[str]:
-    """Ids of ``exp/<split>_id.txt`` as 4-digit strings, in file order.
-
-    As the official code: only the FIRST line is read, split on ',', each value int()-ed.
-    """
+    """Ids of ``exp/<split>_id.txt`` as 4-digit strings, in file order (the first line only, as the official code)."""
     if not os.path.isdir(root):
         raise RawDataError(f"SYSU-MM01 folder not found: {root}")
     return read_id_line(os.path.join(root, "exp", f"{split}_id.txt"),
                         "expected the SYSU-MM01 layout with exp/train_id.txt, exp/val_id.txt, exp/test_id.txt")
-
-
-def _split_from_paths(paths: list[str]) -> Split:
-    # pid = the id folder name, cam = the digit of the camN folder
-    pids = np.array([int(os.path.basename(os.path.dirname(p))) for p in paths], dtype=np.int64)
-    cams = np.array([int(os.path.basename(os.path.dirname(os.path.dirname(p)))[3:]) for p in paths],
-                    dtype=np.int64)
-    return Split(paths, pids.reshape(-1), cams.reshape(-1))
 
 
 def _check_mode(mode: str) -> None:
@@ -64,24 +48,20 @@ def _check_mode(mode: str) -> None:
 def query_split(root: str, mode: str = "all") -> Split:
     """IR query images of the test ids (cam3 then cam6 per id, ids in sorted order, files sorted)."""
     _check_mode(mode)
-    return _split_from_paths(folder_images(root, QUERY_CAMERAS, read_ids(root, "test")))
+    return cam_split(folder_images(root, QUERY_CAMERAS, read_ids(root, "test")))
 
 
 def gallery_split(root: str, mode: str = "all", trial: int = 0) -> Split:
-    """RGB gallery of ``trial``: one random image per (test id, RGB camera), as the official code.
-
-    The official ``random.seed(trial)`` followed by ``random.choice`` is reproduced with
-    ``random.Random(trial).choice``, so the global random state is left alone.
-    """
+    """RGB gallery of ``trial``: one random image per (test id, RGB camera), as the official code
+    (:func:`sample_folder_images`)."""
     _check_mode(mode)
-    return _split_from_paths(sample_folder_images(root, GALLERY_CAMERAS[mode], read_ids(root, "test"), trial))
+    return cam_split(sample_folder_images(root, GALLERY_CAMERAS[mode], read_ids(root, "test"), trial))
 
 
 def train_split(root: str) -> tuple[Split, Split]:
     """``(rgb, ir)`` training images of train + val ids (official pre-processing order)."""
     ids = read_ids(root, "train") + read_ids(root, "val")
-    return (_split_from_paths(folder_images(root, RGB_CAMERAS, ids)),
-            _split_from_paths(folder_images(root, IR_CAMERAS, ids)))
+    return cam_split(folder_images(root, RGB_CAMERAS, ids)), cam_split(folder_images(root, IR_CAMERAS, ids))
 
 
 def check_layout(root: str) -> None:
@@ -100,10 +80,6 @@ def check_layout(root: str) -> None:
                                    f"{os.path.join(root, 'cam1..cam6', pid)}")
 
 
-def _relative(root: str, paths: list[str]) -> list[str]:
-    return [os.path.relpath(p, root) for p in paths]
-
-
 def plan_sysu(root: str) -> PreparePlan:
     """What ``prepare_sysu.py`` writes: train sets (bicubic), query and gallery union (Lanczos)."""
     root = os.fspath(root)
@@ -113,23 +89,16 @@ def plan_sysu(root: str) -> PreparePlan:
     galleries = {(mode, t): gallery_split(root, mode, t) for mode in SYSU_MODES for t in SYSU_TRIALS}
     union = sorted({p for g in galleries.values() for p in g.paths})
     row = {p: i for i, p in enumerate(union)}
-    gal = _split_from_paths(union)
+    gal = cam_split(union)
     arrays = {f"gallery_index_{mode}_{t}": np.array([row[p] for p in g.paths], dtype=np.int64)
               for (mode, t), g in galleries.items()}
-    sets = [
-        SetSpec("train_rgb", _relative(root, rgb.paths), rgb.pids, rgb.cams, "bicubic"),
-        SetSpec("train_ir", _relative(root, ir.paths), ir.pids, ir.cams, "bicubic"),
-        SetSpec("query", _relative(root, query.paths), query.pids, query.cams, "lanczos"),
-        SetSpec("gallery", _relative(root, gal.paths), gal.pids, gal.cams, "lanczos"),
-    ]
-    views = [
-        ("train", "RGB", rgb.pids, rgb.cams),
-        ("train", "IR", ir.pids, ir.cams),
-        ("query", "IR", query.pids, query.cams),
-        ("gallery all (trial 0)", "RGB", galleries["all", 0].pids, galleries["all", 0].cams),
-        ("gallery indoor (trial 0)", "RGB", galleries["indoor", 0].pids, galleries["indoor", 0].cams),
-        ("gallery union (trials 0-9)", "RGB", gal.pids, gal.cams),
-    ]
+    sets = [SetSpec(name, *cam_split(paths, root), resample) for name, paths, resample in (  # paths relative to root
+        ("train_rgb", rgb.paths, "bicubic"), ("train_ir", ir.paths, "bicubic"), ("query", query.paths, "lanczos"),
+        ("gallery", union, "lanczos"))]
+    views = [("train", "RGB", rgb.pids, rgb.cams), ("train", "IR", ir.pids, ir.cams),
+             ("query", "IR", query.pids, query.cams),
+             *[(f"gallery {m} (trial 0)", "RGB", galleries[m, 0].pids, galleries[m, 0].cams) for m in SYSU_MODES],
+             ("gallery union (trials 0-9)", "RGB", gal.pids, gal.cams)]
     info = {"modes": list(SYSU_MODES), "gallery_trials": list(SYSU_TRIALS)}
     return PreparePlan("sysu", root, sets, arrays, views, info, _figures(rgb, ir, query, galleries))
 
@@ -139,30 +108,25 @@ def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int
     test_ids = np.unique(np.concatenate([query.pids] + [g.pids for g in galleries.values()]))
     return {
         "train identities": [len(np.unique(np.concatenate([rgb.pids, ir.pids])))],
-        "train visible images": [len(rgb.paths)],
-        "train infrared images": [len(ir.paths)],
-        "test identities": [len(test_ids)],
-        "query infrared images": [len(query.paths)],
-        "all-search gallery images per trial": [len(galleries["all", t].paths) for t in SYSU_TRIALS],
-        "indoor-search gallery images per trial": [len(galleries["indoor", t].paths) for t in SYSU_TRIALS],
+        "train visible images": [len(rgb.paths)], "train infrared images": [len(ir.paths)],
+        "test identities": [len(test_ids)], "query infrared images": [len(query.paths)],
+        **{f"{mode}-search gallery images per trial": [len(galleries[mode, t].paths) for t in SYSU_TRIALS]
+           for mode in SYSU_MODES},
     }
 
 
 def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, test_ids: int = 12,
                per_camera: int = 5, height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}.
-
-    Ids are 1..N assigned to train/val/test at random; each id appears in at least two
-    RGB and one IR camera, with ``per_camera`` +-1 images per camera.
-    """
+    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}. Ids are 1..N assigned
+    to train/val/test at random; each id appears in at least two RGB and one IR camera, with ``per_camera`` +-1
+    images per camera."""
     if min(train_ids, test_ids, per_camera) < 1 or val_ids < 0:
         raise ValueError("id and image counts must be positive")
     out = new_folder(out)
     rng = np.random.default_rng(seed)
     total = train_ids + val_ids + test_ids
     ids = rng.permutation(np.arange(1, total + 1))
-    splits = {"train": ids[:train_ids], "val": ids[train_ids:train_ids + val_ids],
-              "test": ids[train_ids + val_ids:]}
+    splits = {"train": ids[:train_ids], "val": ids[train_ids:train_ids + val_ids], "test": ids[train_ids + val_ids:]}
     (out / "exp").mkdir(parents=True, exist_ok=True)
     for name, members in splits.items():
         (out / "exp" / f"{name}_id.txt").write_text(",".join(str(int(i)) for i in members) + "\n")
@@ -195,14 +159,9 @@ def _setting(mode: str) -> Setting:
 
 
 PUBLISHED = PublishedStats("SYSU-MM01", "Wu et al. ICCV 2017; RPNR release log", {
-    "train identities": 395,
-    "train visible images": 22258,
-    "train infrared images": 11909,
-    "test identities": 96,
-    "query infrared images": 3803,
-    "all-search gallery images per trial": 301,
-    "indoor-search gallery images per trial": 112,
-})
+    "train identities": 395, "train visible images": 22258, "train infrared images": 11909, "test identities": 96,
+    "query infrared images": 3803, "all-search gallery images per trial": 301,
+    "indoor-search gallery images per trial": 112})
 
 SYSU = register(Dataset(
     name="sysu", display="SYSU-MM01", layout="raw SYSU-MM01 folder (cam1..cam6, exp)", plan=plan_sysu,

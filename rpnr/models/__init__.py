@@ -22,36 +22,17 @@ IMAGENET_HINT = ("pass --imagenet torchvision (torchvision's ResNet-50 ImageNet 
 # official prefix -> our prefix. Keys of the official model that our model does not
 # hold (the unused layers/fc of the three ResNets, the classifier) are dropped.
 _OFFICIAL_PREFIXES = (
-    ("visible_module.visible.conv1.", "visible_stem.conv1."),
-    ("visible_module.visible.bn1.", "visible_stem.bn1."),
-    ("thermal_module.thermal.conv1.", "infrared_stem.conv1."),
-    ("thermal_module.thermal.bn1.", "infrared_stem.bn1."),
-    ("base_resnet.base.layer1.", "layer1."),
-    ("base_resnet.base.layer2.", "layer2."),
-    ("base_resnet.base.layer3.", "layer3."),
-    ("base_resnet.base.layer4.", "layer4."),
-    ("NL_2.", "nl2."),
-    ("NL_3.", "nl3."),
-    ("bottleneck.", "bottleneck."),
-)
-_OFFICIAL_UNUSED = (
-    "visible_module.",
-    "thermal_module.",
-    "base_resnet.base.conv1.",
-    "base_resnet.base.bn1.",
-    "base_resnet.base.fc.",
-    "classifier.",
-    "NL_1.",
-    "NL_4.",
-)
+    ("visible_module.visible.conv1.", "visible_stem.conv1."), ("visible_module.visible.bn1.", "visible_stem.bn1."),
+    ("thermal_module.thermal.conv1.", "infrared_stem.conv1."), ("thermal_module.thermal.bn1.", "infrared_stem.bn1."),
+    *((f"base_resnet.base.layer{i}.", f"layer{i}.") for i in range(1, 5)),
+    ("NL_2.", "nl2."), ("NL_3.", "nl3."), ("bottleneck.", "bottleneck."))
+_OFFICIAL_UNUSED = ("visible_module.", "thermal_module.", "base_resnet.base.conv1.", "base_resnet.base.bn1.",
+                    "base_resnet.base.fc.", "classifier.", "NL_1.", "NL_4.")
 
 
 def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int = 1) -> nn.Module:
-    """Build the two-stream AGW ResNet-50; ``pretrained``: ImageNet weights (:func:`imagenet_file`).
-
-    ``bn_splits`` G > 1: training batch norm per slice, as the release's ``nn.DataParallel``
-    on G GPUs (DESIGN.md section 2); assignable later as ``model.bn_splits``.
-    """
+    """Build the two-stream AGW ResNet-50; ``pretrained``: ImageNet weights (:func:`imagenet_file`); ``bn_splits``
+    G > 1: training batch norm per slice (DESIGN.md section 2), assignable later as ``model.bn_splits``."""
     if arch != "agw":
         raise ValueError(f"unknown architecture {arch!r} (available: 'agw')")
     if int(bn_splits) < 1:
@@ -63,10 +44,8 @@ def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int
 
 
 def imagenet_file(source: str) -> str:
-    """The ImageNet ResNet-50 weight file of ``source``: a local file, or "torchvision": torchvision's
-    ``ResNet50_Weights.IMAGENET1K_V1`` (``resnet50-0676ba61.pth``, the ImageNet-1k V1 model the release loads
-    as ``resnet50-19c8e357.pth``) in torch's cache (``$TORCH_HOME/hub/checkpoints``), downloaded there once
-    when missing. ``FileNotFoundError`` (one line naming the file and the cache) when it cannot be had."""
+    """The ImageNet ResNet-50 weight file of ``source``: a local file, or "torchvision": torchvision's file in
+    torch's cache, downloaded there once when missing (DESIGN.md section 2); else one-line ``FileNotFoundError``."""
     if source != "torchvision":
         if not os.path.isfile(source):
             raise FileNotFoundError(f"ImageNet weights not found at {source}: {IMAGENET_HINT}")
@@ -95,8 +74,7 @@ def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
     mapped: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith(("conv1.", "bn1.")):
-            mapped["visible_stem." + key] = value
-            mapped["infrared_stem." + key] = value
+            mapped.update({"visible_stem." + key: value, "infrared_stem." + key: value})
         elif key.startswith(("layer1.", "layer2.", "layer3.", "layer4.")):
             mapped[key] = value
     model.load_state_dict(mapped, strict=False)
@@ -131,44 +109,28 @@ def convert_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         k = key[len("module.") :] if key.startswith("module.") else key
-        for old, new in _OFFICIAL_PREFIXES:
-            if k.startswith(old):
-                out[new + k[len(old) :]] = value
-                break
-        else:
-            if not k.startswith(_OFFICIAL_UNUSED):
-                out[k] = value  # reported as unexpected by load_weights
+        old, new = next(((o, n) for o, n in _OFFICIAL_PREFIXES if k.startswith(o)), ("", ""))
+        if old:
+            out[new + k[len(old) :]] = value
+        elif not k.startswith(_OFFICIAL_UNUSED):
+            out[k] = value  # reported as unexpected by load_weights
     return out
 
 
-def _is_official_layout(state: Mapping[str, Tensor]) -> bool:
-    return any(k.startswith(("module.base_resnet.", "base_resnet.")) for k in state)
-
-
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load weights into ``model`` from this project's checkpoints or an official release checkpoint.
-
-    Accepts a file holding a bare state dict, ``{"state_dict": ...}`` (official and ours)
-    or ``{"model": ...}``. Raises :class:`CheckpointError` naming missing/unexpected keys.
-    """
+    """Load weights into ``model`` from this project's checkpoints or an official release checkpoint: a bare
+    state dict, ``{"state_dict": ...}`` or ``{"model": ...}``, strictly (DESIGN.md section 7)."""
     ckpt = load_checkpoint(path)
     state = ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no model state dict")
-    if _is_official_layout(state):
+    if any(k.startswith(("module.base_resnet.", "base_resnet.")) for k in state):  # the official release's layout
         state = convert_official_state_dict(state)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} keys of the wrong shape (e.g. {', '.join(wrong_shape[:3])})")
+    problems = (("missing keys", sorted(set(own) - set(state))), ("unexpected keys", sorted(set(state) - set(own))),
+                ("keys of the wrong shape", sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)))
+    parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for what, keys in problems if keys]
+    if parts:
         raise CheckpointError(f"{path} does not fit the AGW model: " + "; ".join(parts))
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:

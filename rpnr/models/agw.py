@@ -1,9 +1,5 @@
-"""Two-stream AGW ResNet-50 (Ye et al., TPAMI 2021) as used by the RPNR release.
-
-Modality-specific stems (conv1, bn1, relu, maxpool) for visible and infrared
-images; shared layer1-4 (last stride 1) with non-local blocks; GeM pooling; a
-BatchNorm1d neck.
-"""
+"""Two-stream AGW ResNet-50 (Ye et al., TPAMI 2021) as used by the RPNR release, DESIGN.md section 2: visible
+and infrared stems, shared layer1-4 (last stride 1) with non-local blocks, GeM pooling, a BatchNorm1d neck."""
 
 from __future__ import annotations
 
@@ -20,13 +16,9 @@ NL3_INDICES = (3, 4, 5)  # the last 3 blocks of layer3
 
 
 class NonLocalBlock(nn.Module):
-    """Non-local block of the AGW release.
-
-    Quirk kept from the release: the inner width is ``reduc_ratio // reduc_ratio``,
-    i.e. ONE channel; attention is ``theta . phi / N`` without softmax; the output
-    BatchNorm starts at zero so the block is the identity at initialisation.
-    Submodule names (``g.0``, ``W.0``, ``W.1``, ``theta``, ``phi``) match the release.
-    """
+    """Non-local block of the AGW release with its quirks (DESIGN.md section 2): ONE inner channel, attention
+    ``theta . phi / N`` without softmax, output BatchNorm at zero (the identity at initialisation).
+    Submodule names (``g.0``, ``W.0``, ``W.1``, ``theta``, ``phi``) match the release."""
 
     def __init__(self, in_channels: int, reduc_ratio: int = 2):
         super().__init__()
@@ -77,19 +69,11 @@ def l2_normalize(x: Tensor) -> Tensor:
 
 
 class AGW(nn.Module):
-    """Two-stream AGW network.
-
-    ``model(x_rgb, x_ir)`` runs both modalities as one joint batch through the
-    shared layers (so batch-norm statistics cover both) and returns
-    ``(f_rgb, f_ir)``: BN-neck outputs in train mode, L2-normalised in eval mode.
-    ``model.embed(x, modal)`` runs one modality.
-
-    ``bn_splits`` (assignable, default 1) reproduces the release's ``nn.DataParallel``
-    training on that many GPUs (DESIGN.md section 2): in train mode the joint forward
-    runs once per slice ``(x_rgb.chunk(G)[j], x_ir.chunk(G)[j])``, so every batch norm
-    normalises its slice only; only slice 0 updates the running statistics (DataParallel
-    keeps replica 0's buffers). Eval mode and the state dict do not depend on it.
-    """
+    """Two-stream AGW network: ``model(x_rgb, x_ir)`` runs both modalities as one joint batch through the shared
+    layers (so batch-norm statistics cover both) and returns ``(f_rgb, f_ir)``: BN-neck outputs in train mode,
+    L2-normalised in eval mode. ``model.embed(x, modal)`` runs one modality. ``bn_splits`` G (assignable, default 1)
+    reproduces the release's ``nn.DataParallel`` training on G GPUs: in train mode the joint forward runs once per
+    slice, as DESIGN.md section 2 ("Batch-norm slices") says."""
 
     def __init__(self, bn_splits: int = 1):
         super().__init__()
@@ -145,27 +129,21 @@ class AGW(nn.Module):
         outputs = [self._joint(pieces_rgb[0], pieces_ir[0])]  # slice 0 keeps its running-statistics update
         with discarded_running_stats(self):  # the other replicas' buffer updates are lost (DataParallel)
             outputs += [self._joint(r, i) for r, i in zip(pieces_rgb[1:], pieces_ir[1:])]
-        f_rgb = torch.cat([o[0] for o in outputs], 0)  # [B_rgb, 2048], batch order restored
-        f_ir = torch.cat([o[1] for o in outputs], 0)  # [B_ir, 2048]
-        return f_rgb, f_ir
+        return tuple(torch.cat(f, 0) for f in zip(*outputs))  # [B_rgb, 2048], [B_ir, 2048], batch order restored
 
     def _joint(self, x_rgb: Tensor, x_ir: Tensor) -> tuple[Tensor, Tensor]:
         """Both modalities as one batch through the shared layers: (f_rgb, f_ir)."""
         n_rgb = x_rgb.size(0)
         x = torch.cat((self.visible_stem(x_rgb), self.infrared_stem(x_ir)), 0)  # RGB first, then IR
         feat = self.shared(x)  # [B_rgb + B_ir, 2048]
-        if not self.training:
-            feat = l2_normalize(feat)
+        feat = feat if self.training else l2_normalize(feat)
         return feat[:n_rgb], feat[n_rgb:]
 
 
 @contextlib.contextmanager
 def discarded_running_stats(module: nn.Module) -> Iterator[None]:
-    """Inside, every batch norm of ``module`` updates throwaway copies of its running statistics.
-
-    The buffers are swapped, not copied back, so the autograd graph of an earlier forward
-    (which saved the originals) stays valid.
-    """
+    """Inside, every batch norm of ``module`` updates throwaway copies of its running statistics (swapped in, not
+    copied back, so the autograd graph of an earlier forward, which saved the originals, stays valid)."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in norms]
     for m, (mean, var, count) in zip(norms, kept):
@@ -178,13 +156,11 @@ def discarded_running_stats(module: nn.Module) -> Iterator[None]:
 
 
 def _run_with_non_local(layer: nn.Sequential, blocks: nn.ModuleList, indices, x: Tensor) -> Tensor:
-    it = iter(zip(indices, blocks))
-    nxt = next(it, None)
+    after = dict(zip(indices, blocks))  # layer block index -> the non-local block that follows it
     for i, block in enumerate(layer):
         x = block(x)
-        if nxt is not None and i == nxt[0]:
-            x = nxt[1](x)
-            nxt = next(it, None)
+        if i in after:
+            x = after[i](x)
     return x
 
 
