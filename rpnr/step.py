@@ -5,6 +5,7 @@ step; with ``low_memory`` the same gradients from one batch-norm slice of activa
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 
 import torch
@@ -83,6 +84,8 @@ def _low_memory_backward(model: nn.Module, group: ProcessGroup, device: torch.de
     rows = [[len(c) for c in torch.arange(len(x)).chunk(splits)] for x in (x_rgb, x_ir)]  # rows of each slice
     grads = list(zip(leaf_rgb.grad.split(rows[0]), leaf_ir.grad.split(rows[1])))
     for j, (grad_rgb, grad_ir) in enumerate(grads):
+        if device.type == "cpu" and hasattr(ctypes.pythonapi, "malloc_trim"):  # glibc (Linux) keeps freed blocks:
+            ctypes.pythonapi.malloc_trim(0)  # hand them back, so that the CPU peak is one slice's (section 11)
         with contextlib.nullcontext() if j == len(grads) - 1 or not hasattr(model, "no_sync") else model.no_sync():
             with _autocast(device, amp):
                 s_rgb, s_ir = model(x_rgb, x_ir, slice_index=j)  # slice j, running statistics untouched

@@ -68,7 +68,6 @@ def test_stream_is_reproducible_and_drops_the_tail():
     cams = np.tile([1, 2, 2], 5)
     seed_everything(3)
     stream = BatchStream(RandomMultipleGallerySampler(labels, cams, num_instances=2), batch_size=4)
-    stream.new_epoch()
     first = stream.take(6)  # one pass = 10 positions -> 2 batches, tail of 2 dropped; 3 passes
     assert all(b.shape == (4,) and b.dtype == np.int64 for b in first)
     for b in first:  # a batch holds two whole identity pairs

@@ -66,7 +66,8 @@ class RandomMultipleGallerySampler:
 
 class BatchStream:
     """Endless fixed-size batches of sampler positions, as a ``drop_last`` DataLoader wrapped in the release's
-    ``IterLoader``: a pass's incomplete tail is dropped, a new pass starts when one is used up or at ``new_epoch()``."""
+    ``IterLoader``: a pass's incomplete tail is dropped, a new pass starts when one is used up (one stream per
+    epoch stands for the release's ``new_epoch()``)."""
 
     def __init__(self, sampler: RandomMultipleGallerySampler, batch_size: int):
         if sampler.pass_length() < batch_size:
@@ -74,9 +75,6 @@ class BatchStream:
                              f"fewer than a batch of {batch_size}")
         self.sampler, self.batch_size = sampler, batch_size
         self._batches: list[np.ndarray] = []
-
-    def new_epoch(self) -> None:
-        self._batches = []
 
     def next(self) -> np.ndarray:
         """The next batch: int64 positions [batch_size] into the sampler's data source."""
