@@ -16,6 +16,7 @@ from rpnr.datasets import get_dataset, names, per_dataset, registry
 from rpnr.distributed import DistributedError, resolve_device
 from rpnr.evaluation import PRECISIONS
 from rpnr.models import imagenet_file
+from rpnr.run_folder import BEST
 
 # value checks of the numeric settings: name -> (test, what a failing value is told)
 CHECKS = {"int>=1": (lambda v: v >= 1, "must be a positive integer"), ">0": (lambda v: v > 0, "must be positive"),
@@ -189,10 +190,10 @@ def _fill_defaults(cfg: TrainConfig, world: int) -> TrainConfig:
     ds = get_dataset(cfg.dataset)
     rgb = cfg.batch_size if cfg.stage == "rpnr" and ds.full_rgb_batch_in_stage2 else cfg.batch_size // 2
     trial = f"/{cfg.trial}" if ds.model_per_trial else ""
-    logs = f"baseline/{cfg.dataset}_s1{trial}" if cfg.stage == "baseline" else f"logs/{cfg.dataset}_s2{trial}"
-    filled = {"eps": ds.eps, "iters": ds.iters, "top_k": ds.top_k, "rgb_batch_size": rgb, "logs_dir": logs,
-              "bn_splits": world if world > 1 else 2,
-              "baseline": f"baseline/{cfg.dataset}_s1{trial}/model_best.pth.tar" if cfg.stage == "rpnr" else None}
+    stage1 = f"baseline/{cfg.dataset}_s1{trial}"  # stage 1's default logs folder, where stage 2 finds its model
+    filled = {"eps": ds.eps, "iters": ds.iters, "top_k": ds.top_k, "rgb_batch_size": rgb,
+              "logs_dir": stage1 if cfg.stage == "baseline" else f"logs/{cfg.dataset}_s2{trial}",
+              "bn_splits": world if world > 1 else 2, "baseline": f"{stage1}/{BEST}" if cfg.stage == "rpnr" else None}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in filled.items() if getattr(cfg, k) is None})
     return dataclasses.replace(cfg, logs_dir=cfg.logs_dir.replace("{trial}", str(cfg.trial)),
                                baseline=cfg.baseline and cfg.baseline.replace("{trial}", str(cfg.trial)))

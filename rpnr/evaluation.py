@@ -18,14 +18,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
-def strict_fp32() -> contextlib.AbstractContextManager[None]:
-    """Plain float32 convolutions and matmuls on CUDA (TF32 off) and cuDNN autotuning off for the duration; why
-    (TF32 drift, autotuning cost, measured by bench/check_cuda.py on an H200): DESIGN.md section 3, "Precision"."""
-    return _cuda_math(allow_tf32=False)
-
-
 @contextlib.contextmanager
 def _cuda_math(allow_tf32: bool) -> Iterator[None]:
+    """TF32 convolutions and matmuls on CUDA on or off, and cuDNN autotuning off, for the duration; why (TF32
+    drift, autotuning cost, measured by bench/check_cuda.py on an H200): DESIGN.md section 3, "Precision"."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
     cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = allow_tf32, allow_tf32, False

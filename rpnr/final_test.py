@@ -46,10 +46,10 @@ def test_best_and_last(net: nn.Module, cfg: TrainConfig, log: RunLog, device: to
     files = {name: {"path": str(folder / name), "sha256": sha256_file(folder / name)} for name in (CHECKPOINT, BEST)}
     tested = final_test(net, cfg, device)
     try:
-        load_weights(net, folder / BEST)
+        best_ckpt = load_checkpoint(folder / BEST)
+        load_weights(net, folder / BEST, best_ckpt)
     except CheckpointError as exc:
         raise TrainingError(str(exc)) from None
-    best_ckpt = load_checkpoint(folder / BEST)
     epoch = int(best_ckpt["epoch"])
     best = tested if epoch == cfg.epochs else final_test(net, cfg, device)
     results = {"best": {"epoch": epoch, "checkpoint": files[BEST], **best},

@@ -166,7 +166,7 @@ def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = froz
 
 def _restore(s: RunState, ckpt: dict) -> None:
     """Model, optimizer, scheduler, best epoch, log and random streams of a resumed run."""
-    load_weights(s.net, s.folder.path / CHECKPOINT)
+    load_weights(s.net, s.folder.path / CHECKPOINT, ckpt)  # the checkpoint open_run read
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.start_epoch = int(ckpt["epoch"])

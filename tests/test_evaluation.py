@@ -141,14 +141,14 @@ def test_uint8_and_float_extraction_give_the_same_embeddings(eval_model):
         eval_model.eval()
 
 
-def test_strict_fp32_switches_tf32_and_autotuning_off_and_restores():
-    from rpnr.evaluation import strict_fp32
+def test_fp32_extraction_switches_tf32_and_autotuning_off_and_restores():
+    from rpnr.evaluation import feature_precision
 
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
     try:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, True
-        with strict_fp32():
+        with feature_precision("fp32", torch.device("cuda")):  # only flags: no GPU needed
             assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (False, False, False)
         assert (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) == (True, True, True)
     finally:

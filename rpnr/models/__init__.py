@@ -117,10 +117,10 @@ def convert_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
     return out
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load weights into ``model`` from this project's checkpoints or an official release checkpoint: a bare
-    state dict, ``{"state_dict": ...}`` or ``{"model": ...}``, strictly (DESIGN.md section 7)."""
-    ckpt = load_checkpoint(path)
+def load_weights(model: nn.Module, path: str | os.PathLike, ckpt: Mapping | None = None) -> None:
+    """Load the weights of ``path`` (``ckpt``: that file, already loaded) into ``model``, strictly: own checkpoints,
+    a release checkpoint (DESIGN.md section 7), a bare state dict, ``{"state_dict": ...}`` or ``{"model": ...}``."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     state = ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no model state dict")
