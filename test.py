@@ -14,10 +14,11 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
-from rpnr.checkpoint import CheckpointError, trained_on
+from rpnr.checkpoint import CheckpointError, missing_checkpoint_line, trained_on
 from rpnr.config import UsageError
 from rpnr.data.prepared import PreparedDataError, check_prepared
 from rpnr.datasets import Dataset, get_dataset, registry
@@ -26,6 +27,7 @@ from rpnr.files import os_error_line, sha256_file, write_json
 from rpnr.models import build_model, load_weights
 from rpnr.protocols import evaluate, format_result, mean_results, to_percent, trial_checkpoint
 from rpnr.rank_list import write_rank_list
+from rpnr.run_folder import CHECKPOINT, OUTPUTS, RUN_JSON
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,13 +78,33 @@ def chosen_settings(args, ds: Dataset) -> list:
     return settings
 
 
+def check_outputs(args) -> None:
+    """Refuse, before anything is tested, an output path (--json, --ranks-png) that is a training run's own output
+    (a file named like one in a folder holding run.json or checkpoint.pth.tar), a folder, or not writable, and
+    the two outputs in one file; each named as given (DESIGN.md section 10)."""
+    given = {flag: path for flag, path in (("--json", args.json), ("--ranks-png", args.ranks_png)) if path is not None}
+    if len(given) == 2 and os.path.realpath(args.json) == os.path.realpath(args.ranks_png):
+        raise UsageError(f"--json {args.json} and --ranks-png {args.ranks_png} are the same file; give each its own")
+    for flag, path in given.items():
+        target = Path(path)
+        if target.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; give a file name")
+        if target.name in OUTPUTS and any((target.parent / name).is_file() for name in (RUN_JSON, CHECKPOINT)):
+            raise UsageError(f"{flag} {path} is the training run's own {target.name}; write elsewhere")
+        folder = next(p for p in target.parents if p.exists())  # the missing folders are created
+        if not folder.is_dir():
+            raise UsageError(f"cannot write {flag} {path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write {flag} {path}: no permission to write in {folder} (or it is read-only)")
+
+
 def check_checkpoints(args, ds: Dataset, files: dict[int, str], manifest: dict) -> None:
     """Refuse a checkpoint trained on another dataset, and a model of trial t tested on other trials (they
     test on identities it trained on); warn about another training image size (DESIGN.md section 10)."""
     unrecorded = []
     for trial, path in files.items():
         if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint not found: {path}" + (f" (trial {trial})" if ds.model_per_trial else ""))
+            raise CheckpointError(missing_checkpoint_line(path) + (f" (trial {trial})" if ds.model_per_trial else ""))
         try:
             saved = trained_on(path, args.dataset, trial if ds.model_per_trial else None, ds.display)
         except CheckpointError as exc:
@@ -148,6 +170,7 @@ def main(argv=None) -> int:
             if value < 1:
                 raise UsageError(f"{flag} must be positive, got {value}")
         settings = chosen_settings(args, ds)
+        check_outputs(args)
         manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
         device = torch.device(resolve_device(args.device))
         # the checkpoint of each tested trial ({trial} replaced) for datasets with one model per trial, else {0: path}

@@ -8,6 +8,7 @@ Every hyperparameter defaults to the official value for the dataset and stage
     python train.py --dataset sysu --stage rpnr --data-dir data/sysu_288x144
     python train.py --dataset regdb --trial 3 --stage baseline --data-dir data/regdb_288x144 --imagenet r50.pth
     python train.py ... --resume        # continue the run in --logs-dir from its checkpoint
+    python train.py ... --check         # check settings, data, start weights and logs folder; write nothing
     torchrun --nproc_per_node 4 train.py --dataset sysu --stage rpnr ...   # one process per GPU
 """
 
@@ -25,7 +26,7 @@ from rpnr.data.prepared import PreparedDataError
 from rpnr.distributed import DistributedError
 from rpnr.files import os_error_line
 from rpnr.run_folder import CHECKPOINT, RunFolderError
-from rpnr.trainer import run
+from rpnr.trainer import check_line, check_run, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(vars(args), world)
         group, device = distributed.start(cfg.device)
-        run(dataclasses.replace(cfg, device=device), group, named_settings(argv), ["train.py", *argv])
+        cfg = dataclasses.replace(cfg, device=device)
+        if cfg.check:  # every check, nothing written
+            line = check_line(check_run(cfg, group, named_settings(argv)))
+            if rank == 0:
+                print(line)
+        else:
+            run(cfg, group, named_settings(argv), ["train.py", *argv])
     except (UsageError, TrainingError, PreparedDataError, CheckpointError, DistributedError, RunFolderError) as exc:
         if rank == 0:  # every rank meets the same error; one line is enough
             print(f"error: {exc}", file=sys.stderr)

@@ -123,13 +123,26 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
     return DamagedCheckpointError(f"damaged checkpoint {path}: its data cannot be read ({reason})")
 
 
+def missing_checkpoint_line(path: str | os.PathLike) -> str:
+    """The one-line reason why ``path``, which is not a file, cannot be loaded as a checkpoint: not found, or a
+    folder (a run's logs folder, most likely), naming the model_best.pth.tar expected inside."""
+    from rpnr.run_folder import BEST  # rpnr.run_folder imports this module
+
+    if not os.path.isdir(path):
+        return f"checkpoint not found: {path}"
+    inside = os.path.join(path, BEST)
+    if os.path.isfile(inside):
+        return f"{path} is a folder, not a checkpoint file; pass {inside}"
+    return f"{path} is a folder, not a checkpoint file, and {inside} is not there; pass the checkpoint file itself"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``torch.load(weights_only=True)``: only tensors, containers, numbers, strings and
     a few numpy scalar types are accepted. A file that would unpickle any other object (and so could run code)
     raises :class:`UnsafeCheckpointError` unrun; a damaged one :class:`DamagedCheckpointError`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(missing_checkpoint_line(path))
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)

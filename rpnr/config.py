@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from rpnr.checkpoint import missing_checkpoint_line
 from rpnr.datasets import get_dataset, names, per_dataset, registry
 from rpnr.distributed import DistributedError, resolve_device
 from rpnr.evaluation import PRECISIONS
@@ -40,6 +41,43 @@ def _f(default, help: str, group: str = "running", **meta):
 
 _SAMPLING, _LABELS, _INIT = "sampling and optimisation", "pseudo labels, memories and losses", "initialisation"
 _ABLATION, _REQUIRED = "the paper's ablations (stage 2; README: paper row -> flags)", dataclasses.MISSING
+
+
+@dataclasses.dataclass(frozen=True)
+class Modules:
+    """The RPNR modules a run uses (the paper's ablation table; README: paper row -> flags): in stage 2 each of
+    them unless its ``--no-*`` switch is given, none in stage 1. The one definition the labels, the objective and
+    the logs read. MHL needs OTPM's matching, so ``--no-otpm`` also leaves out the hybrid memory."""
+
+    npc: bool  # noisy pseudo-label calibration of the DBSCAN labels
+    otpm: bool  # optimal-transport matching of the clusters -> the cross-modality term
+    mhl: bool  # the hybrid memory and its term
+    nrl: bool  # the neighbour relation loss
+
+    @classmethod
+    def of(cls, stage: str, no_npc: bool, no_nrl: bool, no_mhl: bool, no_otpm: bool) -> Modules:
+        rpnr = stage == "rpnr"
+        return cls(npc=rpnr and not no_npc, otpm=rpnr and not no_otpm, mhl=rpnr and not (no_mhl or no_otpm),
+                   nrl=rpnr and not no_nrl)
+
+    def off(self) -> list[str]:
+        """The modules left out, in the paper's order (e.g. ["NPC", "NRL"])."""
+        return [name.upper() for name, on in dataclasses.asdict(self).items() if not on]
+
+    def loss_weights(self, cfg: TrainConfig) -> dict:
+        """The weight of each loss term of the objective, None for a term that is left out (stage 2's terms in
+        stage 1); the weighted terms sum to the total."""
+        return {"ir": 1.0, "rgb": 1.0, "cross": cfg.w_cross if self.otpm else None,
+                "hybrid": cfg.w_hybrid if self.mhl else None, "nrl": cfg.w_nrl if self.nrl else None}
+
+    def describe(self, stage: str) -> str:
+        """The log line that says which modules are off."""
+        off = self.off()
+        if stage != "rpnr":
+            return f"stage 1 (baseline): the RPNR modules ({', '.join(off)}) are stage 2's; none runs"
+        switches = [f"--no-{m.lower()}" for m in off if m != "MHL" or self.otpm]
+        return (f"modules off: {', '.join(off)} ({' '.join(switches)}); the others run" if off else
+                "modules: NPC, OTPM, MHL and NRL all run (no --no-* switch)")
 
 
 @dataclasses.dataclass
@@ -110,15 +148,24 @@ class TrainConfig:
     feature_precision: str = _f("tf32", "arithmetic of the clustering features on CUDA (tf32 = what the release's "
                                 "PyTorch 1.8 did on Ampere and later GPUs); test embeddings are always float32",
                                 choices=lambda: PRECISIONS)
+    check: bool = _f(False, "check the settings, the prepared data, the start weights and the logs folder, print "
+                            "one line and exit, creating and writing nothing")
     low_memory: bool = _f(False, "exact training in less memory: the batch-norm slices' features without a graph, "
                                  "the objective's gradient, then each slice again with a graph (one slice of "
                                  "activations at a time, one extra forward; DESIGN.md section 11)")
 
+    @property
+    def modules(self) -> Modules:
+        """The RPNR modules this run uses."""
+        return Modules.of(self.stage, self.no_npc, self.no_nrl, self.no_mhl, self.no_otpm)
 
-CURRENT = ("data_dir", "logs_dir", "resume", "overwrite", "device")  # a resumed run takes these from the command
+
+# a resumed run takes these from the command
+CURRENT = ("data_dir", "logs_dir", "resume", "overwrite", "device", "check")
+STARTED_FROM = ("imagenet", "baseline")  # a resumed run keeps the saved ones: the weights it started from
 # settings that change what a run computes: a resumed run must keep them (DESIGN.md section 10)
 COMPUTED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in {
-    *CURRENT, "dataset", "stage", "imagenet", "baseline", "epochs", "workers", "feature_batch_size", "test_trials",
+    *CURRENT, *STARTED_FROM, "dataset", "stage", "epochs", "workers", "feature_batch_size", "test_trials",
     "low_memory"})
 
 
@@ -244,9 +291,15 @@ def _check_start(cfg: TrainConfig) -> TrainConfig:
             cfg = dataclasses.replace(cfg, imagenet=imagenet_file(cfg.imagenet))
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
-    _require(cfg.stage != "rpnr" or cfg.resume or os.path.isfile(cfg.baseline), f"stage-1 checkpoint not found: "
-             f"{cfg.baseline} (run train.py --stage baseline first, or pass --baseline PATH)")
+    _require(cfg.stage != "rpnr" or cfg.resume or os.path.isfile(cfg.baseline), f"stage-1 "
+             f"{missing_checkpoint_line(cfg.baseline or '')} (run train.py --stage baseline first, or pass "
+             f"--baseline PATH)")
     return cfg
+
+
+def setting_defaults() -> dict:
+    """Each setting's default that is a value (not filled in from the dataset or the stage)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default not in (None, _REQUIRED)}
 
 
 def _flag(name: str, value) -> str:
@@ -264,5 +317,5 @@ def resumed_config(cfg: TrainConfig, saved: dict, given: frozenset[str], path: P
         raise UsageError(f"{path} was trained with other settings, so resuming would compute something else: "
                          f"{', '.join(differ)} (leave these flags out to resume with the saved values, or start "
                          f"afresh with --overwrite)")
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(CURRENT) - set(given)
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(CURRENT) - (set(given) - set(STARTED_FROM))
     return dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known})

@@ -31,7 +31,7 @@ class ModalityLabels:
     cluster: np.ndarray  # int64 [N] DBSCAN labels (-1 = outlier)
     train: np.ndarray  # int64 [N] training labels (NPC-calibrated in stage 2)
     centers: Tensor  # [K, 2048] cluster means of the DBSCAN labels
-    relabeled: int  # samples whose label NPC changed
+    relabeled: int | None  # samples whose label NPC changed (None: NPC off)
     purity: float  # fraction of labelled samples agreeing with their cluster's majority identity
 
     @property
@@ -76,14 +76,16 @@ def modality_labels(features: Tensor, pids: np.ndarray, eps: float, k1: int, k2:
     cluster = np.asarray(cluster_features(features, eps, k1, k2, min_samples), dtype=np.int64)
     centers = cluster_centers(features, cluster)  # [K, 2048]
     train = np.asarray(calibrate_labels(features, cluster, top_k), dtype=np.int64) if calibrate else cluster
-    return ModalityLabels(cluster=cluster, train=train, centers=centers, relabeled=int((train != cluster).sum()),
+    relabeled = int((train != cluster).sum()) if calibrate else None
+    return ModalityLabels(cluster=cluster, train=train, centers=centers, relabeled=relabeled,
                           purity=label_purity(train, pids))
 
 
 def check_labels(labels: ModalityLabels, modality: str, epoch: int, eps: float, batch_size: int,
                  num_instances: int) -> None:
-    """Raise :class:`PseudoLabelError` when the labels cannot fill one batch of identities."""
-    need = max(batch_size // num_instances, 1)
+    """Raise :class:`PseudoLabelError` when the labels cannot fill one batch of identities, or give fewer than two
+    clusters (one cluster makes the memory loss exactly 0: nothing to contrast)."""
+    need = max(batch_size // num_instances, 2)
     identities = int(np.unique(labels.train[labels.train >= 0]).size)
     if labels.num_clusters >= need and identities >= need:
         return
@@ -91,9 +93,10 @@ def check_labels(labels: ModalityLabels, modality: str, epoch: int, eps: float, 
     direction = "larger" if 2 * labels.num_outliers >= len(labels.cluster) else "smaller"
     found = (f"have {labels.num_clusters} clusters (" if labels.num_clusters < need else
              f"keep {identities} identities after calibration ({labels.num_clusters} clusters, ")
+    why = f"for a batch of {batch_size} with {num_instances} instances" if batch_size // num_instances >= 2 else \
+        "(each modality needs two clusters to contrast)"
     raise PseudoLabelError(f"epoch {epoch}: {MODALITY_NAMES[modality]} pseudo labels {found}{labels.num_outliers} "
-                           f"outliers, eps {eps:g}); need at least {need} for a batch of {batch_size} with "
-                           f"{num_instances} instances - try a {direction} --eps")
+                           f"outliers, eps {eps:g}); need at least {need} {why} - try a {direction} --eps")
 
 
 def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, batch_size: int,
@@ -114,15 +117,14 @@ def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, bat
 
 def compute_labels(feats_rgb: Tensor, feats_ir: Tensor, train_rgb: ImageSet, train_ir: ImageSet,
                    cfg: TrainConfig, epoch: int) -> EpochLabels:
-    """Pseudo labels of both modalities (NPC in stage 2 unless ``no_npc``), checked, with the OT partners
-    (stage 2 unless ``no_otpm``); centres on the CPU."""
-    calibrate = cfg.stage == "rpnr" and not cfg.no_npc
-    rgb, ir = (modality_labels(feats, images.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, calibrate, cfg.top_k)
+    """Pseudo labels of both modalities (NPC when ``cfg.modules.npc``), checked, with the OT partners (when
+    ``cfg.modules.otpm``); centres on the CPU."""
+    modules = cfg.modules
+    rgb, ir = (modality_labels(feats, images.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, modules.npc, cfg.top_k)
                for feats, images in ((feats_rgb, train_rgb), (feats_ir, train_ir)))
     check_labels(ir, "ir", epoch + 1, cfg.eps, cfg.batch_size, cfg.num_instances)
     check_labels(rgb, "rgb", epoch + 1, cfg.eps, cfg.rgb_batch_size, cfg.num_instances)
-    matched = cfg.stage == "rpnr" and not cfg.no_otpm
-    r2i, i2r = match_clusters(rgb.centers, ir.centers, reg=cfg.ot_reg) if matched else (None, None)
+    r2i, i2r = match_clusters(rgb.centers, ir.centers, reg=cfg.ot_reg) if modules.otpm else (None, None)
     return EpochLabels(rgb, ir, r2i, i2r).to(torch.device("cpu"))
 
 

@@ -44,8 +44,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -60,6 +59,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> Non
         if isinstance(exc, OSError) and (exc.filename is None or exc.filename == tmp):
             exc.filename = str(path)  # name the file being written, not its temporary
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` without changing it (setting and restoring it
+    races with other threads creating files); elsewhere by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

@@ -40,42 +40,65 @@ class RunFolder:
         self._lock = None
 
     def lock(self) -> None:
-        """Create the folder and take its lock, or raise :class:`RunFolderError` naming the other run's pid."""
+        """Create the folder and take its lock, or raise :class:`RunFolderError` naming the other run's pid. Called
+        once every read-only check has passed (:meth:`check_usable`), so a refused run creates nothing."""
         make_folder(self.path)
         handle = open(self.path / ".lock", "a+")  # noqa: SIM115 - held open for the run's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "unknown"
-            handle.close()
-            raise RunFolderError(f"logs folder {self.path} is in use by another run (pid {pid}); wait for it to "
-                                 f"end or choose another --logs-dir") from None
+        if not self._try_lock(handle):
+            raise self._in_use(handle)
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._lock = handle
 
+    @staticmethod
+    def _try_lock(handle) -> bool:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _in_use(self, handle) -> RunFolderError:
+        handle.seek(0)
+        pid = handle.read().strip() or "unknown"
+        handle.close()
+        return RunFolderError(f"logs folder {self.path} is in use by another run (pid {pid}); wait for it to end or "
+                              f"choose another --logs-dir")
+
     def release(self) -> None:
+        """Let go of the lock (the ``.lock`` file stays: removing it would race with a run opening it)."""
         if self._lock is not None:
             self._lock.close()
+            self._lock = None
 
     def outputs(self) -> list[str]:
         """The names of the run outputs present in the folder."""
         return [name for name in OUTPUTS if (self.path / name).exists()]
 
-    def check_fresh(self, resume: bool, overwrite: bool, keep: str | None = None) -> None:
-        """Refuse a fresh run (without ``overwrite``) into a folder that holds an earlier run's outputs, and
-        an ``overwrite`` that would remove ``keep`` (stage 2's ``--baseline`` inside the folder)."""
+    def check_usable(self, resume: bool, overwrite: bool, keep: str | None = None) -> None:
+        """Every check of the folder that changes nothing (a refused run leaves no trace): not a prepared data
+        folder, not locked by a live run, and no earlier run's outputs unless ``resume`` or ``overwrite`` (which
+        may not remove ``keep``, stage 2's ``--baseline`` inside the folder)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"--logs-dir {self.path} is a file, not a folder; choose another --logs-dir")
         if (self.path / "manifest.json").is_file():
             raise RunFolderError(f"--logs-dir {self.path} is a prepared data folder; choose another folder for the "
                                  f"run's outputs")
+        if (self.path / ".lock").is_file():
+            with open(self.path / ".lock") as handle:  # read only: probing creates nothing
+                if not self._try_lock(handle):
+                    raise self._in_use(handle)
         found = self.outputs()
         if resume or not found:
             return
         if not overwrite:
-            raise RunFolderError(f"logs folder {self.path} holds the outputs of an earlier run ({', '.join(found)}): "
-                                 f"pass --resume to continue it, or --overwrite to start afresh (removes them)")
+            resumable = CHECKPOINT in found
+            raise RunFolderError(
+                f"logs folder {self.path} holds the outputs of an earlier run ({', '.join(found)}): " + (
+                    "pass --resume to continue it, or --overwrite to start afresh (removes them)" if resumable else
+                    "it wrote no checkpoint, so there is nothing to resume; pass --overwrite to start afresh "
+                    "(removes them)"))
         if keep is not None and Path(keep).resolve() in {(self.path / name).resolve() for name in found}:
             raise RunFolderError(f"--overwrite would remove {keep}, the stage-1 model this run starts from; "
                                  f"choose another --logs-dir")
@@ -100,19 +123,21 @@ def best_state(model_state: dict, best: dict, args: dict) -> dict:
             "stage": args["stage"], "dataset": args["dataset"]}
 
 
-def reconcile_best(folder: str | os.PathLike, ckpt: dict) -> str | None:
+def reconcile_best(folder: str | os.PathLike, ckpt: dict, write: bool = True) -> str | None:
     """Make model_best agree with the checkpoint's best epoch after a kill between the two writes (DESIGN.md
-    section 10, "Checkpoints"): the note returned when model_best was rewritten, a :class:`RunFolderError` for any
-    other disagreement."""
+    section 10, "Checkpoints"): the note returned when model_best is rewritten (only checked, ``write=False``), a
+    :class:`RunFolderError` for any other disagreement."""
     best, path = ckpt.get("best"), Path(folder) / BEST
     held = int(load_checkpoint(path)["epoch"]) if best is not None and path.is_file() else None
     if best is None or held == best["epoch"]:  # no best: written before the best epoch was recorded
         return None
     if best["epoch"] == ckpt["epoch"] and (held is None or held < best["epoch"]):
-        save_checkpoint(best_state(ckpt["model"], best, ckpt["args"]), path)
+        if write:
+            save_checkpoint(best_state(ckpt["model"], best, ckpt["args"]), path)
         return f"{BEST} rewritten from {CHECKPOINT}: the run stopped between the two writes of epoch {best['epoch']}"
-    raise RunFolderError(f"{path} holds epoch {held} but {Path(folder) / CHECKPOINT} names epoch {best['epoch']} as "
-                         f"the best; restore the run's files or start afresh with --overwrite")
+    holds = "is missing" if held is None else f"holds epoch {held}"
+    raise RunFolderError(f"{path} {holds} but {Path(folder) / CHECKPOINT} names epoch {best['epoch']} as the best; "
+                         f"restore the run's files or start afresh with --overwrite")
 
 
 def _git(code_root: Path, *args: str) -> str:

@@ -28,8 +28,9 @@ class RunLog:
     """
 
     def __init__(self, logs_dir: str | os.PathLike, resume_epoch: int | None = None, enabled: bool = True,
-                 log_bytes: int | None = None):
+                 log_bytes: int | None = None, loss_weights: dict | None = None):
         self.dir = Path(logs_dir)
+        self.loss_weights = loss_weights or {}  # term -> weight in the total (curves.png draws weighted terms)
         self.enabled = enabled
         self.log_path = self.dir / "log.txt"
         self.metrics_path = self.dir / "metrics.json"
@@ -65,13 +66,13 @@ class RunLog:
             return
         self.records = [r for r in self.records if r.get("epoch") != record.get("epoch")] + [record]
         write_json(self.metrics_path, self.records)
-        plot_curves(self.records, self.dir / "curves.png")
+        plot_curves(self.records, self.dir / "curves.png", self.loss_weights)
 
 
 # the panels of curves.png: title -> (record key, label) of each line; "loss_*" stands for every loss term
 PANELS = {
     "evaluation (%)": (("rank1", "Rank-1"), ("mAP", "mAP"), ("mINP", "mINP")),
-    "losses": (("loss_*", ""),),
+    "losses, weighted (the terms sum to total)": (("loss_*", ""),),
     "clusters": (("clusters_rgb", "visible"), ("clusters_ir", "infrared")),
     "outliers": (("outliers_rgb", "visible"), ("outliers_ir", "infrared")),
     "pseudo-label purity": (("purity_rgb", "visible"), ("purity_ir", "infrared")),
@@ -79,23 +80,35 @@ PANELS = {
 }
 
 
-def plot_curves(records: list[dict], path: str | os.PathLike) -> None:
-    """Every panel of :data:`PANELS` per epoch (integer ticks), drawn to ``path`` (PNG); lines a record lacks
-    (e.g. purity without ground truth) are left out."""
+def _loss_series(records: list[dict], weights: dict) -> dict[str, list]:
+    """Each loss term times its weight in the total (label e.g. "10 x nrl"), then "total"; terms that are None in
+    every record (modules left out) are not drawn."""
+    series = {}
+    for key in dict.fromkeys(k for r in records for k in r if k.startswith("loss_")):  # in first-seen order
+        term, values = key[len("loss_"):], [r.get(key) for r in records]
+        weight = 1.0 if term == "total" else weights.get(term) or 1.0
+        label = term if weight == 1.0 else f"{weight:g} x {term}"
+        series[label] = [None if v is None else weight * v for v in values]
+    return series
+
+
+def plot_curves(records: list[dict], path: str | os.PathLike, loss_weights: dict | None = None) -> dict:
+    """Every panel of :data:`PANELS` per epoch (integer ticks), drawn to ``path`` (PNG); the loss terms weighted
+    as in the total (``loss_weights``: term -> weight, 1 when absent); lines a record lacks (e.g. purity without
+    ground truth) are left out. Returns what was drawn: panel title -> line label -> values per epoch."""
     epochs = [r["epoch"] for r in records]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    drawn = {}
     for ax, (title, lines) in zip(axes.flat, PANELS.items()):
-        if lines[0][0] == "loss_*":
-            keys = dict.fromkeys(k for r in records for k in r if k.startswith("loss_"))  # in first-seen order
-            lines = [(k, k[len("loss_"):]) for k in keys]
-        for key, label in lines:
-            values = [r.get(key) for r in records]
-            if any(v is not None for v in values):
-                ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=label)
+        series = _loss_series(records, loss_weights or {}) if lines[0][0] == "loss_*" else \
+            {label: [r.get(key) for r in records] for key, label in lines}
+        drawn[title] = {label: values for label, values in series.items() if any(v is not None for v in values)}
+        for label, values in drawn[title].items():
+            ax.plot(epochs, [float("nan") if v is None else v for v in values], marker="o", label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if ax.lines and len(ax.lines) > 1:
+        if len(ax.lines) > 1:
             ax.legend(fontsize="small")
     axes.flat[-1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     fig.tight_layout()
@@ -105,3 +118,4 @@ def plot_curves(records: list[dict], path: str | os.PathLike) -> None:
     finally:
         plt.close(fig)
     atomic_write(path, buffer.getbuffer())
+    return drawn

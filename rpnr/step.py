@@ -30,11 +30,10 @@ def _objective(f_rgb: Tensor, f_ir: Tensor, cfg: TrainConfig, batch: IterationBa
     y_ir = torch.from_numpy(labels.ir.train[batch.rows_ir]).to(f_ir.device)  # [B_ir]
     y = torch.from_numpy(labels.rgb.train[batch.rows_rgb]).to(f_rgb.device)  # [B_rgb]
     y_rgb = torch.cat((y, y), 0)  # [2 B_rgb]: labels of view 1 then view 2
-    rpnr = cfg.stage == "rpnr"  # stage 1: stage2_loss without its stage-2 terms, as stage1_loss
+    modules = cfg.modules  # stage 1: stage2_loss without its stage-2 terms, as stage1_loss
     total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, labels.r2i, labels.i2r, epoch, w_cross=cfg.w_cross,
                                w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl, sigma=cfg.sigma, delta=cfg.delta,
-                               cross=rpnr and not cfg.no_otpm, hybrid=rpnr and not (cfg.no_otpm or cfg.no_mhl),
-                               nrl=rpnr and not cfg.no_nrl)
+                               cross=modules.otpm, hybrid=modules.mhl, nrl=modules.nrl)
     parts["total"] = total.item()
     if not all(math.isfinite(v) for v in parts.values()):
         terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())

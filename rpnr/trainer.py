@@ -18,7 +18,7 @@ from torch import nn
 
 from rpnr.batches import epoch_batches, prefetch
 from rpnr.checkpoint import load_checkpoint, save_checkpoint, trained_on
-from rpnr.config import TrainConfig, TrainingError, resumed_config
+from rpnr.config import TrainConfig, TrainingError, resumed_config, setting_defaults
 from rpnr.data.prepared import ImageSet, check_prepared, load_train
 from rpnr.datasets import get_dataset
 from rpnr.distributed import SINGLE, ProcessGroup
@@ -31,7 +31,8 @@ from rpnr.run_folder import BEST, CHECKPOINT, OUTPUTS, RunFolder, best_state, pr
 from rpnr.run_log import RunLog
 from rpnr.step import train_step
 
-FORMAT_VERSION = 1
+# 2: "args" holds every setting of the run; 1 (older) may lack settings added since (e.g. the ablation switches)
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -49,6 +50,8 @@ class RunState:
     folder: RunFolder
     data_id: str  # identity of the prepared data (checked on resume)
     log: RunLog | None = None
+    resumed: dict | None = None  # the checkpoint a resumed run continues, until it is restored
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed once the run has claimed its folder
     start_epoch: int = 0
     best: dict = dataclasses.field(default_factory=lambda: {"epoch": 0, "rank1": -1.0, "mAP": 0.0})
 
@@ -72,16 +75,21 @@ def _init_model(cfg: TrainConfig, device: torch.device, initialise: bool) -> nn.
 
 
 def check_baseline(cfg: TrainConfig) -> str | None:
-    """Refuse a stage-1 model of another dataset or trial; a note for one that records neither (the official
-    release's), DESIGN.md section 10."""
+    """Refuse a model of another dataset, trial or stage (a stage-2 model); a note for one that records neither
+    (the official release's), DESIGN.md section 10."""
     ds = get_dataset(cfg.dataset)
-    if trained_on(cfg.baseline, cfg.dataset, cfg.trial if ds.model_per_trial else None, ds.display) is None:
+    saved = trained_on(cfg.baseline, cfg.dataset, cfg.trial if ds.model_per_trial else None, ds.display)
+    if saved is None:
         return f"{cfg.baseline} records no dataset or trial (an official release checkpoint?); used as given"
+    if saved.get("stage", "baseline") != "baseline":
+        raise TrainingError(f"--baseline {cfg.baseline} is a stage-2 ({saved['stage']}) model; stage 2 starts from "
+                            f"a stage-1 model: pass stage 1's {BEST} (train.py --stage baseline)")
+    return None
 
 
 def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
     """The checkpoint belongs to this dataset, stage, process count and prepared data."""
-    if ckpt.get("format_version") != FORMAT_VERSION or "optimizer" not in ckpt:
+    if ckpt.get("format_version") not in (1, FORMAT_VERSION) or "optimizer" not in ckpt:
         raise TrainingError(f"{path} is not a training checkpoint of this project (cannot resume from it)")
     if (ckpt.get("stage"), ckpt.get("dataset")) != (cfg.stage, cfg.dataset):
         raise TrainingError(f"{path} is a {ckpt.get('dataset')} {ckpt.get('stage')} checkpoint; "
@@ -98,6 +106,13 @@ def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, 
         raise TrainingError(f"{path} already holds {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}")
 
 
+def saved_settings(ckpt: dict) -> dict:
+    """The settings a training checkpoint was written with; a setting absent from a format-1 checkpoint (added
+    since, such as the ablation switches) counts as its default, what that run computed with."""
+    saved = dict(ckpt.get("args", {}))
+    return {**setting_defaults(), **saved} if ckpt.get("format_version") == 1 else saved
+
+
 def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
     """The prepared training sets of both modalities, checked against the settings, and the data's identity
     (a fingerprint of its manifest, where it lies and when it was written left out)."""
@@ -112,8 +127,8 @@ def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
 
 
 def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list[str]) -> None:
-    """Rank 0, once every check passed: remove an earlier run's outputs (``--overwrite``) and temporary files of
-    killed writes, write run.json and print the notes."""
+    """Rank 0, once every check passed and the lock is held: remove an earlier run's outputs (``--overwrite``) and
+    temporary files of killed writes, write run.json and print the notes."""
     if cfg.overwrite and not cfg.resume:
         folder.clear()
     remove_temporaries(folder.path, OUTPUTS)
@@ -122,45 +137,76 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
         print(f"note: {note}", file=sys.stderr)
 
 
-def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset(),
-             command: list[str] | None = None) -> RunState:
-    """Lock the logs folder, check everything, then start or resume the run: data, model, optimizer, log.
-    Nothing in the folder changes before every check has passed. ``given``: :func:`rpnr.config.named_settings`."""
+def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset()) -> RunState:
+    """Every check of a run that changes nothing on disk: the logs folder, the checkpoint and settings to resume,
+    the prepared data, the start weights; the run's state with its folder not yet created or locked (a refused
+    run leaves no trace). ``given``: :func:`rpnr.config.named_settings`."""
     folder = RunFolder(cfg.logs_dir)
-    group.from_main(folder.lock)  # rank 0 holds the lock; the others share its verdict
-    group.from_main(folder.check_fresh, cfg.resume, cfg.overwrite, keep=cfg.baseline)
+    group.from_main(folder.check_usable, cfg.resume, cfg.overwrite, keep=cfg.baseline)
     ckpt_path, ckpt = folder.path / CHECKPOINT, None
     if cfg.resume:
         if not ckpt_path.is_file():
-            raise TrainingError(f"nothing to resume: {ckpt_path} does not exist")
+            earlier = folder.outputs()
+            raise TrainingError(f"nothing to resume: {ckpt_path} does not exist" + (
+                f" (the folder holds {', '.join(earlier)} of a run that wrote no checkpoint: start afresh with "
+                f"--overwrite)" if earlier else " (start the run without --resume)"))
         ckpt = load_checkpoint(ckpt_path)
-        cfg = resumed_config(cfg, ckpt.get("args", {}), given, ckpt_path)
+        cfg = resumed_config(cfg, saved_settings(ckpt), given, ckpt_path)
     train_rgb, train_ir, data_id = _load_data(cfg)
+    notes = [check_baseline(cfg) if cfg.stage == "rpnr" and ckpt is None else None]
     if ckpt is not None:
         _check_resumable(ckpt, ckpt_path, cfg, group.world_size, data_id)
+        notes.append(group.from_main(reconcile_best, folder.path, ckpt, write=False))
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    notes = [check_baseline(cfg) if cfg.stage == "rpnr" and ckpt is None else None]
     net = _init_model(cfg, device, initialise=ckpt is None)
     net.bn_splits = cfg.bn_splits // group.world_size  # this rank's slices of the global batch
     params = [p for p in net.parameters() if p.requires_grad]  # the frozen BN-neck bias is left out
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    s = RunState(cfg=cfg, group=group, net=net, model=group.wrap(net, device), optimizer=optimizer,
-                 scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, folder=folder, data_id=data_id)
-    record = provenance(command or sys.argv, s.args, device, group)
-    notes.append(group.from_main(reconcile_best, folder.path, ckpt) if ckpt is not None else None)
-    group.from_main(_claim_folder, folder, cfg, record, [n for n in notes if n])
-    if ckpt is not None:
-        _restore(s, ckpt)
-    else:
-        s.log = RunLog(folder.path, enabled=group.is_main)
-        s.log.print(f"{cfg.dataset} {cfg.stage}: {len(train_rgb)} visible and {len(train_ir)} infrared training "
-                    f"images; {group.world_size} process(es), batch norm in {cfg.bn_splits} slice(s); args {s.args}")
-    if cfg.low_memory and net.bn_splits == 1:
-        s.log.print(f"note: --low-memory changes nothing with one batch-norm slice per process (--bn-splits "
-                    f"{cfg.bn_splits} over {group.world_size} process(es)); the one-graph step runs")
+    return RunState(cfg=cfg, group=group, net=net, model=group.wrap(net, device), optimizer=optimizer,
+                    scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, folder=folder, data_id=data_id,
+                    resumed=ckpt, notes=[n for n in notes if n])
+
+
+def check_line(s: RunState) -> str:
+    """What ``train.py --check`` prints for a run whose every check passed."""
+    cfg, start = s.cfg, s.cfg.baseline if s.cfg.stage == "rpnr" else s.cfg.imagenet or "random weights"
+    removes = " (--overwrite removes the earlier outputs)" if s.folder.outputs() else ""
+    what = f"resumes {s.folder.path / CHECKPOINT} after epoch {s.resumed['epoch']}" if s.resumed else \
+        f"starts afresh in {s.folder.path}{removes}, from {start}"
+    return (f"check passed: {cfg.dataset} {cfg.stage} {what}; {len(s.train_rgb)} visible and "
+            f"{len(s.train_ir)} infrared training images in {cfg.data_dir}; nothing was written")
+
+
+def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset(),
+             command: list[str] | None = None) -> RunState:
+    """Check everything (:func:`check_run`), then lock the logs folder and start or resume the run: data, model,
+    optimizer, log. Nothing is created before every check has passed; the lock is released on any error."""
+    s = check_run(cfg, group, given)
+    cfg, ckpt = s.cfg, s.resumed
+    group.from_main(s.folder.lock)  # rank 0 holds the lock; the others share its verdict
+    try:
+        record = provenance(command or sys.argv, s.args, s.device, group)
+        if ckpt is not None:
+            group.from_main(reconcile_best, s.folder.path, ckpt)  # its note is among s.notes (check_run)
+        group.from_main(_claim_folder, s.folder, cfg, record, s.notes)
+        if ckpt is not None:
+            _restore(s, ckpt)
+        else:
+            s.log = RunLog(s.folder.path, enabled=group.is_main, loss_weights=cfg.modules.loss_weights(cfg))
+            s.log.print(f"{cfg.dataset} {cfg.stage}: {len(s.train_rgb)} visible and {len(s.train_ir)} infrared "
+                        f"training images; {group.world_size} process(es), batch norm in {cfg.bn_splits} slice(s); "
+                        f"args {s.args}")
+        s.log.print(cfg.modules.describe(cfg.stage))
+        if cfg.low_memory and s.net.bn_splits == 1:
+            s.log.print(f"note: --low-memory changes nothing with one batch-norm slice per process (--bn-splits "
+                        f"{cfg.bn_splits} over {group.world_size} process(es)); the one-graph step runs")
+    except BaseException:
+        s.folder.release()
+        raise
+    s.resumed = None  # restored; not kept in memory for the whole run
     return s
 
 
@@ -171,7 +217,8 @@ def _restore(s: RunState, ckpt: dict) -> None:
     s.scheduler.load_state_dict(ckpt["scheduler"])
     s.start_epoch = int(ckpt["epoch"])
     s.best = dict(ckpt.get("best") or {"epoch": 0, "rank1": float(ckpt["best_rank1"]), "mAP": 0.0})
-    s.log = RunLog(s.folder.path, resume_epoch=s.start_epoch, enabled=s.group.is_main, log_bytes=ckpt.get("log_bytes"))
+    s.log = RunLog(s.folder.path, resume_epoch=s.start_epoch, enabled=s.group.is_main, log_bytes=ckpt.get("log_bytes"),
+                   loss_weights=s.cfg.modules.loss_weights(s.cfg))
     s.log.print(f"resuming from {s.folder.path / CHECKPOINT} after epoch {s.start_epoch} "
                 f"(best Rank-1 {s.best['rank1']:.2f}%)")
     restore_rng_state(ckpt["rng"])  # the resumed epoch sees the random stream of the uninterrupted run
@@ -195,14 +242,13 @@ def epoch_labels(s: RunState, epoch: int, times: dict) -> tuple[EpochLabels, dic
     t0 = time.perf_counter()
     labels = s.group.from_main(compute_labels, *feats, s.train_rgb, s.train_ir, cfg, epoch).to(s.device)
     s.group.sync_random_state()
-    memories = build_memories(labels, cfg.temp, cfg.momentum,
-                              hybrid=cfg.stage == "rpnr" and not (cfg.no_mhl or cfg.no_otpm))
+    memories = build_memories(labels, cfg.temp, cfg.momentum, hybrid=cfg.modules.mhl)
     times["time_clustering"] = time.perf_counter() - t0
     return labels, memories
 
 
 def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) -> dict:
-    """``cfg.iters`` iterations; returns the mean of each loss term (and "total")."""
+    """``cfg.iters`` iterations; returns the mean of each loss term (None for a term left out) and "total"."""
     cfg = s.cfg
     batches = epoch_batches(labels, s.train_rgb, s.train_ir, cfg, epoch, s.group)
     pin = s.device.type == "cuda"
@@ -216,7 +262,9 @@ def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) ->
         steps.append(train_step(s.model, s.optimizer, s.group, cfg, batch, images, labels, memories, epoch, iteration))
         bar.set_postfix(loss=f"{steps[-1]['total']:.3f}")
     bar.close()
-    return {key: sum(parts[key] for parts in steps) / cfg.iters for key in steps[0]}
+    means = {key: sum(parts[key] for parts in steps) / cfg.iters for key in steps[0]}
+    # every term of the objective, None for one left out (metrics.json: null), then the total
+    return {**{term: means.get(term) for term in cfg.modules.loss_weights(cfg)}, "total": means["total"]}
 
 
 def check_finite_weights(net: nn.Module, epoch: int) -> None:
@@ -255,9 +303,9 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
     lines = [f"{head}: clusters visible {rgb.num_clusters} (outliers {rgb.num_outliers}), "
              f"infrared {ir.num_clusters} (outliers {ir.num_outliers}), eps {cfg.eps:g}; "
              f"purity visible {rgb.purity:.3f}, infrared {ir.purity:.3f}"]
-    if cfg.stage == "rpnr":
+    if cfg.modules.npc:
         lines.append(f"{head}: NPC relabelled visible {rgb.relabeled}, infrared {ir.relabeled}")
-    return lines + [f"{head}: loss " + " ".join(f"{k} {v:.5g}" for k, v in losses.items()),
+    return lines + [f"{head}: loss " + " ".join(f"{k} {v:.5g}" for k, v in losses.items() if v is not None),
                     f"{head}: Rank-1 {result['rank1']:.2f}% mAP {result['mAP']:.2f}% mINP {result['mINP']:.2f}% "
                     f"(best Rank-1 {best:.2f}%)",
                     f"{head}: seconds " + ", ".join(f"{k[len('time_'):]} {v:.1f}" for k, v in times.items())]
@@ -273,13 +321,11 @@ def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, resu
         s.best = {"epoch": done, "rank1": result["rank1"], "mAP": result["mAP"]}
     for line in _epoch_lines(done, cfg, labels, losses, result, s.best["rank1"], times):
         s.log.print(line)
-    calibrate = cfg.stage == "rpnr"
     s.log.add_record({
         "epoch": done, **result, "best_rank1": s.best["rank1"], "lr": lr, "world_size": s.group.world_size,
         "bn_splits": cfg.bn_splits, "clusters_rgb": labels.rgb.num_clusters, "clusters_ir": labels.ir.num_clusters,
         "outliers_rgb": labels.rgb.num_outliers, "outliers_ir": labels.ir.num_outliers,
-        "relabeled_rgb": labels.rgb.relabeled if calibrate else None,
-        "relabeled_ir": labels.ir.relabeled if calibrate else None,
+        "relabeled_rgb": labels.rgb.relabeled, "relabeled_ir": labels.ir.relabeled,  # None: NPC off
         "purity_rgb": labels.rgb.purity, "purity_ir": labels.ir.purity,
         **{f"loss_{k}": v for k, v in losses.items()}, **times})
     if s.group.is_main:  # rank 0 writes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
+
+# no bytecode from this process's later imports (rpnr, bench, the test modules) nor from any subprocess (train.py,
+# torchrun, the prepare scripts): the suite leaves the working tree as it found it (run it as
+# ``python -B -m pytest`` so that this file's own bytecode is not written either)
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+sys.dont_write_bytecode = True
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # rpnr and bench importable under a bare ``pytest`` too (not only python -m pytest)
@@ -37,6 +44,71 @@ H, W = PREPARED_HEIGHT, PREPARED_WIDTH  # test images of the prepared folders an
 KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # metrics of test.py --json
 TEMP = 0.05  # cluster-memory temperature of the memory/loss references
 OFFICIAL_STATE_DICT = REPO / "tests" / "data" / "official_agw_state_dict.json"
+
+
+# ----------------------------------------------------------------------------- hermetic environment
+
+OFFLINE_PROXY = "http://127.0.0.1:9"  # the discard port: a connection through it is refused at once
+_NETWORK_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy",
+                      "ALL_PROXY")
+
+
+def _no_network(url, *args, **kwargs):
+    raise OSError(f"the tests run without the network (asked for {url})")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment(tmp_path_factory):
+    """Every test and every subprocess it starts (they inherit ``os.environ``) sees an empty torch cache of its
+    own (``TORCH_HOME``; a test that needs a "cached" file puts a fake one into a folder of its own) and no
+    network: torch.hub's downloader fails in this process, and urllib in subprocesses goes through a proxy
+    that refuses the connection. Set up before any other fixture (session-scoped and autouse)."""
+    torch_home = tmp_path_factory.mktemp("torch_home")
+    saved = {name: os.environ.get(name) for name in ("TORCH_HOME", *_NETWORK_VARIABLES)}
+    os.environ["TORCH_HOME"] = str(torch_home)
+    for name in _NETWORK_VARIABLES:
+        os.environ.pop(name, None)
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        os.environ[name] = OFFLINE_PROXY
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.hub, "download_url_to_file", _no_network)
+        yield torch_home
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# ----------------------------------------------------------------------------- float comparisons
+
+
+def assert_close_scaled(actual, expected, rel: float = 1e-5, name: str = "", floor: float = 1e-30) -> None:
+    """Assert ``max |actual - expected| <= rel * max(max |expected|, floor)``: one tolerance per tensor, scaled
+    to its largest entry. Float32 sums in another order (slices, threads, SIMD width) move every entry by a
+    few units in the last place of the largest terms, so an element-wise relative tolerance is too tight for
+    the small entries of a large tensor and a fixed absolute one too loose for a small tensor.
+
+    ``floor``: the least scale, for a tensor whose own values are rounding noise of larger terms (the gradient
+    of a convolution bias ahead of a batch norm is zero in exact arithmetic); pass e.g. 1e-3 of the largest
+    gradient of the model. Same shape and dtype required; NaN or infinity anywhere fails. ``actual`` /
+    ``expected``: tensors or arrays; ``name`` labels the failure message, which gives the numbers."""
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    label = f"{name}: " if name else ""
+    assert actual.shape == expected.shape, f"{label}shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{label}dtype {actual.dtype} != {expected.dtype}"
+    if expected.numel() == 0:
+        return
+    a, e = actual.detach().cpu().double(), expected.detach().cpu().double()
+    assert torch.isfinite(e).all() and torch.isfinite(a).all(), f"{label}non-finite entries"
+    diff = (a - e).abs()
+    worst = int(diff.argmax())
+    scale = max(e.abs().max().item(), floor)
+    bound = rel * scale
+    assert diff.max().item() <= bound, (
+        f"{label}max |actual - expected| = {diff.max().item():.3g} > {rel:g} * {scale:.3g} = {bound:.3g} (at flat "
+        f"index {worst}: actual {a.flatten()[worst].item():.9g}, expected {e.flatten()[worst].item():.9g}; "
+        f"{int((diff > bound).sum())} of {diff.numel()} entries off)")
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +156,13 @@ def tiny_regdb(tmp_path_factory) -> Path:
 def tiny_llcm(tmp_path_factory) -> Path:
     """A synthetic raw LLCM tree (default size) prepared at 32x16 by the command-line tools."""
     base = tmp_path_factory.mktemp("tiny_llcm")
+    # run in ``base``, not in the checkout: ``python -m rpnr...`` finds the package through PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     for cmd in ([sys.executable, "-m", "rpnr.data.synthetic", "--dataset", "llcm", "--out", str(base / "raw"),
                  "--height", "64", "--width", "32"],
                 [sys.executable, str(REPO / "prepare_llcm.py"), "--data-dir", str(base / "raw"), "--output-dir",
                  str(base / "prepared"), "--height", "32", "--width", "16"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=base, env=env)
         assert done.returncode == 0, done.stderr
     return base / "prepared"
 

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_close_scaled
 from torch import nn
 
 from rpnr.models import build_model
@@ -74,17 +75,20 @@ def test_split_forward_matches_data_parallel(trained_model, splits, n_rgb, n_ir,
     f_rgb, f_ir = model(x_rgb, x_ir)
     _objective(f_rgb, f_ir).backward()
 
-    torch.testing.assert_close(f_rgb, ref_rgb, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(f_ir, ref_ir, atol=1e-5, rtol=1e-5)
+    # float32 sums in another order: each tensor to 1e-5 of its largest entry (conftest.assert_close_scaled)
+    assert_close_scaled(f_rgb, ref_rgb, name="f_rgb")
+    assert_close_scaled(f_ir, ref_ir, name="f_ir")
     buffers = _buffers(model)
     assert buffers.keys() == ref_buffers.keys()
     for name, value in buffers.items():  # slice 0's update only
-        torch.testing.assert_close(value, ref_buffers[name], atol=1e-6, rtol=1e-6)
+        assert_close_scaled(value, ref_buffers[name], name=name)
     assert int(model.bottleneck.num_batches_tracked) == 6  # one update kept, not ``splits``
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads.keys() == ref_grads.keys() and len(grads) > 100
+    assert not [n for n, g in grads.items() if not g.abs().max() > 0]  # every branch compared (non-local too)
+    floor = 1e-3 * max(g.abs().max().item() for g in ref_grads.values())  # W.0.bias feeds a BN: noise gradient
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+        assert_close_scaled(grad, ref_grads[name], floor=floor, name=name)
 
 
 def test_split_forward_differs_from_whole_batch(trained_model, one_thread):

@@ -14,6 +14,7 @@ from rpnr.checkpoint import (
     DamagedCheckpointError,
     UnsafeCheckpointError,
     load_checkpoint,
+    missing_checkpoint_line,
     save_checkpoint,
 )
 from rpnr.models import build_model, convert_official_state_dict, load_weights
@@ -272,3 +273,43 @@ def test_test_script_reports_damaged_and_unsafe_in_one_line(prepared_sysu, tmp_p
         assert status == 1 and len(lines) == 1, err
         assert lines[0].startswith(f"test.py: error: {word} checkpoint ") and str(path) in lines[0], lines[0]
         assert "weights_only" not in err
+
+
+# ----------------------------------------------------------------------------- a folder given as a checkpoint
+
+
+def test_a_folder_as_checkpoint_names_the_file_expected_inside(tmp_path):
+    run = tmp_path / "logs" / "sysu_s2"
+    run.mkdir(parents=True)
+    empty = f"{run} is a folder, not a checkpoint file, and {run / 'model_best.pth.tar'} is not there; pass the " \
+            f"checkpoint file itself"
+    assert missing_checkpoint_line(run) == empty
+    save_checkpoint({"model": {"w": torch.ones(2)}, "epoch": 1}, run / "model_best.pth.tar")
+    line = f"{run} is a folder, not a checkpoint file; pass {run / 'model_best.pth.tar'}"
+    assert missing_checkpoint_line(run) == missing_checkpoint_line(str(run)) == line
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(run)
+    assert str(caught.value) == line
+    assert missing_checkpoint_line(run / "none.pth") == f"checkpoint not found: {run / 'none.pth'}"
+    with pytest.raises(CheckpointError, match="^checkpoint not found: "):
+        load_checkpoint(run / "none.pth")
+    assert load_checkpoint(run / "model_best.pth.tar")["epoch"] == 1  # the file it names loads
+
+
+def test_test_script_names_the_checkpoint_inside_a_run_folder(prepared_sysu, prepared_regdb, tmp_path, capsys):
+    script = load_test_script()
+    run = tmp_path / "sysu_s2"
+    run.mkdir()
+    save_checkpoint({"model": build_model().state_dict(), "epoch": 1}, run / "model_best.pth.tar")
+    per_trial = tmp_path / "regdb_s2"
+    (per_trial / "1").mkdir(parents=True)  # a run folder per trial, no model in it yet
+    for args, line in (
+            (("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", run),
+             f"{run} is a folder, not a checkpoint file; pass {run / 'model_best.pth.tar'}"),
+            (("--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint", per_trial / "{trial}"),
+             f"{per_trial / '1'} is a folder, not a checkpoint file, and {per_trial / '1' / 'model_best.pth.tar'} is "
+             f"not there; pass the checkpoint file itself (trial 1)")):
+        capsys.readouterr()
+        status = script.main(["--device", "cpu", *map(str, args)])
+        out, err = capsys.readouterr()
+        assert status == 1 and out == "" and err.strip().splitlines() == [f"test.py: error: {line}"], err

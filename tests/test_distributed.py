@@ -45,7 +45,8 @@ def _train(data: Path, logs: Path, *extra: str, nproc: int = 1) -> subprocess.Co
     cmd = [*(launcher if nproc > 1 else [sys.executable]), str(REPO / "train.py"), *TINY, "--data-dir", str(data),
            "--logs-dir", str(logs), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    logs.parent.mkdir(parents=True, exist_ok=True)  # the working folder: nothing of a run lands in the checkout
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=logs.parent)
 
 
 def _ok(done: subprocess.CompletedProcess) -> None:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_scaled
 
 from rpnr.epoch_labels import EpochLabels, ModalityLabels, build_memories, label_purity
 
@@ -47,7 +48,7 @@ def test_build_memories_hybrid_rows_and_empty_clusters():
     rows = torch.tensor([[3.0, 2.0, 0.0], [1.0, 0.0, 4.0]]) / torch.tensor([[13.0], [17.0]]).sqrt()
     expected = torch.cat([rows, torch.zeros(1, 3)])
     torch.testing.assert_close(memories["hybrid"].features, torch.cat([expected, expected]))  # CMhcl: two halves
-    torch.testing.assert_close(memories["rgb"].features, F.normalize(c_rgb, dim=1).repeat(2, 1))
-    torch.testing.assert_close(memories["ir"].features, F.normalize(c_ir, dim=1).repeat(2, 1))
+    assert_close_scaled(memories["rgb"].features, F.normalize(c_rgb, dim=1).repeat(2, 1), name="rgb")
+    assert_close_scaled(memories["ir"].features, F.normalize(c_ir, dim=1).repeat(2, 1), name="ir")
     assert all((m.mode, m.temp, m.momentum) == ("CMhcl", 0.05, 0.1) for m in memories.values())
     assert set(build_memories(labels, temp=0.05, momentum=0.1)) == {"rgb", "ir"}

@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from conftest import assert_close_scaled
 
 from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD, eval_regdb, eval_sysu, extract_features, extract_features_uint8
 from rpnr.models import build_model
+
+# a ResNet-50 forward over other batch sizes runs other float32 kernels: embeddings agree to ~1e-6 of their largest
+# entry; any real difference (normalisation, flip, mean/std, eval mode) is above 1e-3
+REL = 5e-5
 
 
 def _distmat_from_orders(orders, num_g):
@@ -106,9 +111,9 @@ def test_extract_features_flip_average(eval_model):
     plain = extract_features(eval_model, x, "infrared", batch_size=2, flip=False)
     flipped = extract_features(eval_model, x, "infrared", batch_size=2, flip=True)
     unnormed = extract_features(eval_model, x, "infrared", batch_size=2, flip=True, normalize=False)
-    torch.testing.assert_close(plain, e, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(flipped, mean / mean.norm(dim=1, keepdim=True), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(unnormed, mean, atol=1e-5, rtol=1e-5)
+    assert_close_scaled(plain, e, name="plain", rel=REL)
+    assert_close_scaled(flipped, mean / mean.norm(dim=1, keepdim=True), name="flipped", rel=REL)
+    assert_close_scaled(unnormed, mean, name="unnormalised", rel=REL)
     assert flipped.shape == (3, 2048)
     torch.testing.assert_close(flipped.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
     assert not torch.allclose(flipped, plain, atol=1e-4)  # the flip really changes the embedding
@@ -125,17 +130,17 @@ def test_uint8_and_float_extraction_give_the_same_embeddings(eval_model):
         from_uint8 = extract_features_uint8(eval_model, images, "visible", batch_size=3, flip=flip,
                                             normalize=normalize, progress=seen.append)
         assert from_uint8.shape == (5, 2048) and from_uint8.dtype == torch.float32
-        torch.testing.assert_close(from_uint8, from_float, atol=1e-5, rtol=1e-4)
+        assert_close_scaled(from_uint8, from_float, name=f"flip {flip}, normalize {normalize}", rel=REL)
     assert seen == [3, 2] * 3  # progress(n) after each batch with its size
     with torch.no_grad():
         e = eval_model.embed(x, "visible")
         mean = (e + eval_model.embed(torch.flip(x, dims=[3]), "visible")) / 2
-    torch.testing.assert_close(extract_features_uint8(eval_model, images, "visible", batch_size=4),
-                               mean / mean.norm(dim=1, keepdim=True), atol=1e-5, rtol=1e-4)
+    assert_close_scaled(extract_features_uint8(eval_model, images, "visible", batch_size=4),
+                        mean / mean.norm(dim=1, keepdim=True), name="flipped", rel=REL)
     eval_model.train()
     try:  # a model in training mode is embedded in eval mode and left in training mode
-        torch.testing.assert_close(extract_features_uint8(eval_model, images, "visible", flip=False), e,
-                                   atol=1e-5, rtol=1e-4)
+        assert_close_scaled(extract_features_uint8(eval_model, images, "visible", flip=False), e, name="train mode",
+                            rel=REL)
         assert eval_model.training
     finally:
         eval_model.eval()

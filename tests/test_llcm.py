@@ -6,6 +6,7 @@ process_query_llcm / process_gallery_llcm, DEEN/eval_metrics.py eval_llcm, DEEN/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -139,9 +140,10 @@ def official_checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
     return path, model
 
 
-def run_prepare(*args) -> subprocess.CompletedProcess:
+def run_prepare(cwd: Path, *args) -> subprocess.CompletedProcess:
+    """prepare_llcm.py run in ``cwd`` (a test's temporary folder, never the checkout)."""
     return subprocess.run([sys.executable, str(REPO / "prepare_llcm.py"), *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+                          text=True, cwd=cwd, timeout=120)
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -176,7 +178,8 @@ def test_synthetic_tree_has_the_llcm_layout(llcm_raw):
 
 def test_prepare_llcm_cli_counts_order_and_relative_paths(llcm_raw, tmp_path):
     out = tmp_path / "llcm_32x16"
-    res = run_prepare("--data-dir", llcm_raw, "--output-dir", out, "--height", 32, "--width", 16, "--workers", 2)
+    res = run_prepare(tmp_path, "--data-dir", llcm_raw, "--output-dir", out, "--height", 32, "--width", 16,
+                      "--workers", 2)
     assert res.returncode == 0, res.stderr
     assert "test (every image)  infrared" in res.stdout and "gallery (trial 0)" in res.stdout
     assert "warning: LLCM train identities: found 6, published 713" in res.stdout
@@ -312,7 +315,8 @@ def test_test_script_llcm_both_directions_match_the_release(llcm_prepared, llcm_
     assert status == 0, err
     got = json.loads((tmp_path / "llcm.json").read_text())
     assert set(got) == {"visible_to_infrared", "infrared_to_visible", "checkpoint"}
-    assert got["checkpoint"]["path"] == str(path) and len(got["checkpoint"]["sha256"]) == 64
+    assert got["checkpoint"]["path"] == str(path)
+    assert got["checkpoint"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     lines = out.splitlines()
     assert sum(line.startswith("Trial ") for line in lines) == 20
     assert "Mean of 10 trials Infrared to Visible: Rank-1: " in out and (tmp_path / "ranks.png").is_file()
@@ -425,7 +429,7 @@ def _bad_tree(kind: str, raw: Path, tmp: Path) -> tuple[Path, str]:
 def test_bad_input_is_one_line_and_leaves_nothing(kind, llcm_raw, tmp_path):
     root, message = _bad_tree(kind, llcm_raw, tmp_path)
     out = tmp_path / "out" / "prepared"
-    res = run_prepare("--data-dir", root, "--output-dir", out, "--height", 32, "--width", 16)
+    res = run_prepare(tmp_path, "--data-dir", root, "--output-dir", out, "--height", 32, "--width", 16)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr

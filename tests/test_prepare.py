@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_script(script: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+                          cwd=tempfile.gettempdir(), timeout=120)  # outside the checkout
 
 
 def pil_resized(path: str, height: int, width: int, resample) -> np.ndarray:

@@ -46,7 +46,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_regdb, tmp_path, train_s
     assert status == 0, err
 
     proc = subprocess.Popen(_cmd(tiny_regdb, cut), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, cwd=tmp_path)
     ckpt = cut / "checkpoint.pth.tar"
     deadline = time.monotonic() + 600
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -78,7 +78,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_regdb, tmp_path, train_s
     assert tests[0] == tests[1]
     a, b = load_checkpoint(full / "checkpoint.pth.tar"), load_checkpoint(cut / "checkpoint.pth.tar")
     assert a["epoch"] == b["epoch"] == 2
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     log = (cut / "log.txt").read_text()
     assert "resuming from" in log and "after epoch 1" in log and log.count("epoch 1/2: Rank-1") == 1
     assert log.count("epoch 2/2: Rank-1") == 1 and "99.00%" not in log  # cut back to the checkpoint's epoch

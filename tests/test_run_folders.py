@@ -4,8 +4,10 @@ resuming with the saved settings, model_best after a kill, non-finite training, 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from rpnr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rpnr.config import TrainConfig, TrainingError, UsageError, resumed_config
 from rpnr.models import build_model, load_weights
 from rpnr.run_folder import OUTPUTS, RunFolder, RunFolderError, reconcile_best
-from rpnr.trainer import check_finite_weights
+from rpnr.trainer import check_finite_weights, saved_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--height", "32", "--width", "16",
@@ -69,8 +71,9 @@ def test_earlier_outputs_are_refused_and_overwrite_replaces_only_them(train, tmp
     (logs / "notes.txt").write_text("mine\n")
     before = _snapshot(logs)
     status, err, _ = train(logs)
-    assert status == 1 and "holds the outputs of an earlier run (log.txt, test.json)" in err
-    assert "--resume" in err and "--overwrite" in err
+    assert status == 1 and err.endswith("holds the outputs of an earlier run (log.txt, test.json): it wrote no "
+                                        "checkpoint, so there is nothing to resume; pass --overwrite to start afresh "
+                                        "(removes them)")
     status, err, _ = train(logs, "--overwrite", "--k1", "60")  # fails its checks: nothing may be removed yet
     assert status == 1 and "--k1 60" in err
     assert _snapshot(logs) == before
@@ -96,12 +99,90 @@ def test_earlier_outputs_are_refused_and_overwrite_replaces_only_them(train, tmp
                                     "cudnn"}
     assert run["versions"]["torch"] == torch.__version__.split("+")[0]
     assert run["device"]["type"] == "cpu" and run["device"]["world_size"] == 1 and len(run["device"]["names"]) == 1
-    assert run["git"] is None or (len(run["git"]["commit"]) == 40 and isinstance(run["git"]["dirty"], bool))
-    assert run["host"] and run["started"]
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if git.returncode == 0:  # a checkout (CI's fresh clone included): the commit it is at
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        assert run["git"] == {"commit": git.stdout.strip(), "dirty": dirty}
+    else:
+        assert run["git"] is None
+    assert run["host"] == socket.gethostname() and run["started"].startswith(time.strftime("%Y-%m-%d"))
     test = json.loads((logs / "test.json").read_text())
     for column, name in (("best", "model_best.pth.tar"), ("last", "checkpoint.pth.tar")):
-        assert test[column]["checkpoint"]["path"] == str(logs / name)
-        assert len(test[column]["checkpoint"]["sha256"]) == 64
+        assert test[column]["checkpoint"] == {"path": str(logs / name), "sha256": _sha256(logs / name)}
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _tree(folder) -> set[str]:
+    """Every path under ``folder``, hidden ones included."""
+    return {str(p.relative_to(folder)) for p in Path(folder).rglob("*")}
+
+
+def test_refused_runs_leave_no_folder_no_lock_and_no_file(train, tmp_path, tiny_regdb):
+    data_before = _tree(tiny_regdb)
+    logs = tmp_path / "new" / "logs"
+    unprepared = tmp_path / "unprepared"
+    unprepared.mkdir()
+    for flags, told in (
+            (("--stage", "rpnr", "--baseline", tmp_path / "absent.pth.tar"), "stage-1 checkpoint not found"),
+            (("--stage", "rpnr", "--baseline", tmp_path), "is a folder, not a checkpoint file"),
+            (("--resume",), "nothing to resume"),
+            (("--k1", "500"), "--k1 500 needs more"),
+            (("--data-dir", unprepared), "manifest.json")):
+        status, err, _ = train(logs, *flags)
+        assert status == 1 and told in err, err
+        assert not (tmp_path / "new").exists(), flags
+    status, _, _ = train(tiny_regdb)  # a prepared data folder as --logs-dir
+    assert status == 1 and _tree(tiny_regdb) == data_before  # no .lock inside it
+    assert _tree(unprepared) == set()
+
+
+def test_check_flag_checks_everything_and_writes_nothing(train, tmp_path):
+    logs = tmp_path / "logs"
+    status, err, out = train(logs, "--check")
+    assert status == 0, err
+    assert out.strip().splitlines()[-1].startswith(f"check passed: regdb baseline starts afresh in {logs}, from "
+                                                   f"random weights; ")
+    assert out.strip().endswith("nothing was written") and not logs.exists()
+    status, err, _ = train(logs, "--check", "--resume")
+    assert status == 1 and "nothing to resume" in err and not logs.exists()
+
+
+def test_a_run_that_failed_in_epoch_1_is_refused_naming_overwrite_and_the_lock_is_released(train, tmp_path):
+    logs = tmp_path / "logs"
+    status, err, _ = train(logs, "--eps", "1e-6")  # every sample an outlier: epoch 1 stops
+    assert status == 1 and "pseudo labels have 0 clusters" in err and "try a larger --eps" in err
+    assert {"log.txt", "run.json"} <= {p.name for p in logs.iterdir()}
+    status, err, _ = train(logs)  # the same process: the failed run released its lock
+    assert status == 1 and "it wrote no checkpoint, so there is nothing to resume; pass --overwrite" in err
+    status, err, _ = train(logs, "--resume")
+    assert status == 1 and "nothing to resume" in err and "start afresh with --overwrite" in err
+    status, err, _ = train(logs, "--overwrite", "--iters", "1")
+    assert status == 0, err
+
+
+def test_an_older_checkpoint_cannot_change_the_recipe_on_resume(tmp_path):
+    """A format-1 checkpoint predates the ablation switches: each counts as its default, False."""
+    args = {k: v for k, v in TrainConfig(dataset="regdb", stage="rpnr", data_dir="d", logs_dir="l").__dict__.items()
+            if k not in ("no_npc", "no_nrl", "no_mhl", "no_otpm", "low_memory", "check")}
+    saved = saved_settings({"format_version": 1, "args": args})
+    assert (saved["no_nrl"], saved["no_otpm"], saved["low_memory"]) == (False, False, False)
+    assert saved_settings({"format_version": 2, "args": args}) == args
+    cfg = TrainConfig(dataset="regdb", stage="rpnr", data_dir="d", logs_dir="l", no_nrl=True, resume=True)
+    with pytest.raises(UsageError, match=r"would compute something else: --no-nrl False -> True \("):
+        resumed_config(cfg, saved, frozenset({"no_nrl", "resume"}), tmp_path / "checkpoint.pth.tar")
+
+
+def test_resume_keeps_the_weights_the_run_started_from(tmp_path):
+    saved = {**TrainConfig(dataset="regdb", stage="baseline", data_dir="d", logs_dir="l").__dict__,
+             "imagenet": "/weights/resnet50.pth"}
+    cfg = TrainConfig(dataset="regdb", stage="baseline", data_dir="d", logs_dir="l", imagenet="torchvision",
+                      resume=True)
+    resumed = resumed_config(cfg, saved, frozenset({"imagenet", "resume"}), tmp_path / "checkpoint.pth.tar")
+    assert resumed.imagenet == "/weights/resnet50.pth"
 
 
 def test_overwrite_never_removes_the_stage1_model_it_starts_from(train, tmp_path):
@@ -248,12 +329,16 @@ def test_a_really_full_disk_is_one_line_and_leaves_no_temporary_file(train, tmp_
 
 
 def test_stage2_refuses_a_stage1_model_of_another_dataset_or_trial(train, tmp_path):
-    for name, dataset, trial, message in (("sysu.pth", "sysu", 1, "was trained on sysu, not regdb"),
-                                          ("trial2.pth", "regdb", 2, "was trained on RegDB trial 2, not trial 1")):
-        save_checkpoint({"model": {}, "dataset": dataset, "args": {"trial": trial}}, tmp_path / name)
+    for name, dataset, trial, stage, message in (
+            ("sysu.pth", "sysu", 1, "baseline", "was trained on sysu, not regdb"),
+            ("trial2.pth", "regdb", 2, "baseline", "was trained on RegDB trial 2, not trial 1"),
+            ("s2.pth", "regdb", 1, "rpnr", "s2.pth is a stage-2 (rpnr) model; stage 2 starts from a stage-1 model: "
+                                           "pass stage 1's model_best.pth.tar (train.py --stage baseline)")):
+        save_checkpoint({"model": {}, "dataset": dataset, "stage": stage, "args": {"trial": trial, "stage": stage}},
+                        tmp_path / name)
         status, err, _ = train(tmp_path / "s2", "--stage", "rpnr", "--baseline", tmp_path / name)
         assert status == 1 and message in err, err
-        assert not (tmp_path / "s2" / "run.json").exists()
+        assert not (tmp_path / "s2").exists()
 
 
 def test_logs_folder_may_not_be_the_prepared_data(train, tiny_regdb):
@@ -261,14 +346,14 @@ def test_logs_folder_may_not_be_the_prepared_data(train, tiny_regdb):
     status, err, _ = train(tiny_regdb)
     assert status == 1 and err == f"error: --logs-dir {tiny_regdb} is a prepared data folder; choose another " \
                                   f"folder for the run's outputs"
-    assert _snapshot(tiny_regdb) == before
-    (tiny_regdb / ".lock").unlink()
+    assert _snapshot(tiny_regdb) == before and not (tiny_regdb / ".lock").exists()
 
 
 def test_sigterm_ends_like_ctrl_c(tiny_regdb, tmp_path):
     logs = tmp_path / "logs"
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *SMALL, "--data-dir", str(tiny_regdb),
                              "--logs-dir", str(logs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
     deadline = time.monotonic() + 300
     while not (logs / "run.json").exists() and proc.poll() is None and time.monotonic() < deadline:

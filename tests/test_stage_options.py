@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 import urllib.error
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from rpnr import epoch_labels, step
 from rpnr.checkpoint import save_checkpoint
 from rpnr.config import UsageError, build_config, build_parser
 from rpnr.memory import ClusterMemory
@@ -85,7 +87,8 @@ def test_ablations_apply_to_stage_2_only(tiny_regdb):
         build_config(vars(build_parser().parse_args(argv)))
 
 
-def test_stage2_without_npc_relabels_nothing(tiny_regdb, tmp_path, train_script, capsys, one_thread):
+def test_stage2_without_npc_records_null_and_logs_the_modules_off(tiny_regdb, tmp_path, train_script, capsys,
+                                                                   one_thread):
     baseline = tmp_path / "s1.pth.tar"
     save_checkpoint({"model": build_model().state_dict(), "dataset": "regdb", "args": {"trial": 1}}, baseline)
     logs = tmp_path / "s2"
@@ -93,6 +96,46 @@ def test_stage2_without_npc_relabels_nothing(tiny_regdb, tmp_path, train_script,
                                 str(baseline), "--logs-dir", str(logs), "--no-npc", "--no-mhl"])
     assert status == 0, capsys.readouterr().err
     record = json.loads((logs / "metrics.json").read_text())[0]
-    assert record["relabeled_rgb"] == 0 and record["relabeled_ir"] == 0
-    assert {k for k in record if k.startswith("loss_")} == {"loss_ir", "loss_rgb", "loss_cross", "loss_nrl",
-                                                           "loss_total"}
+    assert record["relabeled_rgb"] is None and record["relabeled_ir"] is None  # NPC did not run: null, not 0
+    assert record["loss_hybrid"] is None and all(isinstance(record[f"loss_{k}"], float) for k in
+                                                 ("ir", "rgb", "cross", "nrl", "total"))
+    log = (logs / "log.txt").read_text()
+    assert log.count("modules off: NPC, MHL (--no-npc --no-mhl); the others run\n") == 1
+    assert "NPC relabelled" not in log and " hybrid " not in log
+
+
+# every switch through train.py's configuration: what the labels, the memories and the objective then compute
+SWITCHES = {None: ("npc", "otpm", "mhl", "nrl"), "--no-npc": ("otpm", "mhl", "nrl"),
+            "--no-nrl": ("npc", "otpm", "mhl"), "--no-mhl": ("npc", "otpm", "nrl"), "--no-otpm": ("npc", "nrl")}
+
+
+@pytest.mark.parametrize("switch", list(SWITCHES))
+def test_each_ablation_switch_turns_off_its_module_only(switch, tmp_path, monkeypatch):
+    baseline = tmp_path / "s1.pth.tar"
+    baseline.write_bytes(b"")  # the configuration only checks that it exists
+    argv = [*SMALL, "--stage", "rpnr", "--data-dir", str(tmp_path), "--baseline", str(baseline), "--top-k", "4",
+            *([switch] if switch else [])]
+    cfg = build_config(vars(build_parser().parse_args(argv)))
+    on = SWITCHES[switch]
+    assert [m.lower() for m in cfg.modules.off()] == [m for m in ("npc", "otpm", "mhl", "nrl") if m not in on]
+
+    torch.manual_seed(0)
+    feats = torch.cat([torch.eye(16)[c] * 5 + 0.3 * torch.randn(8, 16) for c in range(3)])  # [24, 16], 3 groups
+    dbscan = np.repeat([0, 1, 2], 8)
+    dbscan[8] = 0  # a member of group 1 that DBSCAN put into cluster 0: NPC moves it back
+    monkeypatch.setattr(epoch_labels, "cluster_features", lambda *args, **kwargs: dbscan.copy())
+    images = types.SimpleNamespace(pids=np.repeat([0, 1, 2], 8))
+    labels = epoch_labels.compute_labels(feats, feats, images, images, cfg, epoch=1)
+    if "npc" in on:
+        assert labels.rgb.relabeled == labels.ir.relabeled == 1 and labels.rgb.train[8] == 1  # the control acts
+    else:
+        assert labels.rgb.relabeled is None and labels.ir.relabeled is None and labels.rgb.train[8] == 0
+    assert (labels.r2i is not None) == ("otpm" in on)
+    memories = epoch_labels.build_memories(labels, cfg.temp, cfg.momentum, hybrid=cfg.modules.mhl)
+    assert ("hybrid" in memories) == ("mhl" in on)
+    batch = types.SimpleNamespace(rows_ir=np.arange(0, 24, 3), rows_rgb=np.arange(0, 24, 6))
+    f_rgb, f_ir = feats[np.r_[batch.rows_rgb, batch.rows_rgb]], feats[batch.rows_ir]  # [8, 16] two views, [8, 16]
+    _, parts = step._objective(f_rgb.clone().requires_grad_(), f_ir.clone().requires_grad_(), cfg, batch, labels,
+                               memories, 1, 1)
+    terms = {"otpm": "cross", "mhl": "hybrid", "nrl": "nrl"}
+    assert list(parts) == ["ir", "rgb", *(terms[m] for m in ("otpm", "mhl", "nrl") if m in on), "total"]

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import KEYS, REPO, H, W, official_checkpoint_state, official_features, random_model, run_main
+from conftest import (
+    KEYS,
+    REPO,
+    H,
+    W,
+    load_test_script,
+    official_checkpoint_state,
+    official_features,
+    random_model,
+    run_main,
+)
 
 from rpnr.checkpoint import save_checkpoint
 from rpnr.evaluation import eval_regdb, eval_sysu
@@ -25,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: 
 def run_test(*args) -> subprocess.CompletedProcess:
     """test.py as a command (exit status, stdout, stderr)."""
     return subprocess.run([sys.executable, str(REPO / "test.py"), "--device", "cpu", *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          capture_output=True, text=True, cwd=tempfile.gettempdir(), timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -245,3 +257,78 @@ def test_official_checkpoint_gets_a_note_and_nan_weights_are_refused(prepared_sy
     status, _, err = run_main(capsys, "--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint",
                               tmp_path / "nan.pth", "--trials", 1)
     assert status == 1 and "holds weights that are not finite (e.g. bottleneck.weight)" in err
+
+
+# ----------------------------------------------------------------------------- where test.py writes (section 10)
+
+
+def _training_run(folder: Path, marker: str = "run.json") -> dict[str, bytes]:
+    """A training run's logs folder (``marker``: run.json or checkpoint.pth.tar, and its own test.json and
+    ranks.png); every file's bytes."""
+    folder.mkdir(parents=True)
+    for name, data in ((marker, b'{"command": ["train.py"]}\n'), ("test.json", b'{"rank1": 61.2, "mAP": 57.9}\n'),
+                       ("ranks.png", b"\x89PNG run's own rank list")):
+        (folder / name).write_bytes(data)
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_outputs_onto_a_training_runs_own_files_are_refused(prepared_sysu, checkpoints, tmp_path, capsys):
+    folder, _ = checkpoints
+    run, other_run = tmp_path / "logs" / "sysu_s2", tmp_path / "logs" / "sysu_s1"
+    before = _training_run(run)
+    _training_run(other_run, marker="checkpoint.pth.tar")
+    base = ("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", folder / "ours_1.pth", "--trials", 1)
+    for flag, path in (("--json", run / "test.json"), ("--ranks-png", run / "ranks.png"),
+                       ("--json", run / "metrics.json"), ("--json", other_run / "test.json"),
+                       ("--ranks-png", other_run / "curves.png")):
+        status, out, err = run_main(capsys, *base, flag, path)
+        assert status == 1 and out == "", (flag, path, out)
+        assert err.strip().splitlines() == [
+            f"test.py: error: {flag} {path} is the training run's own {path.name}; write elsewhere"], err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, nothing added
+    script = load_test_script()  # the same names outside a run folder are fine
+    script.check_outputs(argparse.Namespace(json=str(tmp_path / "logs" / "test.json"),
+                                            ranks_png=str(tmp_path / "elsewhere" / "ranks.png")))
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_test(prepared_sysu, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("notes.txt").write_text("a file")
+    Path("results").mkdir()
+    locked = Path("locked")
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: pretend the folder is not writable to it either
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and access(p, mode, **kw))
+    missing = tmp_path / "none.pth"  # never read: the outputs are checked first
+    base = ("--dataset", "sysu", "--data-dir", prepared_sysu, "--checkpoint", missing)
+    cases = [
+        (("--json", "notes.txt/m.json"), "cannot write --json notes.txt/m.json: notes.txt is a file, not a folder"),
+        (("--ranks-png", "notes.txt/a/b/r.png"),
+         "cannot write --ranks-png notes.txt/a/b/r.png: notes.txt is a file, not a folder"),
+        (("--json", "results"), "--json results is a folder; give a file name"),
+        (("--json", "locked/new/m.json"),
+         "cannot write --json locked/new/m.json: no permission to write in locked (or it is read-only)"),
+        (("--json", "results/m.json", "--ranks-png", "results/./m.json"),
+         "--json results/m.json and --ranks-png results/./m.json are the same file; give each its own"),
+    ]
+    for args, line in cases:
+        status, out, err = run_main(capsys, *base, *args)
+        assert status == 1 and out == "", (args, out)
+        assert err.strip().splitlines() == [f"test.py: error: {line}"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked", "notes.txt", "results"]
+    assert list(Path("results").iterdir()) == [] and list(locked.iterdir()) == []
+    locked.chmod(0o755)
+
+
+def test_same_file_for_json_and_ranks_png_is_refused_as_a_command(prepared_regdb, checkpoints, tmp_path):
+    folder, _ = checkpoints
+    out = tmp_path / "out.json"
+    out.write_bytes(b"earlier result\n")
+    res = run_test("--dataset", "regdb", "--data-dir", prepared_regdb, "--checkpoint", folder / "ours_{trial}.pth",
+                   "--json", out, "--ranks-png", out)
+    assert res.returncode == 1 and res.stdout == "" and "Trial" not in res.stdout
+    assert res.stderr.strip().splitlines() == [
+        f"test.py: error: --json {out} and --ranks-png {out} are the same file; give each its own"]
+    assert out.read_bytes() == b"earlier result\n"

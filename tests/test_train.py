@@ -12,7 +12,8 @@ import torchvision
 from PIL import Image
 
 from rpnr.checkpoint import load_checkpoint
-from rpnr.config import build_config, build_parser
+from rpnr.config import TrainConfig, build_config, build_parser
+from rpnr.run_log import PANELS, plot_curves
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,19 +39,20 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
             assert _finite(r[f"loss_{key}"]), (key, r)
         assert _finite(r["loss_total"])
         assert 0 <= r["rank1"] <= 100 and 0 < r["mAP"] <= 100 and 0 < r["mINP"] <= 100
-        assert r["clusters_rgb"] >= 1 and r["clusters_ir"] >= 2  # at least one batch of identities each
+        assert r["clusters_rgb"] >= 2 and r["clusters_ir"] >= 2  # at least one batch of identities each
         assert 0 <= r["outliers_rgb"] < 48 and 0 <= r["outliers_ir"] < 48  # 48 training images per modality
         assert 0 < r["purity_rgb"] <= 1 and 0 < r["purity_ir"] <= 1
-        assert all(r[f"time_{p}"] >= 0 for p in ("features", "clustering", "training", "evaluation"))
+        assert all(r[f"time_{p}"] > 0 for p in ("features", "clustering", "training", "evaluation"))
         assert r["lr"] == pytest.approx(3.5e-4)
     assert records[1]["best_rank1"] == max(r["rank1"] for r in records)
 
     ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
     assert ckpt["epoch"] == 2 and ckpt["stage"] == stage and ckpt["dataset"] == "regdb"
-    assert ckpt["format_version"] == 1 and ckpt["best_rank1"] == records[1]["best_rank1"]
+    assert ckpt["format_version"] == 2 and ckpt["best_rank1"] == records[1]["best_rank1"]
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
     assert ckpt["scheduler"]["last_epoch"] == 2 and ckpt["optimizer"]["state"]
     assert all(v is None or isinstance(v, (str, int, float, bool)) for v in ckpt["args"].values())
+    _check_curves(logs, records, TrainConfig(**ckpt["args"]))
     best = load_checkpoint(logs / "model_best.pth.tar")
     assert best["rank1"] == records[1]["best_rank1"]
     assert best["epoch"] == next(r["epoch"] for r in records if r["rank1"] == best["rank1"])
@@ -72,6 +74,37 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
     return records
 
 
+def _check_curves(logs: Path, records: list[dict], cfg: TrainConfig) -> None:
+    """curves.png is the figure of these records, whose loss panel draws the weighted terms summing to the total."""
+    drawn = plot_curves(records, logs.parent / "curves_again.png", cfg.modules.loss_weights(cfg))
+    assert (logs.parent / "curves_again.png").read_bytes() == (logs / "curves.png").read_bytes()
+    assert list(drawn) == list(PANELS)
+    assert drawn["evaluation (%)"] == {"Rank-1": [r["rank1"] for r in records], "mAP": [r["mAP"] for r in records],
+                                       "mINP": [r["mINP"] for r in records]}
+    assert drawn["clusters"] == {"visible": [r["clusters_rgb"] for r in records],
+                                 "infrared": [r["clusters_ir"] for r in records]}
+    losses = drawn["losses, weighted (the terms sum to total)"]
+    expected = ["ir", "rgb", "0.25 x cross", "0.5 x hybrid", "10 x nrl", "total"] if cfg.stage == "rpnr" else \
+        ["ir", "rgb", "total"]
+    assert list(losses) == expected
+    for e in range(len(records)):
+        assert sum(values[e] for label, values in losses.items() if label != "total") == pytest.approx(
+            losses["total"][e], rel=1e-5)
+
+
+def test_curves_draw_each_series_by_value(tmp_path):
+    records = [{"epoch": 1, "rank1": 10.0, "loss_ir": 1.0, "loss_rgb": 2.0, "loss_cross": 4.0, "loss_hybrid": None,
+                "loss_nrl": 0.1, "loss_total": 5.0, "lr": 1e-3},
+               {"epoch": 2, "rank1": 12.0, "loss_ir": 0.5, "loss_rgb": 1.0, "loss_cross": 2.0, "loss_hybrid": None,
+                "loss_nrl": 0.2, "loss_total": 4.0, "lr": 1e-4}]
+    drawn = plot_curves(records, tmp_path / "c.png", {"ir": 1.0, "rgb": 1.0, "cross": 0.25, "hybrid": None,
+                                                      "nrl": 10.0})
+    assert drawn["losses, weighted (the terms sum to total)"] == {
+        "ir": [1.0, 0.5], "rgb": [2.0, 1.0], "0.25 x cross": [1.0, 0.5], "10 x nrl": [1.0, 2.0], "total": [5.0, 4.0]}
+    assert drawn["evaluation (%)"] == {"Rank-1": [10.0, 12.0]} and drawn["learning rate"] == {"lr": [1e-3, 1e-4]}
+    assert drawn["pseudo-label purity"] == {} and Image.open(tmp_path / "c.png").size == (1120, 560)
+
+
 def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)  # default output folders are relative to the working directory
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torchvision's weights from a filled cache
@@ -89,11 +122,14 @@ def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, cap
     assert status == 0, capsys.readouterr().err
     s2 = tmp_path / "logs" / "regdb_s2" / "1"
     records2 = _check_run(s2, "rpnr", ("ir", "rgb", "cross", "hybrid", "nrl"))
-    assert all(isinstance(r["relabeled_rgb"], int) and r["relabeled_rgb"] >= 0 for r in records2)
+    log2 = (s2 / "log.txt").read_text()
+    for r in records2:  # NPC ran: its counts, as logged
+        assert f"epoch {r['epoch']}/2: NPC relabelled visible {r['relabeled_rgb']}, infrared {r['relabeled_ir']}\n" \
+            in log2 and 0 <= r["relabeled_rgb"] <= 48 - r["outliers_rgb"]
     args = load_checkpoint(s2 / "checkpoint.pth.tar")["args"]
     assert args["baseline"] == "baseline/regdb_s1/1/model_best.pth.tar"
     assert args["rgb_batch_size"] == 4 and args["eps"] == 0.6 and args["iters"] == 2
-    assert "NPC relabelled visible" in (s2 / "log.txt").read_text()
+    assert "modules: NPC, OTPM, MHL and NRL all run (no --no-* switch)\n" in log2
 
 
 def test_config_defaults_per_dataset_and_stage(tiny_regdb):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +17,14 @@ SMALL = ["--height", "32", "--width", "16", "--batch-size", "8", "--num-instance
 
 
 @pytest.fixture
-def fails(capsys, train_script):
+def fails(capsys, train_script, tmp_path, monkeypatch):
     """fails(*argv): run train.py's main(); assert exit status 1 and one 'error: ...' line, the last
-    on stderr (progress bars may come before it); return that line."""
+    on stderr (progress bars may come before it); return that line. It runs in ``tmp_path`` (a default
+    --logs-dir lands there, never in the checkout), with an empty torch cache of its own (``TORCH_HOME``)."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     def run(*argv) -> str:
         capsys.readouterr()
@@ -54,16 +58,30 @@ def fails(capsys, train_script):
 ])
 def test_nonsense_flag_values(fails, capsys, tmp_path, extra, message):
     err = fails("--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--data-dir", tmp_path,
-                *SMALL, *extra)
+                "--logs-dir", tmp_path / "logs", *SMALL, *extra)
     assert message in err
+    assert not (tmp_path / "logs").exists() and not any((tmp_path / "cwd").iterdir())
 
 
 def test_missing_imagenet_weights(fails, capsys, tmp_path):
-    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL)
+    """--imagenet torchvision (the default) with an empty torch cache and no network (conftest); a file in the
+    cache is taken as it is (the weights are read later, after the data checks)."""
+    logs = ["--logs-dir", tmp_path / "logs"]
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *logs, *SMALL)
+    assert err.startswith("error: torchvision's ImageNet ResNet-50 weights are not in torch's cache and cannot be "
+                          "downloaded (the tests run without the network")
+    assert f"put resnet50-0676ba61.pth (https://download.pytorch.org/models/resnet50-0676ba61.pth) into {cache}" in err
     assert "--imagenet PATH" in err and "--no-imagenet" in err
-    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *SMALL,
+    assert not (cache / "resnet50-0676ba61.pth").exists()
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path, *logs, *SMALL,
                 "--imagenet", tmp_path / "r50.pth")
     assert "r50.pth" in err and "not found" in err
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "resnet50-0676ba61.pth").write_bytes(b"not read before the data checks")  # a "cached" file
+    err = fails("--dataset", "regdb", "--stage", "baseline", "--data-dir", tmp_path / "nowhere", *logs, *SMALL)
+    assert err == f"error: prepared data folder not found: {tmp_path / 'nowhere'}"
+    assert not (tmp_path / "logs").exists()
 
 
 def test_bad_data_dirs(fails, capsys, tmp_path, tiny_regdb):
@@ -107,7 +125,9 @@ def test_command_line_prints_no_traceback(tmp_path):
     """The real command: a wrong --data-dir (after every flag check passed)."""
     res = subprocess.run([sys.executable, str(REPO / "train.py"), "--dataset", "sysu", "--stage", "baseline",
                           "--no-imagenet", "--data-dir", str(tmp_path / "missing"), "--logs-dir",
-                          str(tmp_path / "logs"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "logs"), "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [f"error: prepared data folder not found: {tmp_path / 'missing'}"]
-    assert json.dumps(res.stdout)  # stdout may be empty; nothing else to check there
+    assert res.stdout == ""  # the error goes to stderr only
+    assert not (tmp_path / "logs").exists()

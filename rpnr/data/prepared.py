@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,22 @@ import numpy as np
 from rpnr.data.published import compare_published
 from rpnr.data.raw_images import write_image_array
 from rpnr.datasets import Side, get_dataset
-from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, write_json
+from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, sha256_file, write_json
 
-FORMAT_VERSION = 1
+# 2: the manifest records the SHA-256 of every array but the images ("checksums"); 1 (still read, with a note):
+# no checksums
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+_NOTED: set[str] = set()  # prepared folders of format 1 whose note was printed in this process
 
 
 class PreparedDataError(Exception):
     """A prepared folder is missing, incomplete, of the other dataset or of another size."""
+
+
+class DamagedManifestError(PreparedDataError):
+    """A prepared folder's manifest.json is not a manifest this project could have written."""
 
 
 @dataclass
@@ -107,15 +116,30 @@ def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
         raise PreparedDataError(f"output path {out} exists and is not a folder; choose another --output-dir")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    try:  # a manifest.json this project wrote (format version and dataset)
-        ours = isinstance(read_manifest(out).get("dataset"), str)
-    except PreparedDataError:
-        ours = False
-    if not ours:
+    if not _prepared_here(out):
         raise PreparedDataError(f"output folder {out} is not empty and was not prepared by this project (no "
                                 f"{MANIFEST} of ours); it is left alone: choose a new or empty --output-dir")
     if not overwrite:
         raise PreparedDataError(f"output folder {out} already holds prepared data (pass --overwrite to replace it)")
+
+
+def _prepared_here(out: Path) -> bool:
+    """Whether ``out`` was prepared by this project: its manifest.json records a format version and a dataset,
+    or it is damaged (what :func:`check_prepared` tells to prepare again with ``--overwrite``) in a folder that
+    holds nothing but that manifest and the ``.npy`` arrays prepare writes, image arrays among them."""
+    path = out / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int) and \
+            isinstance(manifest.get("dataset"), str):
+        return True
+    if not path.is_file():
+        return False
+    entries = list(out.iterdir())
+    return all(p.name == MANIFEST or (p.suffix == ".npy" and p.is_file() and not p.is_symlink()) for p in entries) \
+        and any(p.name.endswith("_images.npy") for p in entries)
 
 
 def _check_free_space(plan: PreparePlan, folder: Path, height: int, width: int) -> None:
@@ -173,9 +197,10 @@ def _write_arrays(plan: PreparePlan, folder: Path, height: int, width: int, work
         sets_info[spec.name] = {"count": len(spec.paths), "resample": spec.resample}
     for name, arr in plan.arrays.items():
         np.save(folder / f"{name}.npy", np.asarray(arr, dtype=np.int64))
+    checksums = {name: sha256_file(folder / name) for name in _small_arrays(sets_info, plan.arrays)}
     manifest = {"format_version": FORMAT_VERSION, "dataset": plan.dataset, "height": int(height), "width": int(width),
                 "source": str(Path(plan.root).absolute()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "sets": sets_info, "arrays": sorted(plan.arrays), "stats": [
+                "sets": sets_info, "arrays": sorted(plan.arrays), "checksums": checksums, "stats": [
                     {"split": split, "modality": modality, "ids": len(np.unique(pids)), "images": len(pids),
                      "cameras": np.unique(cams).tolist()} for split, modality, pids, cams in plan.views],
                 "published_check": compare_published(plan.dataset, plan.figures), **plan.info}
@@ -194,54 +219,134 @@ def format_stats(manifest: dict) -> str:
     return "\n".join([f"{manifest['dataset']} prepared at {manifest['height']}x{manifest['width']} (HxW)", *lines])
 
 
-def read_manifest(root: str | os.PathLike) -> dict:
-    """The manifest of a prepared folder (``{"dataset", "height", "width", ...}``)."""
-    root = Path(root)
-    if not root.is_dir():
+def _small_arrays(sets, arrays) -> list[str]:
+    """The file names of every array but the images: each set's pids, cams and paths, and the index arrays
+    (what the manifest's "checksums" cover)."""
+    return [f"{name}_{part}.npy" for name in sets for part in ("pids", "cams", "paths")] + \
+        [f"{name}.npy" for name in sorted(arrays)]
+
+
+def _again(root: str | os.PathLike, script: str) -> str:
+    """The advice that ends every refusal of a damaged prepared folder."""
+    return f"prepare the data again ({script} --data-dir <raw dataset> --output-dir {root} --overwrite)"
+
+
+def _json_problem(text: str, exc: ValueError) -> str:
+    """Why ``text`` (which ``json.loads`` refused with ``exc``) is not a manifest, in a few words."""
+    body = text.strip()
+    if not body:
+        return "empty"
+    if body[0] in "{[" and body[-1] != {"{": "}", "[": "]"}[body[0]]:  # an object or list that never closes
+        return "truncated: the JSON text ends early"
+    return f"not valid JSON: {' '.join(str(exc).split())}"
+
+
+def _manifest_problem(manifest) -> str:
+    """What makes ``manifest`` (parsed JSON) unreadable as a manifest of a readable format ("" when nothing)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    version = manifest.get("format_version")
+    if "format_version" not in manifest:
+        return "no format_version"
+    if version not in READABLE_VERSIONS:
+        return f"format_version {version!r}, which this code does not read (it reads {READABLE_VERSIONS})"
+    if not isinstance(manifest.get("dataset"), str):
+        return "no dataset name"
+    for key in ("height", "width"):
+        if not isinstance(manifest.get(key), int) or isinstance(manifest[key], bool) or manifest[key] <= 0:
+            return f"no valid {key}"
+    sets, arrays = manifest.get("sets"), manifest.get("arrays")
+    if not isinstance(sets, dict) or not sets:
+        return "no sets"
+    for name, info in sets.items():
+        count = info.get("count") if isinstance(info, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0 or not _file_name(name):
+            return f"set {name!r} has no valid count"
+    if not isinstance(arrays, list) or not all(isinstance(a, str) and _file_name(a) for a in arrays):
+        return "no valid list of arrays"
+    if version >= 2:
+        checksums = manifest.get("checksums")
+        if not isinstance(checksums, dict):
+            return "no checksums"
+        for name in _small_arrays(sets, arrays):
+            digest = checksums.get(name)
+            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                return f"no valid checksum of {name}"
+    return ""
+
+
+def _file_name(name) -> bool:
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def read_manifest(root: str | os.PathLike, script: str = "prepare_<dataset>.py") -> dict:
+    """The manifest of a prepared folder (``{"dataset", "height", "width", ...}``); a damaged one (invalid or
+    truncated JSON, not an object, keys missing) is :class:`DamagedManifestError`, whose line ends with the
+    command to prepare the data again (``script``)."""
+    path = Path(root) / MANIFEST
+    if not Path(root).is_dir():
         raise PreparedDataError(f"prepared data folder not found: {root}")
-    path = root / MANIFEST
     if not path.is_file():
-        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run prepare_<dataset>.py first)")
+        raise PreparedDataError(f"{root} is not a prepared dataset (no {MANIFEST}; run {script} first)")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PreparedDataError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise PreparedDataError(f"{path} is not a prepared-data manifest of format version {FORMAT_VERSION} "
-                                f"(prepare the data again)")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise PreparedDataError(f"cannot read {path}: {' '.join((exc.strerror or str(exc)).split())}") from None
+    except UnicodeDecodeError:
+        raise DamagedManifestError(f"{path} is damaged (not UTF-8 text): {_again(root, script)}") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        manifest, problem = None, _json_problem(text, exc)
+    else:
+        problem = _manifest_problem(manifest)
+    if problem:
+        raise DamagedManifestError(f"{path} is damaged ({problem}): {_again(root, script)}")
     return manifest
 
 
 def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = None,
                    width: int | None = None) -> dict:
-    """The manifest, after checking that ``root`` is a complete prepared ``dataset`` of that size."""
+    """The manifest, after checking that ``root`` is a complete prepared ``dataset`` of that size: every array it
+    names has the recorded shape and dtype, and every array but the images the recorded SHA-256 (a folder of
+    format 1 records none: one ``note:`` line per folder and process, on stderr)."""
     try:
         script = get_dataset(dataset).prepare_script
     except ValueError as exc:
         raise PreparedDataError(str(exc)) from None
-    manifest = read_manifest(root)
-    if manifest.get("dataset") != dataset:
-        raise PreparedDataError(f"{root} holds prepared {manifest.get('dataset')} data, not {dataset} (run {script})")
-    size = (manifest.get("height"), manifest.get("width"))
+    manifest = read_manifest(root, script)
+    if manifest["dataset"] != dataset:
+        raise PreparedDataError(f"{root} holds prepared {manifest['dataset']} data, not {dataset} (run {script})")
+    size = (manifest["height"], manifest["width"])
     if (height is not None and height != size[0]) or (width is not None and width != size[1]):
         raise PreparedDataError(f"{root} was prepared at {size[0]}x{size[1]} (HxW), not {height or size[0]}x"
                                 f"{width or size[1]}; prepare it again with --height/--width or pass the "
                                 f"matching size")
+    checksums = manifest.get("checksums", {})
     for name, shape, kind in _expected_arrays(manifest):
-        _check_array(Path(root) / name, shape, kind)
+        path = Path(root) / name
+        _check_array(path, shape, kind)
+        if name in checksums and sha256_file(path) != checksums[name]:
+            raise PreparedDataError(f"{path} does not match the checksum {MANIFEST} recorded when it was prepared "
+                                    f"(replaced or damaged?); {_again(root, script)}")
+    if manifest["format_version"] < 2 and str(Path(root).resolve()) not in _NOTED:
+        _NOTED.add(str(Path(root).resolve()))
+        print(f"note: {root} was prepared before checksums were recorded ({MANIFEST} format "
+              f"{manifest['format_version']}): its label and index arrays are not verified; to have them verified, "
+              f"{_again(root, script)}", file=sys.stderr)
     return manifest
 
 
 def _expected_arrays(manifest: dict) -> list[tuple[str, tuple, str]]:
     """(file name, shape, dtype kind) of every array a manifest names: images uint8 [count, H, W, 3],
     pids and cams int64 [count], paths str [count], index arrays int64 (1-D)."""
-    size = (manifest.get("height"), manifest.get("width"), 3)
+    size = (manifest["height"], manifest["width"], 3)
     expected = []
-    for name, info in manifest.get("sets", {}).items():
-        count = info.get("count") if isinstance(info, dict) else None
+    for name, info in manifest["sets"].items():
+        count = info["count"]
         expected += [(f"{name}_images.npy", (count, *size), "u1"), (f"{name}_pids.npy", (count,), "i8"),
                      (f"{name}_cams.npy", (count,), "i8"), (f"{name}_paths.npy", (count,), "U")]
-    return expected + [(f"{name}.npy", (None,), "i8") for name in manifest.get("arrays", [])]
+    return expected + [(f"{name}.npy", (None,), "i8") for name in manifest["arrays"]]
 
 
 def _check_array(path: Path, shape: tuple, kind: str) -> None:
