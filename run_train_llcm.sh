@@ -4,8 +4,9 @@
 # The release has no LLCM recipe: SYSU-MM01's settings (DESIGN.md section 9). Change the variables below
 # or set them in the environment; NPROC, BN_SPLITS, DEVICE, SEED, ... as in run_train_sysu.sh, which runs it.
 # Prepare the data first: python prepare_llcm.py --data-dir RAW --output-dir "$DATA_DIR"
+# Relative paths are relative to the folder you run the script from. The settings in effect are printed first.
 set -euo pipefail
-cd "$(dirname "$0")"
+ROOT=$(cd -- "$(dirname -- "$0")" >/dev/null && pwd)  # the repository
 
 export DATASET=llcm
 export DATA_DIR=${DATA_DIR:-data/llcm_288x144}               # prepared folder
@@ -19,4 +20,6 @@ export EPOCHS=${EPOCHS:-50}
 export EPS=${EPS:-0.6}
 export MOMENTUM=${MOMENTUM:-0.1}
 
-exec bash run_train_sysu.sh
+export RPNR_SCRIPT=run_train_llcm.sh  # the name run_train_sysu.sh's warnings give
+
+exec bash "$ROOT/run_train_sysu.sh"

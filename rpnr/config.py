@@ -35,7 +35,9 @@ class TrainingError(RuntimeError):
 def _f(default, help: str, group: str = "running", **meta):
     """A setting: its default and metadata: the help text, the --help group, and ``flag``, ``short``,
     ``choices``, ``check``, ``dataset`` (the registry attribute giving the default), ``default_text`` (a
-    default described in words), ``negation`` (a flag that sets the value "none")."""
+    default described in words), ``negation`` (a flag that sets the value "none"), ``recipe`` (DESIGN.md section
+    12: False for a run setting, where and how a run ran, not what it computed; a function for a setting of which
+    the recipe keeps a part; else the value is part of the recipe)."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **meta})
 
 
@@ -87,11 +89,11 @@ class TrainConfig:
     dataset: str = _f(_REQUIRED, "dataset to train on", short="-d", choices=names)
     stage: str = _f(_REQUIRED, "baseline = stage 1 (ImageNet start); rpnr = stage 2 (starts from --baseline)",
                     choices=lambda: ("baseline", "rpnr"))
-    data_dir: str = _f(_REQUIRED, "prepared dataset folder (prepare_<dataset>.py)")
+    data_dir: str = _f(_REQUIRED, "prepared dataset folder (prepare_<dataset>.py)", recipe=False)
     logs_dir: str | None = _f(None, "output folder; '{trial}' is replaced by --trial",
                               default_text="baseline/<dataset>_s1 (stage 1) or logs/<dataset>_s2, plus /<trial> for "
-                                           "datasets with one model per trial")
-    trial: int = _f(1, "trial to train, for datasets with one model per trial (RegDB)")
+                                           "datasets with one model per trial", recipe=False)
+    trial: int = _f(1, "trial to train, for datasets with one model per trial (RegDB)", recipe=False)
     height: int = _f(288, "image height the data was prepared at")
     width: int = _f(144, "image width the data was prepared at")
     batch_size: int = _f(128, "infrared images per batch", _SAMPLING, short="-b", check="int>=1")
@@ -127,18 +129,20 @@ class TrainConfig:
     imagenet: str | None = _f("torchvision", "ImageNet ResNet-50 weights that stage 1 starts from: 'torchvision' "
                               "(torchvision's ResNet50_Weights.IMAGENET1K_V1 through its cache, $TORCH_HOME) or a "
                               "local weight file", _INIT, negation="--no-imagenet",
-                              negation_help="stage 1 from random weights")
+                              negation_help="stage 1 from random weights",
+                              recipe=lambda path: path is not None)  # ImageNet or random start, not the file
     baseline: str | None = _f(None, "stage-1 checkpoint that stage 2 starts from", _INIT,
-                              default_text="model_best.pth.tar of stage 1's default --logs-dir")
+                              default_text="model_best.pth.tar of stage 1's default --logs-dir", recipe=False)
     resume: bool = _f(False, "continue the run in --logs-dir from its checkpoint.pth.tar, with its saved settings",
-                      _INIT)
+                      _INIT, recipe=False)
     overwrite: bool = _f(False, "start afresh in a --logs-dir that holds an earlier run: its outputs are removed "
-                                "first", _INIT)
-    device: str | None = _f(None, "cpu, cuda or cuda:N", default_text="cuda when available")
-    seed: int = _f(1, "seed of every random generator")
-    workers: int = _f(4, "threads that read training batches ahead", check=">=0")
-    feature_batch_size: int = _f(256, "batch size of feature extraction", check="int>=1")
-    test_trials: int = _f(10, "trials of the final test, for datasets with one model for every trial")
+                                "first", _INIT, recipe=False)
+    device: str | None = _f(None, "cpu, cuda or cuda:N", default_text="cuda when available", recipe=False)
+    seed: int = _f(1, "seed of every random generator", recipe=False)
+    workers: int = _f(4, "threads that read training batches ahead", check=">=0", recipe=False)
+    feature_batch_size: int = _f(256, "batch size of feature extraction", check="int>=1", recipe=False)
+    test_trials: int = _f(10, "trials of the final test, for datasets with one model for every trial",
+                          recipe=False)
     amp: bool = _f(True, "train in float32 on CUDA (default: bf16 autocast; the release trains in float32)",
                    flag="--no-amp")
     bn_splits: int | None = _f(None, "batch norm normalises each of this many slices of the training batch on its "
@@ -149,10 +153,10 @@ class TrainConfig:
                                 "PyTorch 1.8 did on Ampere and later GPUs); test embeddings are always float32",
                                 choices=lambda: PRECISIONS)
     check: bool = _f(False, "check the settings, the prepared data, the start weights and the logs folder, print "
-                            "one line and exit, creating and writing nothing")
+                            "one line and exit, creating and writing nothing", recipe=False)
     low_memory: bool = _f(False, "exact training in less memory: the batch-norm slices' features without a graph, "
                                  "the objective's gradient, then each slice again with a graph (one slice of "
-                                 "activations at a time, one extra forward; DESIGN.md section 11)")
+                                 "activations at a time, one extra forward; DESIGN.md section 11)", recipe=False)
 
     @property
     def modules(self) -> Modules:
@@ -295,6 +299,14 @@ def _check_start(cfg: TrainConfig) -> TrainConfig:
              f"{missing_checkpoint_line(cfg.baseline or '')} (run train.py --stage baseline first, or pass "
              f"--baseline PATH)")
     return cfg
+
+
+def recipe(args: dict) -> dict:
+    """What a run computed: its saved settings (run.json's "args") without the run settings, in field order; a
+    setting the args lack (an older run) counts as its default."""
+    args = {**setting_defaults(), **args}
+    kept = {f.name: f.metadata.get("recipe", True) for f in dataclasses.fields(TrainConfig)}
+    return {name: keep(args.get(name)) if callable(keep) else args.get(name) for name, keep in kept.items() if keep}
 
 
 def setting_defaults() -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rpnr.data.published import PublishedStats
+    from rpnr.data.published import PublishedResults, PublishedStats
 
 BUILTIN = ("sysu", "regdb", "llcm")  # modules of rpnr.data whose import registers the built-in datasets
 _REGISTRY: dict[str, Dataset] = {}
@@ -71,6 +71,7 @@ class Dataset:
     modes: tuple[str, ...] = ()  # settings test.py tests one at a time (--mode); else all at once
     variants: dict[str, Setting] = field(default_factory=dict)  # test.py alternatives to a setting, by flag
     train_order: Callable | None = None  # train_order(pids, paths) -> row order of the training images
+    published_results: PublishedResults | None = None  # the release's stage-2 results (report.py), if any
 
     @property
     def prepare_script(self) -> str:

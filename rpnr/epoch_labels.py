@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import torch
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
 
 from rpnr.config import TrainConfig, TrainingError
@@ -33,6 +34,8 @@ class ModalityLabels:
     centers: Tensor  # [K, 2048] cluster means of the DBSCAN labels
     relabeled: int | None  # samples whose label NPC changed (None: NPC off)
     purity: float  # fraction of labelled samples agreeing with their cluster's majority identity
+    ari: float  # adjusted Rand index of the labelled samples' labels against their identities
+    nmi: float  # normalised mutual information of the same
 
     @property
     def num_clusters(self) -> int:
@@ -77,8 +80,11 @@ def modality_labels(features: Tensor, pids: np.ndarray, eps: float, k1: int, k2:
     centers = cluster_centers(features, cluster)  # [K, 2048]
     train = np.asarray(calibrate_labels(features, cluster, top_k), dtype=np.int64) if calibrate else cluster
     relabeled = int((train != cluster).sum()) if calibrate else None
+    keep = train >= 0  # scored like purity: the labelled samples
+    ari, nmi = ((float(score(np.asarray(pids)[keep], train[keep])) if keep.any() else 0.0)
+                for score in (adjusted_rand_score, normalized_mutual_info_score))
     return ModalityLabels(cluster=cluster, train=train, centers=centers, relabeled=relabeled,
-                          purity=label_purity(train, pids))
+                          purity=label_purity(train, pids), ari=ari, nmi=nmi)
 
 
 def check_labels(labels: ModalityLabels, modality: str, epoch: int, eps: float, batch_size: int,

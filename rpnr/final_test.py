@@ -13,9 +13,8 @@ from rpnr.config import TrainConfig, TrainingError
 from rpnr.datasets import get_dataset
 from rpnr.files import sha256_file, write_json
 from rpnr.models import load_weights
-from rpnr.protocols import evaluate, to_percent
+from rpnr.protocols import METRICS, evaluate, to_percent
 from rpnr.rank_list import write_rank_list
-from rpnr.results import side_by_side
 from rpnr.run_folder import BEST, CHECKPOINT
 from rpnr.run_log import RunLog
 
@@ -31,11 +30,25 @@ def evaluate_epoch(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 def final_test(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
     """The full test of a model: every final setting, on the run's own trial (one model per trial) or over the
-    first ``cfg.test_trials`` trials; {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}} in percent."""
+    first ``cfg.test_trials`` trials; {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "per_trial":
+    [{"trial", "rank1", ...}, ...]}} in percent (the mean over trials beside each trial's own)."""
     ds = get_dataset(cfg.dataset)
     chosen = [cfg.trial] if ds.model_per_trial else list(ds.trials[:cfg.test_trials])
     return {name: to_percent(result) for name, result in
             evaluate(model, cfg.dataset, cfg.data_dir, None, chosen, device, cfg.feature_batch_size).items()}
+
+
+def side_by_side(result: dict, title: str) -> list[str]:
+    """Lines of a table: one row per setting and metric, the best and the last model of a run in two columns."""
+    heads = [f"{column} (epoch {result[column]['epoch']})" for column in ("best", "last")]
+    rows = [(setting, metric.replace("rank", "Rank-"), *(f"{result[c][setting][metric]:.2f}" for c in ("best", "last")))
+            for setting, value in result["best"].items() if isinstance(value, dict) and "rank1" in value
+            for metric in METRICS]
+    width = [max(len(r[i]) for r in rows) for i in range(2)] + [max(len(h), 6) for h in heads]
+    lines = [title] + [f"{s:<{width[0]}}  {m:<{width[1]}}  {b:>{width[2]}}  {last:>{width[3]}}"
+                       for s, m, b, last in [("", "", *heads), *rows]]
+    return lines + ["best = the epoch with the highest per-epoch test Rank-1 (the release's protocol, optimistic); "
+                    "last = the final epoch (no choice made on the test set)"]
 
 
 def test_best_and_last(net: nn.Module, cfg: TrainConfig, log: RunLog, device: torch.device) -> dict:

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from rpnr.data.prepared import ImageSet, check_prepared, check_trial, load_array, load_set, load_side
 from rpnr.datasets import Setting, Side, get_dataset
 from rpnr.evaluation import extract_features_uint8
-from rpnr.results import METRICS
 
 RANKS = (1, 5, 10, 20)
+METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # of every result, in this order
 
 
 class _Rows:
@@ -55,8 +55,12 @@ def mean_results(results: Sequence[dict]) -> dict:
 
 
 def to_percent(result: dict) -> dict:
-    """``{"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}`` in percent (plain floats)."""
-    return {k: 100.0 * float(result[k]) for k in METRICS}
+    """``{"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}`` in percent (plain floats), and for a mean over
+    trials ``"per_trial"``: ``[{"trial", "rank1", ...}, ...]``, each trial's own, in percent too."""
+    percent = {k: 100.0 * float(result[k]) for k in METRICS}
+    if "per_trial" in result:
+        percent["per_trial"] = [{"trial": t["trial"], **to_percent(t)} for t in result["per_trial"]]
+    return percent
 
 
 def format_result(result: dict, label: str = "") -> str:

@@ -1,6 +1,6 @@
 """Run outputs in the logs folder: ``log.txt`` (every printed line), ``metrics.json`` (one record per epoch)
 and ``curves.png`` (per epoch: Rank-1/mAP/mINP, every loss term, clusters and outliers per modality,
-pseudo-label purity and the learning rate)."""
+pseudo-label purity, ARI and NMI, and the learning rate)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ PANELS = {
     "losses, weighted (the terms sum to total)": (("loss_*", ""),),
     "clusters": (("clusters_rgb", "visible"), ("clusters_ir", "infrared")),
     "outliers": (("outliers_rgb", "visible"), ("outliers_ir", "infrared")),
-    "pseudo-label purity": (("purity_rgb", "visible"), ("purity_ir", "infrared")),
+    "pseudo-label quality (vs identities)": tuple((f"{q}_{m}", f"{q.upper() if q != 'purity' else q} {name}")
+                                                  for q in ("purity", "ari", "nmi")
+                                                  for m, name in (("rgb", "visible"), ("ir", "infrared"))),
     "learning rate": (("lr", "lr"),),
 }
 

@@ -302,7 +302,8 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
     rgb, ir = labels.rgb, labels.ir
     lines = [f"{head}: clusters visible {rgb.num_clusters} (outliers {rgb.num_outliers}), "
              f"infrared {ir.num_clusters} (outliers {ir.num_outliers}), eps {cfg.eps:g}; "
-             f"purity visible {rgb.purity:.3f}, infrared {ir.purity:.3f}"]
+             f"purity visible {rgb.purity:.3f}, infrared {ir.purity:.3f}; ARI visible {rgb.ari:.3f}, infrared "
+             f"{ir.ari:.3f}; NMI visible {rgb.nmi:.3f}, infrared {ir.nmi:.3f}"]
     if cfg.modules.npc:
         lines.append(f"{head}: NPC relabelled visible {rgb.relabeled}, infrared {ir.relabeled}")
     return lines + [f"{head}: loss " + " ".join(f"{k} {v:.5g}" for k, v in losses.items() if v is not None),
@@ -326,7 +327,7 @@ def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, resu
         "bn_splits": cfg.bn_splits, "clusters_rgb": labels.rgb.num_clusters, "clusters_ir": labels.ir.num_clusters,
         "outliers_rgb": labels.rgb.num_outliers, "outliers_ir": labels.ir.num_outliers,
         "relabeled_rgb": labels.rgb.relabeled, "relabeled_ir": labels.ir.relabeled,  # None: NPC off
-        "purity_rgb": labels.rgb.purity, "purity_ir": labels.ir.purity,
+        **{f"{q}_{m}": getattr(getattr(labels, m), q) for q in ("purity", "ari", "nmi") for m in ("rgb", "ir")},
         **{f"loss_{k}": v for k, v in losses.items()}, **times})
     if s.group.is_main:  # rank 0 writes
         model_state, folder = s.net.state_dict(), s.folder.path

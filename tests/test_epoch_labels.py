@@ -32,7 +32,7 @@ def test_label_purity_hand_computed(labels, pids, expected):
 def _modality(centers: torch.Tensor, train: list[int]) -> ModalityLabels:
     train = np.array(train, dtype=np.int64)
     return ModalityLabels(cluster=train.copy(), train=train, centers=centers, relabeled=0,
-                          purity=0.0)
+                          purity=0.0, ari=0.0, nmi=0.0)
 
 
 def test_build_memories_hybrid_rows_and_empty_clusters():
@@ -52,3 +52,16 @@ def test_build_memories_hybrid_rows_and_empty_clusters():
     assert_close_scaled(memories["ir"].features, F.normalize(c_ir, dim=1).repeat(2, 1), name="ir")
     assert all((m.mode, m.temp, m.momentum) == ("CMhcl", 0.05, 0.1) for m in memories.values())
     assert set(build_memories(labels, temp=0.05, momentum=0.1)) == {"rgb", "ir"}
+
+
+def test_label_quality_scores_against_identities(monkeypatch):
+    """ARI and NMI of the labelled samples (outliers left out, like purity), by hand: labels crossing two
+    identities give ARI -0.5 and NMI 0; an outlier does not count."""
+    from rpnr import epoch_labels
+
+    feats = torch.randn(5, 8)
+    pids = np.array([0, 0, 1, 1, 1])
+    for labels, ari, nmi, purity in (([0, 1, 0, 1, -1], -0.5, 0.0, 0.5), ([3, 3, 7, 7, -1], 1.0, 1.0, 1.0)):
+        monkeypatch.setattr(epoch_labels, "cluster_features", lambda *a, _l=labels, **k: np.array(_l))
+        got = epoch_labels.modality_labels(feats, pids, 0.5, 3, 2, 1, False, 2)
+        assert (got.ari, got.nmi, got.purity) == (pytest.approx(ari), pytest.approx(nmi, abs=1e-12), purity)

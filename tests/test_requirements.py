@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from importlib.metadata import packages_distributions
+from importlib.metadata import packages_distributions, version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,3 +58,16 @@ def test_faiss_is_only_for_the_official_reference_benchmark():
     imports = _third_party_imports([*REPO.glob("rpnr/**/*.py"), *REPO.glob("*.py"), *REPO.glob("bench/*.py")])
     assert imports.get("faiss") == {"bench/official_reference.py"}
     assert "bench/official_reference.py" in _requirements()["faiss-cpu"]
+
+
+def test_constraints_pin_every_requirement_at_the_installed_version():
+    """constraints.txt: each requirement (and the numerics behind scikit-learn) pinned at the version installed."""
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            pins[name.strip().lower()] = pinned.strip()
+    wanted = set(_requirements()) | {"joblib", "threadpoolctl"}
+    assert wanted <= set(pins), f"not pinned in constraints.txt: {sorted(wanted - set(pins))}"
+    installed = {name: version(name) for name in pins}
+    assert installed == pins, "installed versions differ from constraints.txt: install with -c constraints.txt"

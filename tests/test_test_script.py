@@ -99,7 +99,9 @@ def mean_percent(results: list[dict]) -> dict:
 
 def assert_close(got: dict, want: dict, tol: float = 1e-3):
     got = {k: v for k, v in got.items() if k != "checkpoint"}  # test.py --json also records the checkpoint
-    assert set(got) == set(KEYS)
+    trials = got.pop("per_trial")  # and each trial's metrics, whose mean the others are
+    assert set(got) == set(KEYS) and all(set(t) == {"trial", *KEYS} for t in trials)
+    assert all(abs(np.mean([t[k] for t in trials]) - got[k]) < 1e-6 for k in KEYS)
     for k in KEYS:
         assert abs(got[k] - want[k]) < tol, (k, got[k], want[k])
 

@@ -42,6 +42,7 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
         assert r["clusters_rgb"] >= 2 and r["clusters_ir"] >= 2  # at least one batch of identities each
         assert 0 <= r["outliers_rgb"] < 48 and 0 <= r["outliers_ir"] < 48  # 48 training images per modality
         assert 0 < r["purity_rgb"] <= 1 and 0 < r["purity_ir"] <= 1
+        assert all(-1 <= r[f"ari_{m}"] <= 1 and 0 <= r[f"nmi_{m}"] <= 1 for m in ("rgb", "ir"))
         assert all(r[f"time_{p}"] > 0 for p in ("features", "clustering", "training", "evaluation"))
         assert r["lr"] == pytest.approx(3.5e-4)
     assert records[1]["best_rank1"] == max(r["rank1"] for r in records)
@@ -69,7 +70,9 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
     assert test["last"]["visible_to_thermal"]["mAP"] == pytest.approx(records[-1]["mAP"])
     for column in ("best", "last"):
         assert set(test[column]) == {"epoch", "checkpoint", "visible_to_thermal", "thermal_to_visible"}
-        assert set(test[column]["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+        result = test[column]["thermal_to_visible"]
+        assert set(result) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "per_trial"}
+        assert result["per_trial"] == [{"trial": 1, **{k: v for k, v in result.items() if k != "per_trial"}}]
     assert Image.open(logs / "ranks.png").size[0] >= 11 * 32  # query + top 10 at least at the prepared width
     return records
 
@@ -81,6 +84,7 @@ def _check_curves(logs: Path, records: list[dict], cfg: TrainConfig) -> None:
     assert list(drawn) == list(PANELS)
     assert drawn["evaluation (%)"] == {"Rank-1": [r["rank1"] for r in records], "mAP": [r["mAP"] for r in records],
                                        "mINP": [r["mINP"] for r in records]}
+    assert drawn["pseudo-label quality (vs identities)"]["ARI infrared"] == [r["ari_ir"] for r in records]
     assert drawn["clusters"] == {"visible": [r["clusters_rgb"] for r in records],
                                  "infrared": [r["clusters_ir"] for r in records]}
     losses = drawn["losses, weighted (the terms sum to total)"]
@@ -102,7 +106,7 @@ def test_curves_draw_each_series_by_value(tmp_path):
     assert drawn["losses, weighted (the terms sum to total)"] == {
         "ir": [1.0, 0.5], "rgb": [2.0, 1.0], "0.25 x cross": [1.0, 0.5], "10 x nrl": [1.0, 2.0], "total": [5.0, 4.0]}
     assert drawn["evaluation (%)"] == {"Rank-1": [10.0, 12.0]} and drawn["learning rate"] == {"lr": [1e-3, 1e-4]}
-    assert drawn["pseudo-label purity"] == {} and Image.open(tmp_path / "c.png").size == (1120, 560)
+    assert drawn["pseudo-label quality (vs identities)"] == {} and Image.open(tmp_path / "c.png").size == (1120, 560)
 
 
 def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, capsys, one_thread):

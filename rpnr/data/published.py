@@ -22,6 +22,21 @@ class PublishedStats:
     figures: Mapping[str, int]
 
 
+@dataclass(frozen=True)
+class PublishedResults:
+    """The release's stage-2 results (best model, selected on the test set as the release does): test setting ->
+    metric -> (mean, sample sd over the release's ten trials), in percent."""
+
+    source: str  # where the figures come from
+    results: Mapping[str, Mapping[str, tuple[float, float]]]
+
+
+def published_results(source: str, table: Mapping[str, tuple[tuple[float, float], ...]]) -> PublishedResults:
+    """:class:`PublishedResults` from each setting's (mean, sd) of Rank-1, -5, -10, -20, mAP and mINP, in order."""
+    metrics = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+    return PublishedResults(source, {setting: dict(zip(metrics, row)) for setting, row in table.items()})
+
+
 def compare_published(dataset: str, found: Mapping[str, Sequence[int]]) -> dict:
     """Compare counted figures (``found``: figure name -> every value observed, one for a total, one per trial or
     identity for "per trial"/"per identity" figures) with the published ones: ``{"dataset", "name", "source",

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from rpnr.data.prepared import PreparePlan, SetSpec
-from rpnr.data.published import PublishedStats
+from rpnr.data.published import PublishedStats, published_results
 from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import read_path_labels
 from rpnr.data.synthetic import background, make_identity, new_folder, render
@@ -151,9 +151,16 @@ PUBLISHED = PublishedStats("RegDB", "Nguyen et al. Sensors 2017; Ye et al. 2018 
     "train visible images per trial": 2060, "train thermal images per trial": 2060,
     "test visible images per trial": 2060, "test thermal images per trial": 2060})
 
+# the RPNR release's README, "Performance on RegDB": its Average row, and the sd (ddof 1) of its ten per-trial rows
+# (ten separately trained trials)
+RESULTS = published_results("RPNR release README (XiangboYin/RPNR), RegDB table: mean of its 10 trials (one model "
+                            "each), sd over those trials", {
+    "visible_to_thermal": ((90.31, 1.87), (94.66, 1.42), (96.39, 1.24), (97.88, 0.84), (83.35, 1.81), (69.96, 2.30)),
+    "thermal_to_visible": ((89.09, 1.72), (94.37, 1.41), (96.21, 1.17), (97.65, 0.90), (82.26, 1.91), (66.50, 2.26))})
 REGDB = register(Dataset(
     name="regdb", display="RegDB", layout="raw RegDB folder (Visible/, Thermal/, idx/)", plan=plan_regdb,
-    published=PUBLISHED, write_synthetic=write_regdb, synthetic_sizes={"ids": 40, "per_modality": 10},
+    published=PUBLISHED, published_results=RESULTS, write_synthetic=write_regdb,
+    synthetic_sizes={"ids": 40, "per_modality": 10},
     train=(_side("train", "visible"), _side("train", "thermal")),
     settings=(_direction("visible", "thermal"), _direction("thermal", "visible")), trials=REGDB_TRIALS, eps=0.3,
     iters=100, top_k=5,  # the release's train_regdb.py keeps heapq.nlargest(5, ...) NPC members

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rpnr.data.prepared import PreparePlan, SetSpec
-from rpnr.data.published import PublishedStats
+from rpnr.data.published import PublishedStats, published_results
 from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, sample_folder_images
 from rpnr.data.synthetic import background, make_identity, new_folder, render
@@ -158,6 +158,12 @@ def _setting(mode: str) -> Setting:
                    Side("gallery", "visible", index=f"gallery_index_{mode}_{{trial}}"), eval_sysu, sysu_ignored)
 
 
+# the RPNR release's README, "Performance on SYSU-MM01": its Average row, and the sd (ddof 1) of its ten per-trial
+# rows (ten galleries of one model)
+RESULTS = published_results("RPNR release README (XiangboYin/RPNR), SYSU-MM01 table: mean of its 10 gallery trials of "
+                            "one model, sd over those trials", {
+    "all": ((65.49, 1.13), (87.48, 0.96), (93.29, 1.02), (97.14, 0.68), (59.97, 1.27), (44.02, 1.76)),
+    "indoor": ((68.46, 1.64), (89.67, 1.51), (94.75, 0.92), (97.89, 0.81), (73.01, 1.49), (68.61, 1.75))})
 PUBLISHED = PublishedStats("SYSU-MM01", "Wu et al. ICCV 2017; RPNR release log", {
     "train identities": 395, "train visible images": 22258, "train infrared images": 11909, "test identities": 96,
     "query infrared images": 3803, "all-search gallery images per trial": 301,
@@ -165,7 +171,7 @@ PUBLISHED = PublishedStats("SYSU-MM01", "Wu et al. ICCV 2017; RPNR release log",
 
 SYSU = register(Dataset(
     name="sysu", display="SYSU-MM01", layout="raw SYSU-MM01 folder (cam1..cam6, exp)", plan=plan_sysu,
-    published=PUBLISHED, write_synthetic=write_sysu,
+    published=PUBLISHED, published_results=RESULTS, write_synthetic=write_sysu,
     synthetic_sizes={"train_ids": 24, "val_ids": 8, "test_ids": 12, "per_camera": 5},
     train=(Side("train_rgb", "visible"), Side("train_ir", "infrared")),
     settings=tuple(_setting(mode) for mode in SYSU_MODES), trials=SYSU_TRIALS, eps=0.6, iters=200, top_k=20,
