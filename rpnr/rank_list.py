@@ -41,6 +41,9 @@ class RankList:
     index: np.ndarray  # int64 [R, K] gallery rows, best first; -1 where fewer than K images remain
     similarity: np.ndarray  # float32 [R, K] (nan where index is -1)
     gallery_size: int
+    colored: bool = True  # frames green/red by identity (False: grey, without ground truth)
+    query_text: list[str] | None = None  # [R] under each query (default "id P cam C")
+    gallery_text: list[list[str]] | None = None  # [R][K] under each match (default "id P")
 
     @property
     def matches(self) -> np.ndarray:
@@ -163,7 +166,8 @@ def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:
     draw.text((GAP, 2), f"{ranks.title}: top {ranks.index.shape[1]} of {ranks.gallery_size} gallery images "
               f"per query", fill="black", font=font)
     draw.text((GAP, 2 + grid.line_height), "green frame: same identity as the query; red: another identity; "
-              "under each image: rank, similarity, identity", fill="black", font=font)
+              "under each image: rank, similarity, identity" if ranks.colored else
+              "under each image: rank, cosine similarity, name", fill="black", font=font)
 
     def cell(row: int, column: int, image: np.ndarray | None, color: tuple, lines: tuple[str, str]) -> None:
         x0, y0, x1, y1 = grid.frame_box(row, column)
@@ -171,17 +175,21 @@ def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:
         if image is not None:
             canvas.paste(Image.fromarray(image).resize((img_w, img_h), Image.BICUBIC), (x0 + BORDER, y0 + BORDER))
         for n, text in enumerate(lines):
+            while len(text) > 1 and draw.textlength(text, font=font) > grid.cell_size[1] - 2:
+                text = text[1:]  # a long name keeps its end
             tx = grid.cell_x(column) + (grid.cell_size[1] - int(draw.textlength(text, font=font))) // 2
-            draw.text((tx, y1 + 2 + n * grid.line_height), text, fill=color, font=font)
+            draw.text((tx, y1 + 2 + n * grid.line_height), text, fill=color if ranks.colored else "black", font=font)
 
     for r in range(grid.rows):
-        cell(r, 0, ranks.query_images[r], QUERY, ("query", f"id {ranks.query_pids[r]} cam {ranks.query_cams[r]}"))
+        cell(r, 0, ranks.query_images[r], QUERY, ("query", ranks.query_text[r] if ranks.query_text else
+                                                  f"id {ranks.query_pids[r]} cam {ranks.query_cams[r]}"))
         for j in range(grid.columns - 1):
             if ranks.index[r, j] < 0:
                 cell(r, j + 1, None, EMPTY, (f"#{j + 1}", "none left"))
             else:
-                cell(r, j + 1, ranks.gallery_images[r, j], SAME if ranks.matches[r, j] else OTHER,
-                     (f"#{j + 1} {ranks.similarity[r, j]:.3f}", f"id {ranks.gallery_pids[r, j]}"))
+                cell(r, j + 1, ranks.gallery_images[r, j], EMPTY if not ranks.colored else
+                     SAME if ranks.matches[r, j] else OTHER, (f"#{j + 1} {ranks.similarity[r, j]:.3f}",
+                     ranks.gallery_text[r][j] if ranks.gallery_text else f"id {ranks.gallery_pids[r, j]}"))
 
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")

@@ -325,7 +325,9 @@ def test_test_script_llcm_both_directions_match_the_release(llcm_prepared, llcm_
     assert status == 1 and err.strip() == ("test.py: error: --v2i-sampled-infrared-queries applies to "
                                            "--dataset llcm only")
     for direction in ("visible_to_infrared", "infrared_to_visible"):
-        assert set(got[direction]) == set(KEYS)
+        trials = got[direction].pop("per_trial")  # each trial's metrics, whose mean the others are
+        assert set(got[direction]) == set(KEYS) and [t["trial"] for t in trials] == list(range(10))
+        assert all(abs(np.mean([t[k] for t in trials]) - got[direction][k]) < 1e-6 for k in KEYS)
         assert all(0.0 <= v <= 100.0 for v in got[direction].values())
         assert got[direction]["rank1"] <= got[direction]["rank5"] <= got[direction]["rank20"]
         want = release_test(model, str(llcm_raw), range(10), direction)
