@@ -19,7 +19,7 @@ from rpnr.checkpoint import CheckpointError
 from rpnr.distributed import DistributedError
 from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD
 from rpnr.extractor import MODALITIES, FeatureExtractor, stem_of
-from rpnr.files import atomic_write, os_error_line
+from rpnr.files import atomic_write, error_line
 from rpnr.models import l2_normalize
 
 TOLERANCE = 1e-4  # largest difference from PyTorch accepted
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
             raise ValueError(f"the ONNX model differs from PyTorch by {worst:.3g} (> {TOLERANCE:g}); not written")
         atomic_write(args.onnx, model)
     except (CheckpointError, DistributedError, ValueError, OSError) as exc:
-        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
-        print(f"export.py: error: {line}", file=sys.stderr)
+        print(f"export.py: error: {error_line(exc)}", file=sys.stderr)
         return 1
     print(f"wrote {args.onnx}: {args.modality} images uint8 [N, {extractor.height}, {extractor.width}, 3] -> "
           f"embeddings float32 [N, 2048]")

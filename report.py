@@ -17,7 +17,7 @@ import csv
 import io
 import sys
 
-from rpnr.files import atomic_write, os_error_line
+from rpnr.files import atomic_write, error_line
 from rpnr.report import COLUMNS, ReportError, find_runs, group_rows, group_runs, markdown_table, text_table
 
 
@@ -49,11 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(args.csv, _csv_text(groups))
         if args.markdown:
             atomic_write(args.markdown, "\n".join(markdown_table(groups)) + "\n")
-    except ReportError as exc:
-        print(f"report.py: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"report.py: error: {os_error_line(exc)}", file=sys.stderr)
+    except (ReportError, OSError) as exc:
+        print(f"report.py: error: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -23,7 +23,7 @@ from rpnr.config import UsageError
 from rpnr.data.raw_images import RawDataError
 from rpnr.distributed import DistributedError
 from rpnr.extractor import MODALITIES, FeatureExtractor, load_image, stem_of
-from rpnr.files import atomic_write, os_error_line
+from rpnr.files import atomic_write, error_line
 from rpnr.rank_list import RankList, draw_rank_list, top_matches
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -128,8 +128,7 @@ def main(argv=None) -> int:
         draw(Path(args.out) / "ranks.png", title, queries[:DRAWN], gallery, index[:DRAWN, :DRAWN],
              sim[:DRAWN, :DRAWN], ids, (extractor.height, extractor.width))
     except (CheckpointError, UsageError, DistributedError, ValueError, OSError) as exc:
-        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
-        print(f"search.py: error: {line}", file=sys.stderr)
+        print(f"search.py: error: {error_line(exc)}", file=sys.stderr)
         return 1
     print(f"wrote {Path(args.out) / 'ranks.csv'} ({len(queries)} queries x {top_k}) and {Path(args.out) / 'ranks.png'}")
     return 0

@@ -23,7 +23,7 @@ from rpnr.config import UsageError
 from rpnr.data.prepared import PreparedDataError, check_prepared
 from rpnr.datasets import Dataset, get_dataset, registry
 from rpnr.distributed import DistributedError, resolve_device
-from rpnr.files import os_error_line, sha256_file, write_json
+from rpnr.files import error_line, sha256_file, write_json
 from rpnr.models import build_model, load_weights
 from rpnr.protocols import evaluate, format_result, mean_results, to_percent, trial_checkpoint
 from rpnr.rank_list import write_rank_list
@@ -186,8 +186,7 @@ def main(argv=None) -> int:
                                      "sha256": hashes.popitem()[1] if len(hashes) == 1 else hashes}
             write_json(args.json, metrics)
     except (CheckpointError, PreparedDataError, UsageError, DistributedError, OSError) as exc:
-        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
-        print(f"test.py: error: {line}", file=sys.stderr)
+        print(f"test.py: error: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = build_config(vars(args), world)
         group, device = distributed.start(cfg.device)
         cfg = dataclasses.replace(cfg, device=device)
-        if cfg.check:  # every check, nothing written
-            line = check_line(check_run(cfg, group, named_settings(argv)))
+        if cfg.check:  # every check, nothing written; the scripts run it with torchrun's WORLD_SIZE, unlaunched
+            alone = group if group.joined else distributed.ProcessGroup(world_size=world)
+            line = check_line(check_run(cfg, alone, named_settings(argv)))
             if rank == 0:
                 print(line)
         else:

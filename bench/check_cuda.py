@@ -7,15 +7,26 @@ Run on a machine with a GPU (exit status 1 when a check fails):
 Checks: Jaccard distance, cluster_features, centres, NPC labels, OT matching (exact labels or
 1e-4), one stage-2 step's loss terms, feature gradients and memories in an odd and an even epoch
 (1e-4), eval embeddings in fp32 (1e-3 relative; TF32 convolutions), the bf16 train-mode forward
-(finite, shapes), and uint8 feature extraction on the device.
+(finite, shapes), and uint8 feature extraction on the device. Issue 24: no host synchronisation
+from the forward to the optimizer step (``torch.cuda.set_sync_debug_mode``), the vectorised CMhcl
+update on the GPU against the per-class loop on the CPU (1e-5), a fused CUDA Adam state dict
+loaded by a CPU Adam, the model still trainable after an extraction converted it to
+channels_last; with --compile (or --only-compile, minutes: compilation) a torch.compile'd
+model's stage-2 step against the eager one (float32, TF32 off: loss terms 1e-4 relative,
+gradients 1e-3 of the largest one; a CPU dry run at 64x32: loss terms 1.4e-4, features 2e-4).
+
+    python bench/check_cuda.py --only-compile     # the compile check alone
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +37,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.bench_pseudo_labels import canonical_labels, synthetic_reid_features  # noqa: E402
+from bench.bench_step import Clock, Setup, hcl_loop_update  # noqa: E402
 from rpnr import pseudo_labels as pl  # noqa: E402
 from rpnr.evaluation import extract_features_uint8  # noqa: E402
 from rpnr.matching import hybrid_centers, match_clusters  # noqa: E402
-from rpnr.memory import ClusterMemory  # noqa: E402
+from rpnr.memory import ClusterMemory, _hcl_update  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
-from rpnr.training import stage2_loss  # noqa: E402
+from rpnr.training import stage2_loss, stage2_terms  # noqa: E402
 
 RESULTS: list[tuple[str, bool, str]] = []
 
@@ -179,12 +191,138 @@ def time_extraction(device: torch.device, height: int, width: int, n: int = 2048
         print(f"INFO  extraction {label}: {n / dt:.0f} img/s (flip-averaged, {height}x{width})", flush=True)
 
 
+def _step_args(cuda: torch.device, height: int, width: int, **kw) -> argparse.Namespace:
+    """bench/bench_step.py's options for a small stage-2 iteration on ``cuda``."""
+    return argparse.Namespace(**{"device": str(cuda), "height": height, "width": width, "ir": 32, "rgb": 16,
+                                 "num_instances": 4, "k_rgb": 60, "k_ir": 50, "bn_splits": 2, "amp": True, **kw})
+
+
+def check_step_speed_parts(cuda: torch.device, height: int, width: int) -> None:
+    """Issue 24: no host synchronisation from the forward to the optimizer step; the vectorised CMhcl update
+    against the per-class loop; fused Adam's state dict across devices; extraction's in-place channels_last."""
+    setup = Setup(_step_args(cuda, height, width))
+    setup.parts(Clock(cuda), 1)  # warm-up: cuDNN autotuning, Adam's state
+    if cuda.type == "cuda":
+        x_rgb, x_ir = setup.augment()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            setup.train(x_rgb, x_ir, Clock(cuda), 2)
+            ok, detail = True, "forward, objective, backward (memory updates), fused Adam: none"
+        except RuntimeError as exc:
+            ok, detail = False, str(exc).splitlines()[0][:150]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        record("no host sync from forward to optimizer", ok, detail)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                setup.step(3)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        print(f"INFO  train_step: {len(syncs)} synchronising call(s) per iteration (augmentation's draws to the "
+              f"device: rpnr/data/augment.py)", flush=True)
+
+    g = torch.Generator().manual_seed(4)
+    k, d = 400, 2048
+    features = torch.nn.functional.normalize(torch.randn(2 * k, d, generator=g), dim=1)
+    inputs = torch.nn.functional.normalize(torch.randn(256, d, generator=g), dim=1)
+    targets = torch.randperm(k, generator=g)[:16].repeat_interleave(16)[torch.randperm(256, generator=g)]
+    want = features.clone()
+    hcl_loop_update(inputs, targets, want, 0.1)
+    got = features.to(cuda)
+    _hcl_update(inputs.to(cuda), targets.to(cuda), got, 0.1)
+    diff = max_diff(got, want)
+    record("vectorised CMhcl update (device) == loop (cpu)", diff < 1e-5, f"K {k}, B 256, max |diff| {diff:.1e}")
+
+    params = [torch.nn.Parameter(torch.randn(64, 32, generator=g).to(cuda))]
+    fused = torch.optim.Adam(params, lr=1e-2, weight_decay=5e-4, fused=True)
+    grads = [torch.randn(64, 32, generator=g) for _ in range(5)]
+    for grad in grads[:3]:
+        params[0].grad = grad.to(cuda)
+        fused.step()
+    on_cpu = [torch.nn.Parameter(params[0].detach().cpu())]
+    plain = torch.optim.Adam(on_cpu, lr=1e-2, weight_decay=5e-4)
+    plain.load_state_dict(fused.state_dict())
+    plain.param_groups[0]["fused"] = None  # the CPU's default implementation from here on
+    for grad in grads[3:]:
+        params[0].grad, on_cpu[0].grad = grad.to(cuda), grad.clone()
+        fused.step()
+        plain.step()
+    diff = max_diff(params[0], on_cpu[0])
+    record("fused Adam state (device) loads into CPU Adam", diff < 1e-5, f"max |diff| after 2 more steps {diff:.1e}")
+
+    torch.manual_seed(0)
+    net = build_model().to(cuda)  # contiguous (NCHW) weights, as test.py's models
+    imgs = np.random.default_rng(1).integers(0, 256, (10, height, width, 3), dtype=np.uint8)
+    extract_features_uint8(net, imgs, "infrared", batch_size=4)
+    stem = net.infrared_stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    net.train()
+    f_rgb, f_ir = net(torch.rand(4, 3, height, width, device=cuda), torch.rand(4, 3, height, width, device=cuda))
+    (f_rgb.sum() + f_ir.sum()).backward()  # inference tensors would refuse this
+    record("model trainable after extraction", all(p.grad is not None for p in net.parameters() if p.requires_grad)
+           and stem == (cuda.type == "cuda"), f"train forward/backward after extract_features_uint8 (weights "
+           f"channels_last: {stem})")
+
+
+def check_compile(cuda: torch.device, height: int, width: int) -> None:
+    """A torch.compile'd model (``--compile``) against the eager one: one stage-2 step's loss terms, features and
+    gradients in float32 with TF32 off (1e-4 relative for the loss terms); the step's time after compilation."""
+    torch.manual_seed(0)
+    eager = build_model(bn_splits=2).to(cuda).train()
+    if cuda.type == "cuda":
+        eager = eager.to(memory_format=torch.channels_last)
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    g = torch.Generator().manual_seed(5)
+    x_rgb, x_ir = (torch.rand(n, 3, height, width, generator=g).mul(2).sub(1).to(cuda) for n in (32, 16))
+    y = torch.arange(4).repeat_interleave(4)
+    y_rgb, y_ir = torch.cat((y, y)).to(cuda), torch.arange(4).repeat_interleave(4).to(cuda)
+    centers = torch.randn(6, 2048, generator=g)
+    r2i, i2r = np.array([1, 0, 3, 2, 5, 4]), np.array([1, 0, 3, 2, 5, 4])
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    try:
+        for name, model in (("eager", eager), ("compiled", compiled)):
+            seconds = []
+            for _ in range(3):  # the compiled model compiles in the first
+                mems = {k: ClusterMemory.from_centers(centers.to(cuda), 0.05, 0.1) for k in ("rgb", "ir", "hybrid")}
+                model.zero_grad(set_to_none=True)
+                if cuda.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                f_rgb, f_ir = model(x_rgb, x_ir)
+                total, parts = stage2_terms(f_rgb.float(), f_ir.float(), y_rgb, y_ir, mems, r2i, i2r, 1)
+                total.backward()
+                if cuda.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds.append(time.perf_counter() - t)
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            out[name] = ({k: v.item() for k, v in parts.items()}, f_rgb.detach(), grads, seconds)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    (p_e, f_e, g_e, t_e), (p_c, f_c, g_c, t_c) = out["eager"], out["compiled"]
+    d_parts = max(abs(p_e[k] - p_c[k]) / max(abs(p_e[k]), 1e-12) for k in p_e)
+    d_feat = float((f_e - f_c).norm() / f_e.norm())
+    top = max(float(g.abs().max()) for g in g_e.values())  # gradients against the largest one (some are noise)
+    d_grad = max(float((g_e[n] - g_c[n]).abs().max()) for n in g_e) / top if g_e.keys() == g_c.keys() else math.inf
+    record("compiled stage-2 step == eager", d_parts < 1e-4 and d_grad < 1e-3,
+           f"loss terms rel {d_parts:.1e}, features rel {d_feat:.1e}, gradients {d_grad:.1e} of the largest")
+    print(f"INFO  compile: first call {t_c[0]:.1f} s; step after it {min(t_c[1:]):.3f} s compiled, "
+          f"{min(t_e[1:]):.3f} s eager (float32, 32 + 16 images)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000, help="clustering features")
     parser.add_argument("--height", type=int, default=288)
     parser.add_argument("--width", type=int, default=144)
     parser.add_argument("--device", default="cuda", help="device compared with the CPU ('cpu': a dry run)")
+    parser.add_argument("--compile", action="store_true", help="also check a torch.compile'd step (minutes)")
+    parser.add_argument("--only-compile", action="store_true", help="only the torch.compile check")
     args = parser.parse_args(argv)
     cuda = torch.device(args.device)
     if cuda.type == "cuda" and not torch.cuda.is_available():
@@ -192,10 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     name = torch.cuda.get_device_name(cuda) if cuda.type == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}", flush=True)
-    feats, labels = check_pseudo_labels(args.n, cuda)
-    check_matching_and_step(feats, labels, cuda)
-    check_model(cuda, args.height, args.width)
-    time_extraction(cuda, args.height, args.width)
+    if not args.only_compile:
+        feats, labels = check_pseudo_labels(args.n, cuda)
+        check_matching_and_step(feats, labels, cuda)
+        check_model(cuda, args.height, args.width)
+        check_step_speed_parts(cuda, args.height, args.width)
+        time_extraction(cuda, args.height, args.width)
+    if args.compile or args.only_compile:
+        check_compile(cuda, args.height, args.width)
     failed = [name for name, ok, _ in RESULTS if not ok]
     print(f"{len(RESULTS) - len(failed)}/{len(RESULTS)} checks passed" + (f"; failed: {failed}" if failed else ""))
     return 1 if failed else 0

@@ -5,6 +5,7 @@
 #   bash bench/gpu_check.sh                                      # on a CUDA machine
 #   DEVICE=cpu SMALL=1 bash bench/gpu_check.sh                   # dry run of the script on the CPU
 #   STEPS="check_cuda real_run" ITERS=100 bash bench/gpu_check.sh  # some steps; iterations per epoch
+#   STEPS="bench_step_compile" bash bench/gpu_check.sh             # opt-in: bench_step with --compile too
 # Python packages missing there can travel as wheels in .whl/ (installed to /tmp/site first).
 set -u
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 python3 -c "import torch, sklearn, ot, numpy; print('torch', torch.__version__, 'sklearn', sklearn.__version__, \
 'POT', ot.__version__, 'numpy', numpy.__version__, 'cpus', __import__('os').cpu_count())"
 
-STEPS=${STEPS:-check_cuda bench_pseudo bench_train real_run torchrun_one bench_epoch bench_epoch_low bench_memory}
+STEPS=${STEPS:-check_cuda bench_step bench_pseudo bench_train real_run torchrun_one bench_epoch bench_epoch_low bench_memory \
+check_compile}
 step() {  # step NAME LIMIT_S CMD...: run with a time limit, log to $OUT/NAME.log, show its tail
     local name=$1 limit=$2 start rc
     shift 2
@@ -42,6 +44,12 @@ else
 fi
 
 step check_cuda 90 python3 bench/check_cuda.py --device "$DEVICE" --height "${HW[0]}" --width "${HW[1]}"
+# one iteration part by part (issue 24): CUDA events per part, references, the profiler's top ops
+if [ "$SMALL" = 1 ]; then STEP=(--height 64 --width 32 --ir 16 --rgb 8 --warmup 0 --iters 1); else STEP=(); fi
+TAIL=70 step bench_step 240 python3 bench/bench_step.py --device "$DEVICE" "${STEP[@]}" --profile \
+    --json "$OUT/bench_step.json"
+TAIL=40 step bench_step_compile 480 python3 bench/bench_step.py --device "$DEVICE" "${STEP[@]}" --compile \
+    --warmup 3 --json "$OUT/bench_step_compile.json"
 step bench_pseudo 120 python3 bench/bench_pseudo_labels.py --device "$DEVICE" --n "${N[@]}" --ref-n 0 --repeats 3 \
     --no-memory --json "$OUT/bench_pseudo.json"
 step bench_train 150 python3 bench/bench_train.py --device "$DEVICE" --height "${HW[0]}" --width "${HW[1]}" "${TRAIN[@]}"
@@ -90,6 +98,10 @@ TAIL=20 step bench_epoch_low 420 python3 bench/bench_epoch.py --device "$DEVICE"
 # peak memory and time of one iteration per flag set (the release's SYSU stage-2 batch on a GPU)
 if [ "$SMALL" = 1 ]; then MEM=(--height 64 --width 32 --ir 16 --rgb 8); else MEM=(--height 288 --width 144 --ir 128 --rgb 128); fi
 TAIL=20 step bench_memory 420 python3 bench/bench_memory.py --device "$DEVICE" "${MEM[@]}" --json "$OUT/bench_memory.json"
+# a torch.compile'd stage-2 step against the eager one (compilation takes minutes; --compile stays off until this
+# passes and bench_step_compile shows it faster)
+step check_compile 420 python3 bench/check_cuda.py --device "$DEVICE" --only-compile --height "${HW[0]}" \
+    --width "${HW[1]}"
 for f in "$OUT"/s1_metrics.json "$OUT"/s2_metrics.json; do
     [ -f "$f" ] && python3 -c "import json,sys; r=json.load(open(sys.argv[1]))[-1]; \
 print(sys.argv[1].split('/')[-1], {k: r[k] for k in r if k.startswith(('sec', 'time', 'rank1', 'clusters'))})" "$f"

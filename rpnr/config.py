@@ -157,6 +157,7 @@ class TrainConfig:
     low_memory: bool = _f(False, "exact training in less memory: the batch-norm slices' features without a graph, "
                                  "the objective's gradient, then each slice again with a graph (one slice of "
                                  "activations at a time, one extra forward; DESIGN.md section 11)", recipe=False)
+    compile: bool = _f(False, "torch.compile the model (off by default until measured on a GPU)")
 
     @property
     def modules(self) -> Modules:

@@ -19,42 +19,36 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @contextlib.contextmanager
-def _cuda_math(allow_tf32: bool) -> Iterator[None]:
-    """TF32 convolutions and matmuls on CUDA on or off, and cuDNN autotuning off, for the duration; why (TF32
-    drift, autotuning cost, measured by bench/check_cuda.py on an H200): DESIGN.md section 3, "Precision"."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+def feature_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Arithmetic of an eval-mode forward on CUDA: "fp32" (plain float32), "tf32" (TF32 convolutions
+    and matmuls: what the release's PyTorch 1.8 did by default on Ampere and later GPUs) or "bf16"
+    (bfloat16 autocast), cuDNN autotuning off for the duration; why (TF32 drift, autotuning cost, measured by
+    bench/check_cuda.py on an H200): DESIGN.md section 3, "Precision". The CPU always computes in float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    cuda, cudnn, matmul = device.type == "cuda", torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
-    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = allow_tf32, allow_tf32, False
+    cudnn.allow_tf32 = matmul.allow_tf32 = cuda and precision == "tf32"
+    cudnn.benchmark = False
     try:
-        yield
+        with torch.autocast("cuda", torch.bfloat16) if cuda and precision == "bf16" else contextlib.nullcontext():
+            yield
     finally:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
-@contextlib.contextmanager
-def feature_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Arithmetic of an eval-mode forward on CUDA: "fp32" (plain float32), "tf32" (TF32 convolutions
-    and matmuls: what the release's PyTorch 1.8 did by default on Ampere and later GPUs) or "bf16"
-    (bfloat16 autocast). The CPU always computes in float32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    cuda = device.type == "cuda"
-    bf16 = torch.autocast("cuda", dtype=torch.bfloat16) if cuda and precision == "bf16" else contextlib.nullcontext()
-    with _cuda_math(allow_tf32=cuda and precision == "tf32"), bf16:
-        yield
-
-
-@torch.inference_mode()
 def _embed_batches(model: nn.Module, batches, modal: str, flip: bool, normalize: bool,
                    device: torch.device, progress: Callable | None = None, precision: str = "fp32") -> Tensor:
     """Eval embeddings of ImageNet-normalised batches [B, 3, H, W] -> [N, 2048] float32 on ``device`` (the model in
-    eval mode meanwhile, its mode restored afterwards)."""
-    out, was_training = [], model.training
+    eval mode meanwhile, its mode restored afterwards; on CUDA the model and the batches in channels_last)."""
+    out, was_training, fmt = [], model.training, torch.preserve_format
+    if device.type == "cuda":  # in place (the same weights), outside inference mode: the model may train later
+        model.to(memory_format=(fmt := torch.channels_last))
     model.eval()
     try:
-        with feature_precision(precision, device):
+        with torch.inference_mode(), feature_precision(precision, device):
             for x in batches:
-                x = x.to(device, non_blocking=True)
+                x = x.to(device, non_blocking=True, memory_format=fmt)
                 e = model.embed(x, modal).float()  # [B, 2048], L2-normalised (eval mode)
                 if flip:
                     e = (e + model.embed(torch.flip(x, dims=[3]), modal).float()) / 2
@@ -89,6 +83,21 @@ def extract_features_uint8(model: nn.Module, images: np.ndarray, modal: str, bat
     they reach the device: [N, 2048] float32 on ``device`` (default: the model's). ``progress(n)`` is called after
     each batch with its size. ``precision``: see :func:`feature_precision` (test embeddings keep plain float32)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    batches = (uint8_to_normalized(torch.from_numpy(np.array(images[start:start + batch_size])).to(device))
-               for start in range(0, len(images), batch_size))  # np.array copies: memory maps are read-only
+    starts = range(0, len(images), batch_size)  # np.array copies: memory maps are read-only
+    batches = (to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device) for i in starts)
+    batches = (uint8_to_normalized(b) for b in (_one_ahead(batches) if device.type == "cuda" else batches))
     return _embed_batches(model, batches, modal, flip, normalize, device, progress, precision)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; on CUDA copied from pinned memory without waiting for the device (non_blocking)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+def _one_ahead(items: Iterator) -> Iterator:
+    """``items`` in order, each drawn before the one before it is handed out (a copy issued before its forward)."""
+    pending = []
+    for item in items:
+        yield from pending
+        pending = [item]
+    yield from pending

@@ -26,6 +26,12 @@ def os_error_line(exc: OSError, action: str = "write") -> str:
     return f"cannot {action} {path}: {reason}"
 
 
+def error_line(exc: Exception) -> str:
+    """The one line a command prints for an error it stops on: :func:`os_error_line` for an OS error, else the
+    message with its whitespace folded."""
+    return os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
+
+
 def make_folder(path: str | os.PathLike) -> Path:
     """Create ``path`` and its parents (``mkdir -p``); a regular file in the way is ``NotADirectoryError``
     naming that file."""

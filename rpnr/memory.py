@@ -14,7 +14,7 @@ HARD_MARGIN = 0.2  # relu(CE(mean) - r) in CMhcl
 
 class _Memory(autograd.Function):
     """scores = x . M^T; backward updates M: M[y] per sample in batch order (CM), or both halves per class (CMhcl:
-    M = [mean rows; hard rows], :func:`_hcl_updates`)."""
+    M = [mean rows; hard rows], :func:`_hcl_update`)."""
 
     @staticmethod
     def forward(ctx, inputs: Tensor, targets: Tensor, features: Tensor, momentum: float, hcl: bool) -> Tensor:
@@ -28,21 +28,26 @@ class _Memory(autograd.Function):
         features, m = ctx.features, ctx.momentum
         grad_inputs = grad_outputs.mm(features) if ctx.needs_input_grad[0] else None
         inputs = inputs.to(features.dtype)
-        for row, x in _hcl_updates(inputs, targets, features) if ctx.hcl else zip(targets.tolist(), inputs):
-            features[row] = m * features[row] + (1.0 - m) * x
-            features[row] /= features[row].norm()
+        if ctx.hcl:
+            _hcl_update(inputs, targets, features, m)
+        else:
+            for row, x in zip(targets.tolist(), inputs):  # CM: per sample in batch order (a row may recur)
+                features[row] = m * features[row] + (1.0 - m) * x
+                features[row] /= features[row].norm()
         return grad_inputs, None, None, None, None
 
 
-def _hcl_updates(inputs: Tensor, targets: Tensor, features: Tensor):
-    """CMhcl's updates (row, value), made as they are drawn: per class, the mean row, then the hard row."""
-    num = features.size(0) // 2
-    classes, inverse = torch.unique(targets, return_inverse=True)
-    for c_idx, c in enumerate(classes.tolist()):
-        members = inputs[inverse == c_idx]  # [n_c, d], batch order
-        # hard sample: lowest similarity to the mean row BEFORE this update (release order)
-        hard = members[torch.argmin(members @ features[c])]
-        yield from ((c, members.mean(0)), (c + num, hard))
+def _hcl_update(inputs: Tensor, targets: Tensor, features: Tensor, m: float) -> None:
+    """CMhcl's update of every class of the batch at once (their rows are distinct; no host synchronisation): mean
+    row <- m row + (1-m) the members' mean; hard row <- m row + (1-m) the member least similar to the mean row as it
+    was BEFORE this update (release order; the first such in batch order); both re-normalised."""
+    same = targets[:, None] == targets[None, :]  # [B, B]: same class
+    first = same.int().argmax(1)  # [B] each sample's first classmate: its values are written for the whole class
+    mean = same.to(inputs.dtype) @ inputs / same.sum(1, keepdim=True)  # [B, d] the class mean
+    hard = inputs[(features[targets] @ inputs.t()).masked_fill(~same, float("inf")).argmin(1)]  # [B, d]
+    rows = torch.cat((targets, targets + features.size(0) // 2))  # [2B] mean rows, hard rows (repeated per member)
+    new = m * features[rows] + (1.0 - m) * torch.cat((mean, hard))  # [2B, d]
+    features[rows] = (new / new.norm(dim=1, keepdim=True))[torch.cat((first, first + len(first)))]
 
 
 class ClusterMemory(nn.Module):

@@ -16,7 +16,8 @@ from rpnr.config import TrainConfig, TrainingError
 from rpnr.data.augment import IterationDraws
 from rpnr.distributed import ProcessGroup
 from rpnr.epoch_labels import EpochLabels
-from rpnr.training import stage2_loss
+from rpnr.evaluation import to_device
+from rpnr.training import stage2_terms
 
 
 def _autocast(device: torch.device, enabled: bool = True):
@@ -26,28 +27,36 @@ def _autocast(device: torch.device, enabled: bool = True):
 
 def _objective(f_rgb: Tensor, f_ir: Tensor, cfg: TrainConfig, batch: IterationBatch, labels: EpochLabels,
                memories: dict, epoch: int, iteration: int) -> tuple[Tensor, dict]:
-    """The stage's objective of the whole batch's features (every rank: the same), checked to be finite."""
-    y_ir = torch.from_numpy(labels.ir.train[batch.rows_ir]).to(f_ir.device)  # [B_ir]
-    y = torch.from_numpy(labels.rgb.train[batch.rows_rgb]).to(f_rgb.device)  # [B_rgb]
+    """The stage's objective of the whole batch's features (every rank: the same) and its terms (and "total") as
+    detached device tensors (``iteration`` unused: the terms are checked when read, :func:`read_terms`)."""
+    y_ir, y, r2i, i2r = (None if a is None else to_device(torch.as_tensor(a), f_ir.device) for a in (
+        labels.ir.train[batch.rows_ir], labels.rgb.train[batch.rows_rgb], labels.r2i, labels.i2r))  # [B_ir], [B_rgb]
     y_rgb = torch.cat((y, y), 0)  # [2 B_rgb]: labels of view 1 then view 2
-    modules = cfg.modules  # stage 1: stage2_loss without its stage-2 terms, as stage1_loss
-    total, parts = stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, labels.r2i, labels.i2r, epoch, w_cross=cfg.w_cross,
-                               w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl, sigma=cfg.sigma, delta=cfg.delta,
-                               cross=modules.otpm, hybrid=modules.mhl, nrl=modules.nrl)
-    parts["total"] = total.item()
-    if not all(math.isfinite(v) for v in parts.values()):
-        terms = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-        kept = f"checkpoint of epoch {epoch} intact" if epoch else "no checkpoint was written"
-        raise TrainingError(f"epoch {epoch + 1}, iteration {iteration}: the loss is not finite ({terms}); "
-                            f"lower --lr; {kept}")
-    return total, parts
+    modules = cfg.modules  # stage 1: stage2_terms without its stage-2 terms, as stage1_loss
+    total, parts = stage2_terms(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, w_cross=cfg.w_cross,
+                                w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl, sigma=cfg.sigma, delta=cfg.delta,
+                                cross=modules.otpm, hybrid=modules.mhl, nrl=modules.nrl)
+    return total, {**{name: value.detach() for name, value in parts.items()}, "total": total.detach()}
+
+
+def read_terms(terms: Tensor, names: list[str], epoch: int, first: int) -> list[list[float]]:
+    """The loss terms of iterations ``first``, ``first`` + 1, ... ([n, len(names)] on the device) as floats, one
+    host synchronisation; the first iteration with a term that is not finite is a :class:`TrainingError`."""
+    rows = terms.tolist()
+    for iteration, row in enumerate(rows, first):
+        if not all(math.isfinite(v) for v in row):
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in zip(names, row))
+            kept = f"checkpoint of epoch {epoch} intact" if epoch else "no checkpoint was written"
+            raise TrainingError(f"epoch {epoch + 1}, iteration {iteration}: the loss is not finite ({parts}); "
+                                f"lower --lr; {kept}")
+    return rows
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup, cfg: TrainConfig,
                batch: IterationBatch, images: tuple[Tensor, Tensor], labels: EpochLabels, memories: dict, epoch: int,
                iteration: int) -> dict:
     """One iteration on the global batch (``images``: this rank's uint8 infrared and visible rows): the loss terms
-    (and "total") as floats; a loss that is not finite is a :class:`TrainingError` before the optimizer step."""
+    (and "total") as 0-dim device tensors, unread (no host synchronisation; :func:`read_terms` checks them)."""
     device = torch.device(cfg.device)
     # the whole batch's draws from the shared stream; this rank applies its slice (section 8)
     draws = IterationDraws.draw(len(batch.rows_ir), len(batch.rows_rgb), cfg.height, cfg.width)

@@ -29,7 +29,7 @@ from rpnr.models import build_model, load_weights
 from rpnr.rng import capture_rng_state, restore_rng_state, seed_everything
 from rpnr.run_folder import BEST, CHECKPOINT, OUTPUTS, RunFolder, best_state, provenance, reconcile_best
 from rpnr.run_log import RunLog
-from rpnr.step import train_step
+from rpnr.step import read_terms, train_step
 
 # 2: "args" holds every setting of the run; 1 (older) may lack settings added since (e.g. the ablation switches)
 FORMAT_VERSION = 2
@@ -163,7 +163,7 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
     net = _init_model(cfg, device, initialise=ckpt is None)
     net.bn_splits = cfg.bn_splits // group.world_size  # this rank's slices of the global batch
     params = [p for p in net.parameters() if p.requires_grad]  # the frozen BN-neck bias is left out
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return RunState(cfg=cfg, group=group, net=net, model=group.wrap(net, device), optimizer=optimizer,
                     scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, folder=folder, data_id=data_id,
@@ -247,22 +247,29 @@ def epoch_labels(s: RunState, epoch: int, times: dict) -> tuple[EpochLabels, dic
     return labels, memories
 
 
-def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int) -> dict:
-    """``cfg.iters`` iterations; returns the mean of each loss term (None for a term left out) and "total"."""
+def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int, read_every: int = 10) -> dict:
+    """``cfg.iters`` iterations; returns the mean of each loss term (None for a term left out) and "total". The terms
+    stay on the device until read, every ``read_every`` iterations and at the end: a term that is not finite stops
+    the run there, naming its iteration (the optimizer may have stepped up to ``read_every`` - 1 more times)."""
     cfg = s.cfg
     batches = epoch_batches(labels, s.train_rgb, s.train_ir, cfg, epoch, s.group)
     pin = s.device.type == "cuda"
     loaded = zip(prefetch(s.train_ir.images, [b.load_ir() for b in batches], cfg.workers, pin),
                  prefetch(s.train_rgb.images, [b.load_rgb() for b in batches], cfg.workers, pin))
+    if cfg.compile and getattr(s.net, "_compiled_call_impl", None) is None:
+        s.net.compile()  # once, in place: the same parameters and state dict (DDP calls the compiled module)
     s.model.train()
-    steps: list[dict[str, float]] = []  # each iteration's loss terms
+    steps, rows = [], []  # each iteration's terms on the device; those read so far, as floats
     bar = s.group.progress(zip(loaded, batches), total=cfg.iters, desc=f"epoch {epoch + 1} train", unit="it",
                            leave=False)
     for iteration, (images, batch) in enumerate(bar, 1):
-        steps.append(train_step(s.model, s.optimizer, s.group, cfg, batch, images, labels, memories, epoch, iteration))
-        bar.set_postfix(loss=f"{steps[-1]['total']:.3f}")
+        parts = train_step(s.model, s.optimizer, s.group, cfg, batch, images, labels, memories, epoch, iteration)
+        steps.append(torch.stack(list(parts.values())))  # [terms], "total" last
+        if iteration % read_every == 0 or iteration == cfg.iters:
+            rows += read_terms(torch.stack(steps[len(rows):]), list(parts), epoch, len(rows) + 1)
+            bar.set_postfix(loss=f"{rows[-1][-1]:.3f}")
     bar.close()
-    means = {key: sum(parts[key] for parts in steps) / cfg.iters for key in steps[0]}
+    means = {key: sum(row[j] for row in rows) / cfg.iters for j, key in enumerate(parts)}
     # every term of the objective, None for one left out (metrics.json: null), then the total
     return {**{term: means.get(term) for term in cfg.modules.loss_weights(cfg)}, "total": means["total"]}
 

@@ -25,7 +25,7 @@ from rpnr.data.prepared import PreparedDataError
 from rpnr.datasets import get_dataset, registry
 from rpnr.distributed import DistributedError, resolve_device
 from rpnr.evaluation import extract_features_uint8
-from rpnr.files import atomic_write, os_error_line
+from rpnr.files import atomic_write, error_line
 from rpnr.models import build_model, load_weights
 from rpnr.protocols import trial_sets
 
@@ -79,8 +79,7 @@ def main(argv=None) -> int:
         plt.close(fig)
         atomic_write(args.out, buffer.getbuffer())
     except (CheckpointError, PreparedDataError, UsageError, DistributedError, ValueError, OSError) as exc:
-        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
-        print(f"rpnr.tsne: error: {line}", file=sys.stderr)
+        print(f"rpnr.tsne: error: {error_line(exc)}", file=sys.stderr)
         return 1
     print(f"drew {len(feats)} images ({', '.join(f'{len(s)} {side.modal}' for side, s in sides)}) of {len(ids)} "
           f"identities: {args.out}")

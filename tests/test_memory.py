@@ -159,3 +159,53 @@ def test_gradient_uses_memory_at_backward_time(mode):
     else:
         hcl_reference_loss(before, x_old, y).backward()
     assert not torch.allclose(x_old.grad, x.grad, atol=1e-3)
+
+
+def _hcl_loop_update(inputs, targets, features, m):
+    """The per-class loop the vectorised update replaced (normalised inputs, in place): per class in label order,
+    the hard sample chosen with the mean row before its update, then the mean row, then the hard row."""
+    num = features.size(0) // 2
+    classes, inverse = torch.unique(targets, return_inverse=True)
+    updates = []
+    for c_idx, c in enumerate(classes.tolist()):
+        members = inputs[inverse == c_idx]  # [n_c, d], batch order
+        hard = members[torch.argmin(members @ features[c])]
+        updates += [(c, members.mean(0)), (c + num, hard)]
+    for row, x in updates:
+        features[row] = m * features[row] + (1.0 - m) * x
+        features[row] /= features[row].norm()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_hcl_update_equals_the_per_class_loop(seed):
+    from rpnr.memory import _hcl_update
+
+    g = torch.Generator().manual_seed(seed)
+    k, d, b = 9, 32, 48
+    features = F.normalize(torch.randn(2 * k, d, generator=g), dim=1)
+    inputs = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    targets = torch.randint(0, k - 2, (b,), generator=g)  # repeated classes; classes k-2, k-1 absent
+    targets[:4] = 0  # a class of several members, two of them the same sample: the first is the hard one on a tie
+    inputs[3] = inputs[1]
+    targets[targets == k - 3] = 1
+    targets[5] = k - 3  # a class of one member
+    want, got = features.clone(), features.clone()
+    _hcl_loop_update(inputs, targets, want, 0.1)
+    _hcl_update(inputs, targets, got, 0.1)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    untouched = [c for c in range(k) if c not in targets.tolist()]
+    assert untouched and torch.equal(got[untouched], features[untouched])
+    assert torch.equal(got[[c + k for c in untouched]], features[[c + k for c in untouched]])
+
+
+def test_hcl_update_picks_the_first_of_tied_hard_samples():
+    from rpnr.memory import _hcl_update
+
+    features = torch.eye(4)  # K = 2: mean rows e0, e1; hard rows e2, e3
+    x = F.normalize(torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]]), dim=1)
+    targets = torch.tensor([0, 0, 0])  # every member has cosine 0.707 with e0: a three-way tie -> sample 0
+    got = features.clone()
+    _hcl_update(x, targets, got, 0.5)
+    hard = 0.5 * features[2] + 0.5 * x[0]
+    torch.testing.assert_close(got[2], hard / hard.norm())
+    assert torch.equal(got[[1, 3]], features[[1, 3]])

@@ -363,3 +363,20 @@ def test_sigterm_ends_like_ctrl_c(tiny_regdb, tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted; no checkpoint was written yet (start again with --overwrite)"
     assert "Traceback" not in err
+
+
+def test_check_with_torchruns_world_size_sees_a_run_of_that_many_processes(train, tmp_path, monkeypatch):
+    """The scripts run ``WORLD_SIZE=N python train.py ... --check`` before torchrun: the check judges the run as N
+    processes would (here: resuming a checkpoint that 2 processes wrote)."""
+    logs = tmp_path / "logs"
+    status, err, _ = train(logs)
+    assert status == 0, err
+    ckpt = load_checkpoint(logs / "checkpoint.pth.tar")
+    save_checkpoint({**ckpt, "world_size": 2, "epoch": 1}, logs / "checkpoint.pth.tar")
+    status, err, _ = train(logs, "--resume", "--epochs", "2", "--check")
+    assert status == 1 and "was written by a run of 2 process(es)" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status, err, out = train(logs, "--resume", "--epochs", "2", "--check")
+    assert status == 0, err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"check passed: regdb baseline resumes {logs / 'checkpoint.pth.tar'} after epoch 1;")

@@ -8,7 +8,7 @@ from conftest import assert_close_scaled, hcl_reference_loss, hcl_reference_upda
 
 from rpnr.losses import neighbor_relation_loss
 from rpnr.memory import ClusterMemory
-from rpnr.training import stage1_loss, stage2_loss
+from rpnr.training import stage1_loss, stage2_loss, stage2_terms
 
 D, K_RGB, K_IR = 8, 3, 4
 R2I = np.array([2, 0, 3])  # RGB cluster -> IR cluster
@@ -140,3 +140,22 @@ def test_gradients_use_memories_as_updated_by_later_terms(epoch):
     ref.backward()
     assert_close_scaled(f_rgb.grad, x_rgb.grad, name="visible gradient")
     assert_close_scaled(f_ir.grad, x_ir.grad, name="infrared gradient")
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_stage2_terms_are_stage2_loss_as_tensors(epoch):
+    """The trainer's tensor terms (read later, no host synchronisation) are the public API's floats, bit for bit,
+    with the same total, gradients and memory updates."""
+    runs = []
+    for fn in (stage2_loss, stage2_terms):
+        memories, f_rgb, f_ir, y_rgb, y_ir = _setup(seed=7)
+        total, parts = fn(f_rgb, f_ir, y_rgb, y_ir, memories, R2I, I2R, epoch)
+        total.backward()
+        runs.append((total.item(), parts, f_rgb.grad, f_ir.grad, {k: m.features for k, m in memories.items()}))
+    (t0, p0, gr0, gi0, m0), (t1, p1, gr1, gi1, m1) = runs
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in p1.values())
+    assert t0 == t1 and p0 == {k: v.item() for k, v in p1.items()}
+    assert torch.equal(gr0, gr1) and torch.equal(gi0, gi1) and all(torch.equal(m0[k], m1[k]) for k in m0)
+    _, on_device = stage2_terms(f_rgb.detach(), f_ir.detach(), y_rgb, y_ir, _setup(seed=7)[0], torch.as_tensor(R2I),
+                                torch.as_tensor(I2R), epoch)  # partners given as tensors, as the trainer does
+    assert {k: v.item() for k, v in on_device.items()} == pytest.approx(p0, rel=1e-6)
