@@ -223,7 +223,8 @@ def text_table(groups: list[Group]) -> list[str]:
             lines.append(f"  {setting:<20} {METRIC_LABEL[metric]:<7} {_pm(best['mean'], best['sd']):>15} "
                          f"{_num(best['trial_sd']):>8} {_pm(last['mean'], last['sd']):>15} "
                          f"{_pm(best['published'], best['published_sd']):>16}")
-    sources = {ds.published_results.source for ds in registry().values() if ds.published_results}
+    shown = [registry().get(g.dataset) for g in groups if g.stage == "rpnr"]  # datasets with published rows
+    sources = {ds.published_results.source for ds in shown if ds is not None and ds.published_results}
     legend = ("mean ± sd: sample sd (ddof 1) over the group's runs; trial sd: sd over the gallery trials of one run, "
               "averaged over runs; best = selected on the test set (the release's protocol), last = the final epoch. "
               + " ".join(f"Published (stage 2, best): {s}." for s in sorted(sources)))

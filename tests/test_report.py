@@ -139,6 +139,8 @@ def test_runs_of_different_commits_are_noted(tmp_path, _report):
     _write_run(tmp_path / "b", "regdb", "rpnr", 82.0, commit="2" * 40, trial=2)
     done = _report(tmp_path)
     assert done.returncode == 0 and "note: runs from 2 commits (1111111111, 2222222222)" in done.stdout
+    legend = " ".join(done.stdout.split())  # wrapped at 100 columns: the source of the datasets shown only
+    assert "RPNR release README (XiangboYin/RPNR), RegDB table" in legend and "SYSU-MM01 table" not in legend
 
 
 def test_missing_empty_and_damaged(tmp_path, _report):
