@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from rpnr.checkpoint import CheckpointError
 from rpnr.distributed import DistributedError
-from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD
+from rpnr.evaluation import uint8_to_normalized
 from rpnr.extractor import MODALITIES, FeatureExtractor, stem_of
 from rpnr.files import atomic_write, error_line
 from rpnr.models import l2_normalize
@@ -31,11 +31,9 @@ class Stream(nn.Module):
     def __init__(self, model: nn.Module, stem: str):
         super().__init__()
         self.model, self.stem = model.eval(), stem
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, images: Tensor) -> Tensor:
-        x = (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std  # as rpnr.evaluation.uint8_to_normalized
+        x = uint8_to_normalized(images)  # [N, 3, H, W], as the test pipeline
         return l2_normalize((self.model.embed(x, self.stem) + self.model.embed(torch.flip(x, dims=[3]), self.stem)) / 2)
 
 

@@ -52,6 +52,7 @@ class RunState:
     log: RunLog | None = None
     resumed: dict | None = None  # the checkpoint a resumed run continues, until it is restored
     notes: list[str] = dataclasses.field(default_factory=list)  # printed once the run has claimed its folder
+    best_note: str | None = None  # model_best is to be rewritten from the resumed checkpoint (reconcile_best)
     start_epoch: int = 0
     best: dict = dataclasses.field(default_factory=lambda: {"epoch": 0, "rank1": -1.0, "mAP": 0.0})
 
@@ -153,10 +154,10 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
         ckpt = load_checkpoint(ckpt_path)
         cfg = resumed_config(cfg, saved_settings(ckpt), given, ckpt_path)
     train_rgb, train_ir, data_id = _load_data(cfg)
-    notes = [check_baseline(cfg) if cfg.stage == "rpnr" and ckpt is None else None]
+    notes, best_note = [check_baseline(cfg) if cfg.stage == "rpnr" and ckpt is None else None], None
     if ckpt is not None:
         _check_resumable(ckpt, ckpt_path, cfg, group.world_size, data_id)
-        notes.append(group.from_main(reconcile_best, folder.path, ckpt, write=False))
+        best_note = group.from_main(reconcile_best, folder.path, ckpt, write=False)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
@@ -167,7 +168,7 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return RunState(cfg=cfg, group=group, net=net, model=group.wrap(net, device), optimizer=optimizer,
                     scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, folder=folder, data_id=data_id,
-                    resumed=ckpt, notes=[n for n in notes if n])
+                    resumed=ckpt, notes=[n for n in (*notes, best_note) if n], best_note=best_note)
 
 
 def check_line(s: RunState) -> str:
@@ -189,8 +190,8 @@ def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = froz
     group.from_main(s.folder.lock)  # rank 0 holds the lock; the others share its verdict
     try:
         record = provenance(command or sys.argv, s.args, s.device, group)
-        if ckpt is not None:
-            group.from_main(reconcile_best, s.folder.path, ckpt)  # its note is among s.notes (check_run)
+        if s.best_note:  # check_run found model_best one epoch behind: rewrite it now that the folder is ours
+            group.from_main(reconcile_best, s.folder.path, ckpt)
         group.from_main(_claim_folder, s.folder, cfg, record, s.notes)
         if ckpt is not None:
             _restore(s, ckpt)

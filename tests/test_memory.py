@@ -161,21 +161,6 @@ def test_gradient_uses_memory_at_backward_time(mode):
     assert not torch.allclose(x_old.grad, x.grad, atol=1e-3)
 
 
-def _hcl_loop_update(inputs, targets, features, m):
-    """The per-class loop the vectorised update replaced (normalised inputs, in place): per class in label order,
-    the hard sample chosen with the mean row before its update, then the mean row, then the hard row."""
-    num = features.size(0) // 2
-    classes, inverse = torch.unique(targets, return_inverse=True)
-    updates = []
-    for c_idx, c in enumerate(classes.tolist()):
-        members = inputs[inverse == c_idx]  # [n_c, d], batch order
-        hard = members[torch.argmin(members @ features[c])]
-        updates += [(c, members.mean(0)), (c + num, hard)]
-    for row, x in updates:
-        features[row] = m * features[row] + (1.0 - m) * x
-        features[row] /= features[row].norm()
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_vectorised_hcl_update_equals_the_per_class_loop(seed):
     from rpnr.memory import _hcl_update
@@ -189,8 +174,7 @@ def test_vectorised_hcl_update_equals_the_per_class_loop(seed):
     inputs[3] = inputs[1]
     targets[targets == k - 3] = 1
     targets[5] = k - 3  # a class of one member
-    want, got = features.clone(), features.clone()
-    _hcl_loop_update(inputs, targets, want, 0.1)
+    want, got = hcl_reference_update(features, inputs, targets, 0.1), features.clone()  # the per-class loop
     _hcl_update(inputs, targets, got, 0.1)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     untouched = [c for c in range(k) if c not in targets.tolist()]
