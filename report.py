@@ -13,47 +13,38 @@ table. A run without test.json (unfinished) or with a damaged one is named and l
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 
-from rpnr.files import atomic_write, error_line
-from rpnr.report import COLUMNS, ReportError, find_runs, group_rows, group_runs, markdown_table, text_table
+from rpnr.command import Parser, run_command, script
+from rpnr.errors import ReportError
+from rpnr.files import atomic_write, check_outputs
+from rpnr.report import csv_text, find_runs, group_runs, markdown_table, text_table
 
 
-def _csv_text(groups) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for group in groups:
-        for row in group_rows(group):
-            writer.writerow({k: "" if v is None else f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
-    return buffer.getvalue()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def report(argv) -> None:
+    parser = Parser(prog="report.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="folders searched for run folders")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per group, test setting, model and metric")
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown (for a paper draft)")
     args = parser.parse_args(argv)
-    try:
-        runs, skipped = find_runs(args.paths)
-        for line in skipped:
-            print(line, file=sys.stderr)
-        if not runs:
-            raise ReportError(f"no finished run under {', '.join(args.paths)} ({len(skipped)} left out above)")
-        groups = group_runs(runs)
-        print("\n".join(text_table(groups)))
-        if args.csv:
-            atomic_write(args.csv, _csv_text(groups))
-        if args.markdown:
-            atomic_write(args.markdown, "\n".join(markdown_table(groups)) + "\n")
-    except (ReportError, OSError) as exc:
-        print(f"report.py: error: {error_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
+    check_outputs([(f"--{kind} {path}", path) for kind, path in (("csv", args.csv), ("markdown", args.markdown))
+                   if path])
+    runs, skipped = find_runs(args.paths)
+    for line in skipped:
+        print(line, file=sys.stderr)
+    if not runs:
+        raise ReportError(f"no finished run under {', '.join(args.paths)} ({len(skipped)} left out above)")
+    groups = group_runs(runs)
+    if args.csv:  # the files first: a reader that stops early (report.py ... | head) changes nothing
+        atomic_write(args.csv, csv_text(groups))
+    if args.markdown:
+        atomic_write(args.markdown, "\n".join(markdown_table(groups)) + "\n")
+    print("\n".join(text_table(groups)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(lambda: report(argv), "report.py")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script(main)

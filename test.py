@@ -10,30 +10,28 @@ checkpoint whose path has ``{trial}`` replaced by t. Official release checkpoint
 ``--ranks-png PATH`` also draws a rank list (top-10 gallery images of a few queries on the first trial).
 """
 
+from __future__ import annotations
+
 import argparse
 import os
-import signal
-import sys
-from pathlib import Path
 
 import torch
 
-from rpnr.checkpoint import CheckpointError, missing_checkpoint_line, trained_on
-from rpnr.config import UsageError
-from rpnr.data.prepared import PreparedDataError, check_prepared
+from rpnr.command import Parser, require_positive, run_command, script
+from rpnr.data.prepared import check_prepared
 from rpnr.datasets import Dataset, get_dataset, registry
-from rpnr.distributed import DistributedError, resolve_device
-from rpnr.files import error_line, sha256_file, write_json
-from rpnr.models import build_model, load_weights
+from rpnr.distributed import resolve_device
+from rpnr.errors import CheckpointError, UsageError
+from rpnr.files import check_outputs, sha256_file, write_json
+from rpnr.models import Trained, load_trained
 from rpnr.protocols import evaluate, format_result, mean_results, to_percent, trial_checkpoint
 from rpnr.rank_list import write_rank_list
-from rpnr.run_folder import CHECKPOINT, OUTPUTS, RUN_JSON
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     datasets = registry()
     modes = sorted({mode for ds in datasets.values() for mode in ds.modes})
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=list(datasets), required=True)
     parser.add_argument("--data-dir", required=True, help="prepared folder (prepare_<dataset>.py)")
     parser.add_argument("--checkpoint", required=True,
@@ -78,119 +76,89 @@ def chosen_settings(args, ds: Dataset) -> list:
     return settings
 
 
-def check_outputs(args) -> None:
-    """Refuse, before anything is tested, an output path (--json, --ranks-png) that is a training run's own output
-    (a file named like one in a folder holding run.json or checkpoint.pth.tar), a folder, or not writable, and
-    the two outputs in one file; each named as given (DESIGN.md section 10)."""
-    given = {flag: path for flag, path in (("--json", args.json), ("--ranks-png", args.ranks_png)) if path is not None}
-    if len(given) == 2 and os.path.realpath(args.json) == os.path.realpath(args.ranks_png):
-        raise UsageError(f"--json {args.json} and --ranks-png {args.ranks_png} are the same file; give each its own")
-    for flag, path in given.items():
-        target = Path(path)
-        if target.is_dir():
-            raise UsageError(f"{flag} {path} is a folder; give a file name")
-        if target.name in OUTPUTS and any((target.parent / name).is_file() for name in (RUN_JSON, CHECKPOINT)):
-            raise UsageError(f"{flag} {path} is the training run's own {target.name}; write elsewhere")
-        folder = next(p for p in target.parents if p.exists())  # the missing folders are created
-        if not folder.is_dir():
-            raise UsageError(f"cannot write {flag} {path}: {folder} is a file, not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write {flag} {path}: no permission to write in {folder} (or it is read-only)")
+def check_outputs_of(args) -> None:
+    """The output rule (DESIGN.md section 14) for --json and --ranks-png, before anything is tested."""
+    outputs = [(f"--{flag.replace('_', '-')} {path}", path) for flag, path in (("json", args.json),
+                                                                              ("ranks_png", args.ranks_png)) if path]
+    check_outputs(outputs, inputs=[(f"--data-dir {args.data_dir}", args.data_dir), *(
+        (f"--checkpoint {args.checkpoint}", trial_checkpoint(args.checkpoint, t)) for t in range(1, 11))])
 
 
-def check_checkpoints(args, ds: Dataset, files: dict[int, str], manifest: dict) -> None:
-    """Refuse a checkpoint trained on another dataset, and a model of trial t tested on other trials (they
-    test on identities it trained on); warn about another training image size (DESIGN.md section 10)."""
-    unrecorded = []
+def load_models(args, ds: Dataset, files: dict[int, str], manifest: dict, device: torch.device) -> dict[int, Trained]:
+    """The model of each tested trial (DESIGN.md section 14): a checkpoint of another dataset, or of trial t tested
+    on other trials (they test on identities it trained on), is refused; another training size is a warning."""
+    models = {}
     for trial, path in files.items():
-        if not os.path.isfile(path):
-            raise CheckpointError(missing_checkpoint_line(path) + (f" (trial {trial})" if ds.model_per_trial else ""))
         try:
-            saved = trained_on(path, args.dataset, trial if ds.model_per_trial else None, ds.display)
+            models[trial] = load_trained(path, device, args.dataset, trial if ds.model_per_trial else None,
+                                         display=ds.display)
         except CheckpointError as exc:
             hint = "; put {trial} in --checkpoint to test each trial with its own model" if "{trial}" not in \
                 args.checkpoint and "training identities" in str(exc) else ""
-            raise UsageError(f"{exc}{hint}") from None
-        if saved is None:
-            unrecorded.append(path)
-            continue
-        size = (saved.get("height"), saved.get("width"))
-        if None not in size and size != (manifest["height"], manifest["width"]):
-            print(f"warning: {path} was trained at {size[0]}x{size[1]} but {args.data_dir} holds "
-                  f"{manifest['height']}x{manifest['width']} images")
-    if unrecorded:
-        print(f"note: {unrecorded[0]} records no dataset, trial or image size (an official release checkpoint?); "
-              f"tested as given")
+            hint += f" (trial {trial})" if ds.model_per_trial and not os.path.isfile(path) else ""
+            raise CheckpointError(f"{exc}{hint}") from None
+        models[trial].check_size(args.data_dir, (manifest["height"], manifest["width"]))
+        for line in models[trial].notes:
+            print(line)
+    return models
 
 
-def load_model(path: str, device: torch.device) -> torch.nn.Module:
-    model = build_model("agw")
-    load_weights(model, path)
-    return model.to(device).eval()
-
-
-def run_test(args, ds: Dataset, settings: list, files: dict[int, str], device: torch.device) -> dict:
+def run_test(args, ds: Dataset, settings: list, models: dict[int, Trained], device: torch.device) -> dict:
     """Test every setting over the trials, print each trial and the means; the mean metrics in percent (one
     setting: its metrics, else ``{setting: metrics}``)."""
     trials = ds.trials[:args.trials]
     if ds.model_per_trial:  # each trial with its own model
         per_trial = {s.name: [] for s in settings}
         for trial in trials:
-            print(f"{ds.display} trial {trial}, checkpoint {files[trial]}")
-            result = evaluate(load_model(files[trial], device), args.dataset, args.data_dir, settings, [trial],
-                              device, args.batch_size, progress=True)
+            print(f"{ds.display} trial {trial}, checkpoint {models[trial].path}")
+            result = evaluate(models[trial].model, args.dataset, args.data_dir, settings, [trial], device,
+                              args.batch_size, progress=True)
             for s in settings:
                 per_trial[s.name] += result[s.name]["per_trial"]
         results = {name: mean_results(values) for name, values in per_trial.items()}
     else:
-        print(f"{ds.display}, trials {trials[0]}-{trials[-1]}, checkpoint {files[0]}")
-        results = evaluate(load_model(files[0], device), args.dataset, args.data_dir, settings, trials, device,
-                           args.batch_size, progress=True)
+        print(f"{ds.display}, trials {trials[0]}-{trials[-1]}, checkpoint {models[0].path}")
+        results = evaluate(models[0].model, args.dataset, args.data_dir, settings, trials, device, args.batch_size,
+                           progress=True)
     for k, trial in enumerate(trials):
         for s in settings:
             print(format_result(results[s.name]["per_trial"][k], f"Trial {trial} {s.label}:"))
     for s in settings:
         print(format_result(results[s.name], f"Mean of {len(trials)} trials {s.label}:"))
     if args.ranks_png:
-        write_rank_list(load_model(files[min(files)], device), args.dataset, args.data_dir, args.ranks_png,
-                        trial=trials[0], num_queries=args.ranks_queries, device=device, batch_size=args.batch_size)
+        write_rank_list(models[min(models)].model, args.dataset, args.data_dir, args.ranks_png, trial=trials[0],
+                        num_queries=args.ranks_queries, device=device, batch_size=args.batch_size)
         print(f"wrote rank list {args.ranks_png}")
     if ds.modes:
         return to_percent(results[settings[0].name])
     return {s.name: to_percent(results[s.name]) for s in settings}
 
 
-def main(argv=None) -> int:
+def evaluate_checkpoint(argv) -> None:
     args = parse_args(argv)
-    try:
-        ds = get_dataset(args.dataset)
-        if not 1 <= args.trials <= len(ds.trials):
-            raise UsageError(f"--trials must be between 1 and {len(ds.trials)}, got {args.trials}")
-        for flag, value in (("--batch-size", args.batch_size), ("--ranks-queries", args.ranks_queries)):
-            if value < 1:
-                raise UsageError(f"{flag} must be positive, got {value}")
-        settings = chosen_settings(args, ds)
-        check_outputs(args)
-        manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
-        device = torch.device(resolve_device(args.device))
-        # the checkpoint of each tested trial ({trial} replaced) for datasets with one model per trial, else {0: path}
-        files = ({t: trial_checkpoint(args.checkpoint, t) for t in ds.trials[:args.trials]} if ds.model_per_trial
-                 else {0: args.checkpoint})
-        check_checkpoints(args, ds, files, manifest)
-        print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, "
-              f"device {device}")
-        metrics = run_test(args, ds, settings, files, device)
-        if args.json:
-            hashes = {str(t): sha256_file(p) for t, p in files.items()}
-            metrics["checkpoint"] = {"path": args.checkpoint,
-                                     "sha256": hashes.popitem()[1] if len(hashes) == 1 else hashes}
-            write_json(args.json, metrics)
-    except (CheckpointError, PreparedDataError, UsageError, DistributedError, OSError) as exc:
-        print(f"test.py: error: {error_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
+    ds = get_dataset(args.dataset)
+    if not 1 <= args.trials <= len(ds.trials):
+        raise UsageError(f"--trials must be between 1 and {len(ds.trials)}, got {args.trials}")
+    require_positive(("--batch-size", args.batch_size), ("--ranks-queries", args.ranks_queries))
+    settings = chosen_settings(args, ds)
+    check_outputs_of(args)
+    manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
+    device = torch.device(resolve_device(args.device))
+    # the checkpoint of each tested trial ({trial} replaced) for datasets with one model per trial, else {0: path}
+    files = ({t: trial_checkpoint(args.checkpoint, t) for t in ds.trials[:args.trials]} if ds.model_per_trial
+             else {0: args.checkpoint})
+    models = load_models(args, ds, files, manifest, torch.device("cpu"))
+    print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, device {device}")
+    metrics = run_test(args, ds, settings, models, device)
+    if args.json:
+        hashes = {str(t): sha256_file(p) for t, p in files.items()}
+        metrics["checkpoint"] = {"path": args.checkpoint, "sha256": hashes.popitem()[1] if len(hashes) == 1 else hashes}
+        write_json(args.json, metrics)
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: evaluate_checkpoint(argv), "test.py")
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # SIGTERM unwinds like Ctrl-C (temporary files removed)
-    sys.exit(main())
+    script(main)

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import sys
 
 from rpnr import distributed
-from rpnr.checkpoint import CheckpointError
-from rpnr.config import TrainingError, UsageError, build_config, build_parser, named_settings
-from rpnr.data.prepared import PreparedDataError
-from rpnr.distributed import DistributedError
-from rpnr.files import os_error_line
-from rpnr.run_folder import CHECKPOINT, RunFolderError
+from rpnr.command import run_command, script
+from rpnr.config import build_config, build_parser, named_settings
+from rpnr.files import CHECKPOINT, os_error_line
 from rpnr.trainer import check_line, check_run, run
 
 
@@ -33,36 +29,34 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     world, rank = distributed.launched_processes()[:2]
-    group, cfg = distributed.SINGLE, None
-    try:
-        cfg = build_config(vars(args), world)
+    state = {"group": distributed.SINGLE, "cfg": None}
+
+    def train() -> None:
+        given = named_settings(argv)
+        cfg = state["cfg"] = build_config(vars(args), world)
         group, device = distributed.start(cfg.device)
-        cfg = dataclasses.replace(cfg, device=device)
+        state["group"], cfg = group, dataclasses.replace(cfg, device=device)
         if cfg.check:  # every check, nothing written; the scripts run it with torchrun's WORLD_SIZE, unlaunched
-            alone = group if group.joined else distributed.ProcessGroup(world_size=world)
-            line = check_line(check_run(cfg, alone, named_settings(argv)))
+            line = check_line(check_run(cfg, group if group.joined else distributed.ProcessGroup(world_size=world),
+                                        given))
             if rank == 0:
                 print(line)
         else:
-            run(cfg, group, named_settings(argv), ["train.py", *argv])
-    except (UsageError, TrainingError, PreparedDataError, CheckpointError, DistributedError, RunFolderError) as exc:
-        if rank == 0:  # every rank meets the same error; one line is enough
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, KeyboardInterrupt) as exc:
-        kept = cfg is not None and os.path.isfile(os.path.join(cfg.logs_dir, CHECKPOINT))
-        if rank == 0 and isinstance(exc, OSError):
-            print(f"error: {os_error_line(exc)}" + (" (the last checkpoint is intact)" if kept else ""),
-                  file=sys.stderr)
-        elif rank == 0:
-            print("interrupted; " + ("continue with --resume" if kept else "no checkpoint was written yet (start "
-                                     "again with --overwrite)"), file=sys.stderr)
-        return 1 if isinstance(exc, OSError) else 130
+            run(cfg, group, given, ["train.py", *argv])
+
+    def stop_line(exc: BaseException) -> str | None:
+        kept = state["cfg"] is not None and os.path.isfile(os.path.join(state["cfg"].logs_dir, CHECKPOINT))
+        if isinstance(exc, KeyboardInterrupt):
+            return "interrupted; " + ("continue with --resume" if kept else "no checkpoint was written yet (start "
+                                      "again with --overwrite)")
+        return f"error: {os_error_line(exc)} (the last checkpoint is intact)" if isinstance(exc, OSError) and kept \
+            else None
+
+    try:
+        return run_command(train, stop_line=stop_line)
     finally:
-        distributed.stop(group)
-    return 0
+        distributed.stop(state["group"])
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM (kill, torchrun) ends like Ctrl-C
-    sys.exit(main())
+    script(main)

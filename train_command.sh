@@ -2,6 +2,13 @@
 # train.py command and the flags every stage shares. Reads DATASET DATA_DIR DEVICE HEIGHT WIDTH BATCH INSTANCES
 # ITERS EPOCHS EPS MOMENTUM SEED BN_SPLITS EXTRA S2_EXTRA IMAGENET NPROC RESUME LOW_MEMORY; sets COMMON (shared flags),
 # INIT (stage-1 start) and TRAIN, and defines train_stage.
+read -r -a STAGE_LIST <<< "$STAGES"
+case "${STAGE_LIST[*]}" in
+    "1 2" | 1 | 2) STAGES="${STAGE_LIST[*]}" ;;
+    *) echo "error: STAGES=\"$STAGES\" is not one of \"1 2\" (both stages, the default), 1 (stage 1 alone) and 2" \
+            "(stage 2 alone, from the stage-1 models in S1_DIR)" >&2
+       exit 1 ;;
+esac
 COMMON=(--dataset "$DATASET" --data-dir "$DATA_DIR" --device "$DEVICE" --height "$HEIGHT" --width "$WIDTH"
         --batch-size "$BATCH" --num-instances "$INSTANCES" --iters "$ITERS" --epochs "$EPOCHS" --eps "$EPS"
         --momentum "$MOMENTUM" --bn-splits "$BN_SPLITS")

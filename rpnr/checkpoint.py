@@ -14,20 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rpnr.files import atomic_write
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, unsafe or of the wrong layout."""
-
-
-class DamagedCheckpointError(CheckpointError):
-    """A checkpoint file is empty, truncated, corrupted or not a PyTorch file at all."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A complete PyTorch file whose pickle references code outside the allow-list (refused unrun)."""
-
+from rpnr.errors import CheckpointError, DamagedCheckpointError, UnsafeCheckpointError
+from rpnr.files import BEST, atomic_write
 
 # first pickle of a legacy (non-zip) torch.save stream (torch.serialization.MAGIC_NUMBER)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -126,8 +114,6 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
 def missing_checkpoint_line(path: str | os.PathLike) -> str:
     """The one-line reason why ``path``, which is not a file, cannot be loaded as a checkpoint: not found, or a
     folder (a run's logs folder, most likely), naming the model_best.pth.tar expected inside."""
-    from rpnr.run_folder import BEST  # rpnr.run_folder imports this module
-
     if not os.path.isdir(path):
         return f"checkpoint not found: {path}"
     inside = os.path.join(path, BEST)
@@ -151,20 +137,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if isinstance(obj, Mapping):
         return dict(obj)
     raise CheckpointError(f"{path} does not hold a dictionary (got {type(obj).__name__})")
-
-
-def trained_on(path: str | os.PathLike, dataset: str, trial: int | None = None, display: str = "") -> dict | None:
-    """The saved settings of a checkpoint this project trained on ``dataset`` (and ``trial``, for a dataset with
-    one model per trial); None for one that records no dataset (the official release's). A checkpoint of
-    another dataset or trial (whose training identities are this trial's test identities) is refused."""
-    ckpt = load_checkpoint(path)
-    saved = ckpt.get("args", {})
-    if "dataset" in ckpt and ckpt["dataset"] != dataset:
-        raise CheckpointError(f"{path} was trained on {ckpt['dataset']}, not {dataset}")
-    if "dataset" in ckpt and trial is not None and saved.get("trial", trial) != trial:
-        raise CheckpointError(f"{path} was trained on {display} trial {saved['trial']}, not trial {trial}: its "
-                              f"training identities include trial {trial}'s test identities")
-    return saved if "dataset" in ckpt else None
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:

@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 
-import torch
-
-from rpnr.checkpoint import missing_checkpoint_line
+from rpnr.command import Parser
 from rpnr.datasets import get_dataset, names, per_dataset, registry
-from rpnr.distributed import DistributedError, resolve_device
+from rpnr.distributed import resolve_device
+from rpnr.errors import DistributedError, TrainingError, UsageError  # noqa: F401 - TrainingError: re-exported
 from rpnr.evaluation import PRECISIONS
-from rpnr.models import imagenet_file
-from rpnr.run_folder import BEST
+from rpnr.files import BEST
 
 # value checks of the numeric settings: name -> (test, what a failing value is told)
 CHECKS = {"int>=1": (lambda v: v >= 1, "must be a positive integer"), ">0": (lambda v: v > 0, "must be positive"),
           ">=0": (lambda v: v >= 0, "must not be negative"), "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
-
-
-class UsageError(ValueError):
-    """A setting that cannot work; the message is one line."""
-
-
-class TrainingError(RuntimeError):
-    """A run cannot go on (degenerate pseudo labels, divergence, an unusable checkpoint); one-line message."""
 
 
 def _f(default, help: str, group: str = "running", **meta):
@@ -37,7 +26,7 @@ def _f(default, help: str, group: str = "running", **meta):
     ``choices``, ``check``, ``dataset`` (the registry attribute giving the default), ``default_text`` (a
     default described in words), ``negation`` (a flag that sets the value "none"), ``recipe`` (DESIGN.md section
     12: False for a run setting, where and how a run ran, not what it computed; a function for a setting of which
-    the recipe keeps a part; else the value is part of the recipe)."""
+    the recipe keeps a part; else the value is part of the recipe), ``stage`` (the one stage that uses it)."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **meta})
 
 
@@ -114,13 +103,13 @@ class TrainConfig:
     momentum: float = _f(0.1, "memory update momentum", _LABELS, check="[0,1)")
     temp: float = _f(0.05, "memory temperature", _LABELS, check=">0")
     top_k: int | None = _f(None, "NPC prototype members (stage 2; the release's train_regdb.py keeps 5)", _LABELS,
-                           dataset="top_k", check="int>=1")
-    ot_reg: float = _f(5.0, "Sinkhorn entropic regularisation (stage 2)", _LABELS, check=">0")
-    w_cross: float = _f(0.25, "cross-modality memory term weight (stage 2)", _LABELS, check=">=0")
-    w_hybrid: float = _f(0.5, "hybrid memory term weight (stage 2)", _LABELS, check=">=0")
-    w_nrl: float = _f(10.0, "neighbour relation loss weight (stage 2)", _LABELS, check=">=0")
-    sigma: float = _f(1.0, "NRL kernel width (stage 2)", _LABELS, check=">0")
-    delta: float = _f(1.0, "NRL margin (stage 2)", _LABELS, check=">=0")
+                           dataset="top_k", check="int>=1", stage="rpnr")
+    ot_reg: float = _f(5.0, "Sinkhorn entropic regularisation (stage 2)", _LABELS, check=">0", stage="rpnr")
+    w_cross: float = _f(0.25, "cross-modality memory term weight (stage 2)", _LABELS, check=">=0", stage="rpnr")
+    w_hybrid: float = _f(0.5, "hybrid memory term weight (stage 2)", _LABELS, check=">=0", stage="rpnr")
+    w_nrl: float = _f(10.0, "neighbour relation loss weight (stage 2)", _LABELS, check=">=0", stage="rpnr")
+    sigma: float = _f(1.0, "NRL kernel width (stage 2)", _LABELS, check=">0", stage="rpnr")
+    delta: float = _f(1.0, "NRL margin (stage 2)", _LABELS, check=">=0", stage="rpnr")
     no_npc: bool = _f(False, "without NPC: train on the DBSCAN labels", _ABLATION)
     no_nrl: bool = _f(False, "without NRL: no neighbour relation loss", _ABLATION)
     no_mhl: bool = _f(False, "without MHL: no hybrid memory (its term and memory)", _ABLATION)
@@ -130,9 +119,11 @@ class TrainConfig:
                               "(torchvision's ResNet50_Weights.IMAGENET1K_V1 through its cache, $TORCH_HOME) or a "
                               "local weight file", _INIT, negation="--no-imagenet",
                               negation_help="stage 1 from random weights",
-                              recipe=lambda path: path is not None)  # ImageNet or random start, not the file
+                              recipe=lambda path: path is not None,  # ImageNet or random start, not the file
+                              stage="baseline")
     baseline: str | None = _f(None, "stage-1 checkpoint that stage 2 starts from", _INIT,
-                              default_text="model_best.pth.tar of stage 1's default --logs-dir", recipe=False)
+                              default_text="model_best.pth.tar of stage 1's default --logs-dir", recipe=False,
+                              stage="rpnr")
     resume: bool = _f(False, "continue the run in --logs-dir from its checkpoint.pth.tar, with its saved settings",
                       _INIT, recipe=False)
     overwrite: bool = _f(False, "start afresh in a --logs-dir that holds an earlier run: its outputs are removed "
@@ -174,13 +165,6 @@ COMPUTED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not i
     "low_memory"})
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit status 1."""
-
-    def error(self, message: str):
-        self.exit(1, f"error: {message} (see {self.prog} --help)\n")
-
-
 def _help(f: dataclasses.Field) -> str:
     """A field's help text with its real default, once."""
     meta, text = f.metadata, f.metadata["help"]
@@ -191,7 +175,8 @@ def _help(f: dataclasses.Field) -> str:
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """The command line of a training run, one option per :class:`TrainConfig` field."""
-    parser = _Parser(prog=prog, description="Train RPNR stage 1 (baseline) or stage 2 (rpnr).")
+    parser = Parser(prog=prog, description="Train RPNR stage 1 (baseline) or stage 2 (rpnr).")
+    parser.named = False  # its errors begin "error:", as every other line train.py stops with
     groups = {}
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
@@ -232,7 +217,7 @@ def _check_bn_splits(splits: int, world: int, batch: int, rgb_batch: int) -> Non
     _require(world <= 1 or (batch % splits == 0 and (2 * rgb_batch) % splits == 0),
              f"--bn-splits {splits} must divide the infrared batch ({batch}) and the two-view visible batch "
              f"({2 * rgb_batch}) when torchrun runs {world} processes")
-    chunks = [len(torch.empty(n).chunk(splits)) for n in (batch, 2 * rgb_batch)]
+    chunks = [-(-n // -(-n // splits)) for n in (batch, 2 * rgb_batch)]  # torch.chunk's count: ceil(n / ceil(n / s))
     _require(chunks[0] == chunks[1], f"--bn-splits {splits} cuts the infrared batch ({batch}) into {chunks[0]} "
                                      f"slices but the two-view visible batch ({2 * rgb_batch}) into {chunks[1]}")
 
@@ -283,23 +268,29 @@ def build_config(values: dict, world: int = 1) -> TrainConfig:
 
 
 def _check_start(cfg: TrainConfig) -> TrainConfig:
-    """The weights a fresh run starts from: ImageNet (stage 1; torchvision's cached file resolved) or the
-    stage-1 checkpoint (stage 2); the ablations apply to stage 2 only."""
+    """The ablations apply to stage 2 only; only stage 1 starts from ImageNet weights (or random ones: "none")."""
     ablations = [f"--{name.replace('_', '-')}" for name in ("no_npc", "no_nrl", "no_mhl", "no_otpm")
                  if getattr(cfg, name)]
     _require(cfg.stage == "rpnr" or not ablations, f"{', '.join(ablations)}: the ablations apply to stage 2 "
                                                    f"(--stage rpnr)")
-    if cfg.stage == "rpnr" or cfg.imagenet == "none":
-        cfg = dataclasses.replace(cfg, imagenet=None)
-    elif not cfg.resume:
-        try:
-            cfg = dataclasses.replace(cfg, imagenet=imagenet_file(cfg.imagenet))
-        except FileNotFoundError as exc:
-            raise UsageError(str(exc)) from None
-    _require(cfg.stage != "rpnr" or cfg.resume or os.path.isfile(cfg.baseline), f"stage-1 "
-             f"{missing_checkpoint_line(cfg.baseline or '')} (run train.py --stage baseline first, or pass "
-             f"--baseline PATH)")
-    return cfg
+    return dataclasses.replace(cfg, imagenet=None) if cfg.stage == "rpnr" or cfg.imagenet == "none" else cfg
+
+
+def settings_notes(cfg: TrainConfig, given: frozenset[str]) -> list[str]:
+    """Warnings about settings the command line gives (``given``) that this run does not use: those of the other
+    stage, and ``--compile`` on the CPU (it compiles for minutes before the first iteration)."""
+    stage = {"baseline": "stage 1 (--stage baseline)", "rpnr": "stage 2 (--stage rpnr)"}
+    notes = [f"warning: {_flag_name(f.name)} applies to {stage[f.metadata['stage']]} only; this run ignores it"
+             for f in dataclasses.fields(TrainConfig) if f.name in given and
+             f.metadata.get("stage", cfg.stage) != cfg.stage and f.type != "bool"]
+    if cfg.compile and cfg.device == "cpu":
+        notes.append("warning: --compile on the CPU compiles for minutes before the first iteration (a tiny run "
+                     "took 4 min 18 s instead of 1 min 10 s); leave it out unless you measure it")
+    return notes
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def recipe(args: dict) -> dict:

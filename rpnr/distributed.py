@@ -19,14 +19,11 @@ import torch.distributed as dist
 from torch import Tensor, autograd, nn
 from tqdm import tqdm
 
+from rpnr.errors import DistributedError
 from rpnr.rng import capture_rng_state, restore_rng_state
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(hours=2)  # rank 0 alone runs clustering and tests while the others wait
-
-
-class DistributedError(RuntimeError):
-    """A launch that cannot work (process count, devices); the message is one line."""
 
 
 def launched_processes() -> tuple[int, int, int, int]:

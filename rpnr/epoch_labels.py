@@ -10,19 +10,16 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
 
-from rpnr.config import TrainConfig, TrainingError
+from rpnr.config import TrainConfig
 from rpnr.data.prepared import ImageSet
 from rpnr.distributed import SINGLE, ProcessGroup
+from rpnr.errors import PseudoLabelError
 from rpnr.evaluation import extract_features_uint8
 from rpnr.matching import hybrid_centers, match_clusters
 from rpnr.memory import ClusterMemory
 from rpnr.pseudo_labels import calibrate_labels, cluster_centers, cluster_features
 
 MODALITY_NAMES = {"rgb": "visible", "ir": "infrared"}
-
-
-class PseudoLabelError(TrainingError):
-    """An epoch's pseudo labels cannot fill a batch (too few clusters)."""
 
 
 @dataclasses.dataclass

@@ -1,22 +1,28 @@
 """A trained model on your own images (DESIGN.md section 13): ``FeatureExtractor(checkpoint)(images, modality)``,
 the test embeddings of image files, PIL images or uint8 arrays of any size, each resized with Lanczos as prepare
-resizes test images. ``stem_of`` reads a modality name; ``load_image`` reads and resizes one image."""
+resizes test images; the image files of a folder or list file (:func:`image_files`), embedded with those that
+cannot be read named and skipped (:func:`embed_files`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
 
-from rpnr.checkpoint import load_checkpoint
-from rpnr.data.raw_images import RESAMPLE, read_image
+from rpnr.command import require_positive
+from rpnr.data.raw_images import RESAMPLE, read_image, rgb_of
 from rpnr.distributed import resolve_device
-from rpnr.evaluation import extract_features_uint8
-from rpnr.models import build_model, load_weights
+from rpnr.errors import RawDataError, UsageError
+from rpnr.evaluation import extract_features_uint8, uint8_to_normalized
+from rpnr.models import l2_normalize, load_trained
 
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 MODALITIES = {"visible": "visible", "infrared": "infrared", "thermal": "infrared", "nir": "infrared"}
 
 
@@ -24,7 +30,7 @@ def stem_of(modality: str) -> str:
     """The stem ("visible" or "infrared") of a modality name, aliases ``thermal`` and ``nir`` included."""
     stem = MODALITIES.get(str(modality).lower())
     if stem is None:
-        raise ValueError(f"unknown modality {modality!r}: use visible or infrared (aliases thermal, nir)")
+        raise UsageError(f"unknown modality {modality!r}: use visible or infrared (aliases thermal, nir)")
     return stem
 
 
@@ -35,33 +41,35 @@ def load_image(image, height: int, width: int) -> np.ndarray:
         return read_image(image, height, width, "lanczos")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image arrays must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+            raise UsageError(f"image arrays must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise TypeError(f"an image must be a file path, a PIL image or a uint8 array, got {type(image).__name__}")
-    return np.asarray(image.convert("RGB").resize((width, height), RESAMPLE["lanczos"]), dtype=np.uint8)
+        raise UsageError(f"an image must be a file path, a PIL image or a uint8 array, got {type(image).__name__}")
+    return np.asarray(rgb_of(image).resize((width, height), RESAMPLE["lanczos"]), dtype=np.uint8)
 
 
 class FeatureExtractor:
     """``FeatureExtractor(checkpoint)(images, modality)`` -> float32 [N, 2048] test embeddings (flip average,
     L2-normalised, fp32) on the CPU. ``checkpoint``: any that test.py accepts; the image size is the one it was
-    trained at, or ``height`` and ``width`` for a checkpoint that records none (the release's)."""
+    trained at (``height`` and ``width`` that contradict it are refused), or ``height`` and ``width`` for a
+    checkpoint that records none (the release's)."""
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | None = None, batch_size: int = 64,
                  height: int | None = None, width: int | None = None):
-        ckpt = load_checkpoint(checkpoint)
-        saved = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-        self.model = build_model("agw")
-        load_weights(self.model, checkpoint, ckpt)
-        self.height, self.width = saved.get("height") or height, saved.get("width") or width
-        if self.height is None or self.width is None:
-            raise ValueError(f"{checkpoint} records no image size (a release checkpoint?): pass height and width")
+        require_positive(("batch_size", batch_size), *(("height", v) for v in [height] if v is not None),
+                         *(("width", v) for v in [width] if v is not None))
         self.device, self.batch_size = torch.device(resolve_device(device)), batch_size
-        self.model.to(self.device).eval()
+        trained = load_trained(checkpoint, self.device, size=(height, width))
+        if trained.size is None:
+            raise UsageError(f"{checkpoint} records no image size (a release checkpoint?): pass height and width")
+        self.model, (self.height, self.width) = trained.model, trained.size
 
     def __call__(self, images, modality: str, progress: Callable | None = None) -> torch.Tensor:
         """Embeddings of ``images`` (a list, or one image); ``progress(n)`` after each batch of n images."""
-        one = isinstance(images, (str, os.PathLike, Image.Image)) or getattr(images, "ndim", 0) == 3
+        one = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) and getattr(images, "ndim", 3) == 3
+        if not one and not isinstance(images, (list, tuple, np.ndarray)):
+            raise UsageError(f"images must be a file path, a PIL image, a uint8 [H, W, 3] array or a list of them, "
+                             f"got {type(images).__name__}")
         lazy = _Resized(list([images] if one else images), self.height, self.width)
         return extract_features_uint8(self.model, lazy, stem_of(modality), self.batch_size, device=self.device,
                                       progress=progress).cpu()
@@ -78,3 +86,82 @@ class _Resized:
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         return np.stack([load_image(item, self.height, self.width) for item in self.items[rows]])
+
+
+def image_files(path: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """The image files of a folder (recursively, sorted; each other file named, anything under ``exclude`` left out)
+    or of a list file (one path a line, relative to its folder; UTF-8 with or without a BOM, any line ends)."""
+    where = Path(path)
+    if where.is_dir():
+        skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
+        files = sorted(p for p in where.rglob("*") if p.is_file() and not (
+            skip and (os.path.realpath(p) + os.sep).startswith(skip)))
+        for other in (p for p in files if p.suffix.lower() not in SUFFIXES):
+            print(f"skipped: {other} (not an image)")
+        files = [p for p in files if p.suffix.lower() in SUFFIXES]
+    elif where.is_file():
+        try:
+            lines = where.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"{path} is neither a folder nor a text file listing image paths") from None
+        files = [where.parent / line.strip() for line in lines if line.strip()]
+    else:
+        raise UsageError(f"{path} not found")
+    if not files:
+        raise UsageError(f"no images in {path} (looked for {' '.join(SUFFIXES)} files)")
+    return files
+
+
+def embed_files(extractor: FeatureExtractor, files: list[Path], stem: str, what: str) -> tuple[list[Path], np.ndarray]:
+    """(the readable files, their embeddings float32 [n, 2048]); each file that cannot be read named and skipped."""
+    kept, feats = [], []
+    with tqdm(total=len(files), desc=what, unit="img", dynamic_ncols=True, disable=None) as bar:
+        for start in range(0, len(files), extractor.batch_size):
+            arrays = []
+            for path in files[start:start + extractor.batch_size]:
+                try:
+                    arrays.append(load_image(path, extractor.height, extractor.width))
+                    kept.append(path)
+                except RawDataError as exc:
+                    reason = str(exc).replace(f"cannot read image {path}: ", "") if path.is_file() else "not found"
+                    tqdm.write(f"skipped: {path} ({reason})")
+            feats += [extractor(arrays, stem).numpy()] if arrays else []
+            bar.update(len(files[start:start + extractor.batch_size]))
+    if not kept:
+        raise UsageError(f"none of the {what} images can be read")
+    return kept, np.concatenate(feats)
+
+
+class Stream(nn.Module):
+    """One modality of ``model`` (in eval mode): uint8 [N, H, W, 3] -> the test embedding [N, 2048] (export.py)."""
+
+    def __init__(self, model: nn.Module, stem: str):
+        super().__init__()
+        self.model, self.stem = model.eval(), stem
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = uint8_to_normalized(images)  # [N, 3, H, W], as the test pipeline
+        return l2_normalize((self.model.embed(x, self.stem) + self.model.embed(torch.flip(x, dims=[3]), self.stem)) / 2)
+
+
+def onnx_bytes(extractor: FeatureExtractor, modality: str) -> bytes:
+    """The serialised ONNX model of ``modality``'s stream (torch.export-based exporter, dynamic batch size); the
+    extractor on the CPU."""
+    stream = Stream(extractor.model, stem_of(modality)).eval()
+    example = torch.zeros(2, extractor.height, extractor.width, 3, dtype=torch.uint8)
+    program = torch.onnx.export(stream, (example,), input_names=["images"], output_names=["embeddings"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+def largest_difference(model: bytes, extractor: FeatureExtractor, modality: str, batch_sizes=(1, 3)) -> float:
+    """max |onnxruntime - FeatureExtractor| over random uint8 images at each of ``batch_sizes``."""
+    import onnxruntime  # only export.py needs it
+
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng, worst = np.random.default_rng(0), 0.0
+    for n in batch_sizes:
+        images = rng.integers(0, 256, (n, extractor.height, extractor.width, 3), dtype=np.uint8)
+        out = session.run(["embeddings"], {"images": images})[0]  # [n, 2048]
+        worst = max(worst, float(np.abs(out - extractor(list(images), modality).numpy()).max()))
+    return worst

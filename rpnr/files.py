@@ -1,5 +1,6 @@
-"""Writing outputs safely (DESIGN.md section 10): every file goes through :func:`atomic_write`, and every
-refusal of the operating system becomes one line (:func:`os_error_line`)."""
+"""Writing outputs safely (DESIGN.md sections 10 and 14): every output path is checked before the work
+(:func:`check_outputs`), every file goes through :func:`atomic_write`, and every refusal of the operating system
+becomes one line (:func:`os_error_line`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+from rpnr.errors import RPNRError, UsageError
+
+# a training run's files (DESIGN.md section 10); no command writes over them, --overwrite removes only these
+CHECKPOINT, BEST, RUN_JSON, TEST_JSON = "checkpoint.pth.tar", "model_best.pth.tar", "run.json", "test.json"
+RUN_FILES = (CHECKPOINT, BEST, "metrics.json", "log.txt", TEST_JSON, RUN_JSON, "curves.png", "ranks.png")
+_RUN_MARKERS = (RUN_JSON, CHECKPOINT, BEST, "metrics.json")  # a folder holding one of these is a run's
+MANIFEST = "manifest.json"  # a folder holding it is a prepared dataset
 
 # what to do about an operating-system refusal, by errno
 _ADVICE = {
@@ -29,7 +39,63 @@ def os_error_line(exc: OSError, action: str = "write") -> str:
 def error_line(exc: Exception) -> str:
     """The one line a command prints for an error it stops on: :func:`os_error_line` for an OS error, else the
     message with its whitespace folded."""
-    return os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
+    return os_error_line(exc) if isinstance(exc, OSError) and not isinstance(exc, RPNRError) else \
+        " ".join(str(exc).split())
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a training run's logs folder."""
+    return any((Path(folder) / name).is_file() for name in _RUN_MARKERS)
+
+
+def check_outputs(files: Iterable[tuple[str, str | os.PathLike]] = (),
+                  folders: Iterable[tuple[str, str | os.PathLike]] = (),
+                  inputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> None:
+    """The output rule (DESIGN.md section 14), before any work: each output file ``(label, path)`` (label: the flag
+    and the path as given, e.g. ``--csv out.csv``) and each output folder is writable (its folder exists or can be
+    made) and not a folder (a file), not a training run's file (folder), not one of the command's ``inputs`` nor
+    inside an input that is a prepared data folder, and no two outputs are one file. Else a :class:`UsageError`
+    naming the output as given."""
+    inputs = list(inputs)
+    read = {os.path.realpath(path): label for label, path in inputs if os.path.isfile(path)}
+    data = [(label, os.path.realpath(path)) for label, path in inputs if os.path.isfile(Path(path) / MANIFEST)]
+    seen: dict[str, str] = {}
+    for label, path, folder in [(*o, True) for o in folders] + [(*o, False) for o in files]:
+        target, real = Path(path), os.path.realpath(path)
+        if folder and target.exists() and not target.is_dir():
+            raise UsageError(f"{label} is a file; give a folder")
+        if not folder and target.is_dir():
+            raise UsageError(f"{label} is a folder; give a file name")
+        if real in read:
+            raise UsageError(f"{label} is {read[real]}, which this command reads; write elsewhere")
+        if folder and is_run_folder(target):
+            raise UsageError(f"{label} is a training run's logs folder; choose another folder")
+        if not folder and target.name in RUN_FILES and is_run_folder(target.parent):
+            raise UsageError(f"{label} is the training run's own {target.name}; write elsewhere")
+        inside = next((what for what, root in data if real == root or real.startswith(root + os.sep)), None)
+        if inside:
+            raise UsageError(f"{label} lies inside {inside}, a prepared data folder this command reads; write "
+                             f"elsewhere")
+        if real in seen:
+            raise UsageError(f"{seen[real]} and {label} are the same file; give each its own")
+        seen[real] = label
+        _check_writable(label, target if folder else target.parent)
+
+
+def _check_writable(label: str, folder: Path) -> None:
+    """``folder`` exists, or its first existing ancestor is a folder where files can be created."""
+    where = next(p for p in (folder, *folder.parents) if p.exists())  # "." and "/" exist
+    if not where.is_dir():
+        raise UsageError(f"cannot write {label}: {where} is a file, not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {label}: no permission to write in {where} (or it is read-only)")
+    try:  # what access() does not tell (root, special file systems): create a file and remove it
+        fd, probe = tempfile.mkstemp(prefix=".rpnr-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write {label}: files cannot be created in {where} "
+                         f"({_ADVICE.get(exc.errno) or exc.strerror})") from None
 
 
 def make_folder(path: str | os.PathLike) -> Path:
@@ -50,9 +116,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    umask = current_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask, tmp = current_umask(), None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~umask)
             fh.write(payload)
@@ -61,8 +127,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> Non
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and (exc.filename is None or exc.filename == tmp):
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (exc.filename is None or exc.filename == tmp or tmp is None):
             exc.filename = str(path)  # name the file being written, not its temporary
         raise
 

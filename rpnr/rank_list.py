@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from rpnr.evaluation import extract_features_uint8
+from rpnr.extractor import load_image
 from rpnr.files import atomic_write
 from rpnr.protocols import trial_sets
 
@@ -201,3 +202,20 @@ def write_rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike,
                     device: str | torch.device | None = None, batch_size: int = 64) -> None:
     """Compute (:func:`rank_list`) and draw (:func:`draw_rank_list`) the rank list of ``model`` into ``path``."""
     draw_rank_list(rank_list(model, dataset, data_dir, trial, num_queries, top_k, device, batch_size), path)
+
+
+def draw_search(path: str | os.PathLike, title: str, queries: list, gallery: list, index: np.ndarray,
+                sim: np.ndarray, ids_from_folders: bool, size: tuple[int, int]) -> None:
+    """The rank list of image files ``queries`` (rows) and their matches ``index`` [R, K] in ``gallery`` (search.py):
+    framed by identity (each image's folder name) with ``ids_from_folders``, else grey with file names."""
+    ids = {p: p.parent.name for p in [*queries, *gallery]} if ids_from_folders else None
+    number = {name: n for n, name in enumerate(sorted(set(ids.values())))} if ids else {}
+    pid = np.vectorize(lambda p: number[ids[p]] if ids else 0, otypes=[np.int64])
+    q_img = np.stack([load_image(p, *size) for p in queries])  # [R, H, W, 3]
+    g_img = np.stack([[load_image(gallery[j], *size) for j in row] for row in index])  # [R, K, H, W, 3]
+    matched = np.array(gallery, dtype=object)[index]  # [R, K] gallery paths
+    name = ids.get if ids else (lambda p: p.stem)
+    draw_rank_list(RankList(title, q_img, pid(np.array(queries, dtype=object)), np.zeros(len(queries), np.int64),
+                            g_img, pid(matched), index, sim, len(gallery), colored=ids is not None,
+                            query_text=[name(p) for p in queries],
+                            gallery_text=[[name(p) for p in row] for row in matched]), path)

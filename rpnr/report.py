@@ -2,14 +2,17 @@
 recipe (:func:`rpnr.config.recipe`), each final-test metric as mean and sample sd over a group's runs beside the
 spread over gallery trials and the release's published number.
 
-A run folder holds ``run.json``; it is finished when it also holds a readable ``test.json``
+A run folder holds ``run.json``; it is finished when nothing runs in it and it holds a readable ``test.json``
 (``{"best": {...}, "last": {...}}``, each with the metrics of every test setting in percent and their
-``per_trial`` list).
+``per_trial`` list) of its last epoch. A run reached twice (two paths, a symlink, a copy) counts once.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
@@ -19,19 +22,16 @@ from pathlib import Path
 
 from rpnr.config import recipe
 from rpnr.datasets import registry
+from rpnr.errors import ReportError
+from rpnr.files import RUN_JSON, TEST_JSON
 from rpnr.protocols import METRICS
-from rpnr.run_folder import RUN_JSON
+from rpnr.run_folder import RunFolder
 
-TEST_JSON = "test.json"
 MODELS = ("best", "last")
 METRIC_LABEL = {m: m.replace("rank", "Rank-") for m in METRICS}  # "rank1" -> "Rank-1"
 COLUMNS = ("dataset", "stage", "settings", "test_setting", "model", "metric", "runs", "mean", "sd", "trial_sd",
            "published", "published_sd")
 QUALITY = ("purity", "ari", "nmi")  # pseudo-label quality of the last epoch (metrics.json), per modality
-
-
-class ReportError(RuntimeError):
-    """Nothing to report (a missing path, no run folder); one-line message."""
 
 
 @dataclasses.dataclass
@@ -41,6 +41,19 @@ class Run:
     path: Path
     record: dict
     test: dict
+    last_epoch: dict  # metrics.json's last record ({} without one)
+
+    @property
+    def args(self) -> dict:
+        """The run's settings as last given (a resumed run may have been given more epochs)."""
+        resumed = [r for r in self.record.get("resumed", []) if isinstance(r, dict) and isinstance(r.get("args"), dict)]
+        return resumed[-1]["args"] if resumed else self.record["args"]
+
+    def last_epoch_reached(self) -> int:
+        """The last epoch the run recorded (metrics.json) or was resumed to run (run.json)."""
+        resumed = self.args.get("epochs", 0) if self.args is not self.record["args"] else 0
+        epoch = self.last_epoch.get("epoch", 0)
+        return max(epoch if isinstance(epoch, int) else 0, resumed if isinstance(resumed, int) else 0)
 
     @property
     def dataset(self) -> str:
@@ -50,13 +63,16 @@ class Run:
     def stage(self) -> str:
         return self.record["args"]["stage"]
 
+    def identity(self) -> dict:
+        """What besides the recipe makes runs comparable (DESIGN.md section 12): the data (the prepared folder's
+        manifest checksum) and, for stage 2, the recipe of the stage-1 model it started from."""
+        start = self.record.get("start")
+        return {"data": self.record.get("data_id"), "start": start.get("recipe") if isinstance(start, dict) else None}
+
     def quality(self) -> dict:
         """The last epoch's pseudo-label quality (``purity_rgb``, ``ari_ir``, ...) that metrics.json holds."""
-        try:
-            last = json.loads((self.path / "metrics.json").read_text())[-1]
-        except (OSError, ValueError, IndexError, KeyError, TypeError):
-            return {}
-        return {k: v for k, v in last.items() if k.rsplit("_", 1)[0] in QUALITY and isinstance(v, (int, float))}
+        return {k: v for k, v in self.last_epoch.items()
+                if k.rsplit("_", 1)[0] in QUALITY and isinstance(v, (int, float))}
 
 
 @dataclasses.dataclass
@@ -76,11 +92,13 @@ class Group:
         commits = sorted({(r.record.get("git") or {}).get("commit") or "unknown" for r in self.runs})
         if len(commits) > 1:
             out.append(f"runs from {len(commits)} commits ({', '.join(c[:10] for c in commits)})")
-        versions = [r.record.get("versions") or {} for r in self.runs]
-        differ = sorted({k for v in versions for k in v if len({str(w.get(k)) for w in versions}) > 1})
+        versions: dict[str, set[str]] = {}  # library -> the versions the runs used
+        for run in self.runs:
+            for name, version in (run.record.get("versions") or {}).items():
+                versions.setdefault(name, set()).add(str(version))
+        differ = [f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items()) if len(v) > 1]
         if differ:
-            out.append("runs with different library versions: " + ", ".join(
-                f"{k} {'/'.join(sorted({str(w.get(k)) for w in versions}))}" for k in differ))
+            out.append("runs with different library versions: " + ", ".join(differ))
         return out
 
 
@@ -92,46 +110,84 @@ def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
     return value
 
 
-def _check_metrics(test: dict) -> None:
-    """ValueError unless every test setting of both models holds every metric as a number (and its trials)."""
+def _metrics_problem(test: dict) -> str:
+    """What makes a test.json's metrics unusable ("" when each test setting of both models holds every metric, and
+    its trials', as a finite number): damaged, or a metric that is not a number (a diverged model)."""
     for model in MODELS:
         for setting, result in test[model].items():
             if isinstance(result, dict) and "rank1" in result:
-                trials = result.get("per_trial", [])
-                if not all(isinstance(r.get(m), (int, float)) for r in (result, *trials) for m in METRICS):
-                    raise ValueError(f"{model} {setting}: a metric is missing")
+                values = [(m, r.get(m)) for r in (result, *result.get("per_trial", [])) for m in METRICS]
+                if not all(isinstance(v, (int, float)) for _, v in values):
+                    return "is damaged (not the test.json train.py writes)"
+                bad = next((m for m, v in values if not math.isfinite(v)), None)
+                if bad:
+                    return f"holds a {METRIC_LABEL[bad]} that is not a number ({model} model, {setting}); not averaged"
+    return ""
 
 
-def find_runs(paths: list[str | os.PathLike]) -> tuple[list[Run], list[str]]:
-    """The finished runs in the run folders under ``paths`` (sorted by path) and one line for each run folder left
-    out (unfinished, damaged). A missing path or no run folder at all is a :class:`ReportError`."""
-    folders = []
+def _last_record(folder: Path) -> dict:
+    """metrics.json's last record ({} without a readable one)."""
+    try:
+        last = json.loads((folder / "metrics.json").read_text())[-1]
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return {}
+    return last if isinstance(last, dict) else {}
+
+
+def _run_folders(paths: list[str | os.PathLike]) -> list[Path]:
+    """The run folders under ``paths``, each once however it is reached (relative, absolute, a symlink)."""
+    folders: dict[str, Path] = {}
     for path in map(Path, paths):
         if not path.exists():
             raise ReportError(f"{path} does not exist")
-        found = sorted(Path(root) for root, _, files in os.walk(path) if RUN_JSON in files)
+        found = sorted(Path(root) for root, _, files in os.walk(path, followlinks=True) if RUN_JSON in files)
         if not found:
             raise ReportError(f"{path} holds no run folder (no {RUN_JSON} under it)")
-        folders += found
-    runs, skipped = [], []
-    for folder in dict.fromkeys(folders):
+        for folder in found:
+            folders.setdefault(os.path.realpath(folder), folder)
+    return list(folders.values())
+
+
+def find_runs(paths: list[str | os.PathLike]) -> tuple[list[Run], list[str]]:
+    """The finished runs in the run folders under ``paths`` (sorted by path), each counted once, and one line for
+    each run folder left out (unfinished, in progress, damaged, a copy). A missing path or no run folder at all is
+    a :class:`ReportError`."""
+    runs, skipped, copies = [], [], {}
+    for folder in _run_folders(paths):
         try:
+            text = (folder / RUN_JSON).read_bytes()
             record = _read_json(folder / RUN_JSON, ("args",))
             if not {"dataset", "stage"} <= set(record["args"]):
                 raise ValueError("no dataset or stage")
         except (OSError, ValueError):
             skipped.append(f"skipped: {folder / RUN_JSON} is damaged (not the run.json train.py writes)")
             continue
+        original = copies.setdefault(hashlib.sha256(text).hexdigest(), folder)
+        if original != folder:
+            skipped.append(f"duplicate: {folder} holds the same run as {original} (the same {RUN_JSON}); counted "
+                           f"once")
+            continue
+        if RunFolder(folder).in_use():
+            skipped.append(f"unfinished: {folder} (a run is in progress in it; not averaged)")
+            continue
         if not (folder / TEST_JSON).is_file():
             skipped.append(f"unfinished: {folder} (no {TEST_JSON}: the run did not end; not averaged)")
             continue
         try:
             test = _read_json(folder / TEST_JSON, MODELS)
-            _check_metrics(test)
+            problem = _metrics_problem(test)
         except (OSError, ValueError):
-            skipped.append(f"skipped: {folder / TEST_JSON} is damaged (not the test.json train.py writes)")
+            problem = "is damaged (not the test.json train.py writes)"
+        if problem:
+            skipped.append(f"skipped: {folder / TEST_JSON} {problem}")
             continue
-        runs.append(Run(folder, record, test))
+        run = Run(folder, record, test, _last_record(folder))
+        tested, reached = test["last"].get("epoch"), run.last_epoch_reached()
+        if not isinstance(tested, int) or tested < reached:
+            skipped.append(f"unfinished: {folder} (its {TEST_JSON} is of epoch {tested}, but the run went on to "
+                           f"epoch {reached}: it did not end; not averaged)")
+            continue
+        runs.append(run)
     return runs, skipped
 
 
@@ -139,14 +195,29 @@ def group_runs(runs: list[Run]) -> list[Group]:
     """Groups of one dataset, stage and recipe, in the order first met, each labelled by its differing settings."""
     groups: dict[str, Group] = {}
     for run in runs:
-        rec = recipe(run.record["args"])
+        rec = {**recipe(run.args), **{f"{k}": v for k, v in run.identity().items()}}
         key = json.dumps([run.dataset, run.stage, rec], sort_keys=True)
         groups.setdefault(key, Group(run.dataset, run.stage, rec, [])).runs.append(run)
     for group in groups.values():
         peers = [g for g in groups.values() if (g.dataset, g.stage) == (group.dataset, group.stage)]
-        differ = [k for k in group.recipe if len({json.dumps(g.recipe.get(k)) for g in peers}) > 1]
-        group.settings = ";".join(f"{k}={json.dumps(group.recipe[k])}" for k in differ)
+        differ = [k for k in group.recipe if len({json.dumps(g.recipe.get(k), sort_keys=True) for g in peers}) > 1]
+        group.settings = ";".join(f"{k}={_setting_text(k, group.recipe[k], [g.recipe.get(k) for g in peers])}"
+                                  for k in differ)
     return list(groups.values())
+
+
+def _setting_text(key: str, value, values: list) -> str:
+    """How a group's differing recipe entry is shown: its value, a short data checksum, or the entries in which a
+    stage-1 recipe (the start of stage 2) differs from the others'."""
+    if key == "data":
+        return str(value)[:8] if value else "unrecorded"
+    if key == "start":
+        if not isinstance(value, dict):
+            return "unrecorded"
+        others = [v for v in values if isinstance(v, dict)]
+        return "{" + ",".join(f"{k}={json.dumps(v)}" for k, v in value.items()
+                              if len({json.dumps(o.get(k)) for o in others}) > 1) + "}"
+    return json.dumps(value)
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
@@ -250,3 +321,14 @@ def markdown_table(groups: list[Group]) -> list[str]:
                 lines.append("| " + " | ".join([group.dataset, group.stage, group.settings.replace(";", "; "), runs,
                                                 setting, model, *cells]) + " |")
     return lines
+
+
+def csv_text(groups: list[Group]) -> str:
+    """One CSV row per group, test setting, model and metric (:data:`COLUMNS`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for group in groups:
+        for row in group_rows(group):
+            writer.writerow({k: "" if v is None else f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+    return buffer.getvalue()

@@ -17,18 +17,11 @@ import torch
 
 from rpnr.checkpoint import load_checkpoint, save_checkpoint
 from rpnr.distributed import ProcessGroup
-from rpnr.files import make_folder, write_json
+from rpnr.errors import RunFolderError
+from rpnr.files import BEST, CHECKPOINT, RUN_FILES, RUN_JSON, make_folder, write_json
 
-CHECKPOINT = "checkpoint.pth.tar"
-BEST = "model_best.pth.tar"
-RUN_JSON = "run.json"
-# every output of a run; --overwrite removes these and nothing else
-OUTPUTS = (CHECKPOINT, BEST, "metrics.json", "log.txt", "test.json", RUN_JSON, "curves.png", "ranks.png")
+OUTPUTS = RUN_FILES  # every output of a run; --overwrite removes these and nothing else
 VERSIONED = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "POT")
-
-
-class RunFolderError(RuntimeError):
-    """The logs folder cannot be used as asked (in use, or holding an earlier run); one-line message."""
 
 
 class RunFolder:
@@ -66,6 +59,13 @@ class RunFolder:
         return RunFolderError(f"logs folder {self.path} is in use by another run (pid {pid}); wait for it to end or "
                               f"choose another --logs-dir")
 
+    def in_use(self) -> bool:
+        """Whether a live run holds the folder's lock (probed read-only: nothing is created)."""
+        if not (self.path / ".lock").is_file():
+            return False
+        with open(self.path / ".lock") as handle:
+            return not self._try_lock(handle)  # the probe's lock goes with the handle
+
     def release(self) -> None:
         """Let go of the lock (the ``.lock`` file stays: removing it would race with a run opening it)."""
         if self._lock is not None:
@@ -76,7 +76,7 @@ class RunFolder:
         """The names of the run outputs present in the folder."""
         return [name for name in OUTPUTS if (self.path / name).exists()]
 
-    def check_usable(self, resume: bool, overwrite: bool, keep: str | None = None) -> None:
+    def check_usable(self, resume: bool, overwrite: bool, keep: str | None = None, data: str | None = None) -> None:
         """Every check of the folder that changes nothing (a refused run leaves no trace): not a prepared data
         folder, not locked by a live run, and no earlier run's outputs unless ``resume`` or ``overwrite`` (which
         may not remove ``keep``, stage 2's ``--baseline`` inside the folder)."""
@@ -85,10 +85,13 @@ class RunFolder:
         if (self.path / "manifest.json").is_file():
             raise RunFolderError(f"--logs-dir {self.path} is a prepared data folder; choose another folder for the "
                                  f"run's outputs")
-        if (self.path / ".lock").is_file():
-            with open(self.path / ".lock") as handle:  # read only: probing creates nothing
-                if not self._try_lock(handle):
-                    raise self._in_use(handle)
+        if data is not None and (Path(data) / "manifest.json").is_file() and \
+                Path(data).resolve() in self.path.resolve().parents:
+            raise RunFolderError(f"--logs-dir {self.path} lies inside --data-dir {data}, the prepared data the run "
+                                 f"reads; choose another folder for the run's outputs")
+        if self.in_use():
+            with open(self.path / ".lock") as handle:
+                raise self._in_use(handle)
         found = self.outputs()
         if resume or not found:
             return

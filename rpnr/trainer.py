@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,15 +18,16 @@ import torch
 from torch import nn
 
 from rpnr.batches import epoch_batches, prefetch
-from rpnr.checkpoint import load_checkpoint, save_checkpoint, trained_on
-from rpnr.config import TrainConfig, TrainingError, resumed_config, setting_defaults
+from rpnr.checkpoint import load_checkpoint, missing_checkpoint_line, save_checkpoint
+from rpnr.config import TrainConfig, recipe, resumed_config, setting_defaults, settings_notes
 from rpnr.data.prepared import ImageSet, check_prepared, load_train
 from rpnr.datasets import get_dataset
 from rpnr.distributed import SINGLE, ProcessGroup
 from rpnr.epoch_labels import EpochLabels, build_memories, compute_labels, extract_train_features
-from rpnr.files import remove_temporaries
+from rpnr.errors import TrainingError
+from rpnr.files import remove_temporaries, sha256_file
 from rpnr.final_test import evaluate_epoch, test_best_and_last
-from rpnr.models import build_model, load_weights
+from rpnr.models import Trained, build_model, imagenet_file, load_trained, load_weights
 from rpnr.rng import capture_rng_state, restore_rng_state, seed_everything
 from rpnr.run_folder import BEST, CHECKPOINT, OUTPUTS, RunFolder, best_state, provenance, reconcile_best
 from rpnr.run_log import RunLog
@@ -49,6 +51,7 @@ class RunState:
     train_ir: ImageSet
     folder: RunFolder
     data_id: str  # identity of the prepared data (checked on resume)
+    start: dict | None  # stage 2's start: the stage-1 checkpoint's path, sha256 and recipe (None: resumed, stage 1)
     log: RunLog | None = None
     resumed: dict | None = None  # the checkpoint a resumed run continues, until it is restored
     notes: list[str] = dataclasses.field(default_factory=list)  # printed once the run has claimed its folder
@@ -65,27 +68,22 @@ class RunState:
         return dataclasses.asdict(self.cfg)
 
 
-def _init_model(cfg: TrainConfig, device: torch.device, initialise: bool) -> nn.Module:
-    """Stage 1: ImageNet trunk (or random); stage 2: the stage-1 model (own or release layout).
-    ``initialise=False`` (resuming) builds the bare model."""
-    model = build_model("agw", pretrained=cfg.imagenet if initialise and cfg.stage == "baseline" else None)
-    if cfg.stage == "rpnr" and initialise:
-        load_weights(model, cfg.baseline)
+def _stage1_model(cfg: TrainConfig) -> Trained:
+    """The model stage 2 starts from (:func:`rpnr.models.load_trained`): of this dataset and trial, not a stage-2
+    model; another image size is a warning."""
+    ds = get_dataset(cfg.dataset)
+    start = load_trained(cfg.baseline, "cpu", cfg.dataset, cfg.trial if ds.model_per_trial else None,
+                         display=ds.display, stage1=True)
+    start.check_size(cfg.data_dir, (cfg.height, cfg.width))
+    return start
+
+
+def _init_model(cfg: TrainConfig, device: torch.device, start: nn.Module | None, initialise: bool) -> nn.Module:
+    """``start`` (stage 2's stage-1 model) or the ImageNet trunk of stage 1 (or random weights); ``initialise=False``
+    (resuming) builds the bare model."""
+    model = start if start is not None else build_model("agw", pretrained=cfg.imagenet if initialise else None)
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-
-def check_baseline(cfg: TrainConfig) -> str | None:
-    """Refuse a model of another dataset, trial or stage (a stage-2 model); a note for one that records neither
-    (the official release's), DESIGN.md section 10."""
-    ds = get_dataset(cfg.dataset)
-    saved = trained_on(cfg.baseline, cfg.dataset, cfg.trial if ds.model_per_trial else None, ds.display)
-    if saved is None:
-        return f"{cfg.baseline} records no dataset or trial (an official release checkpoint?); used as given"
-    if saved.get("stage", "baseline") != "baseline":
-        raise TrainingError(f"--baseline {cfg.baseline} is a stage-2 ({saved['stage']}) model; stage 2 starts from "
-                            f"a stage-1 model: pass stage 1's {BEST} (train.py --stage baseline)")
-    return None
 
 
 def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
@@ -108,10 +106,9 @@ def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, 
 
 
 def saved_settings(ckpt: dict) -> dict:
-    """The settings a training checkpoint was written with; a setting absent from a format-1 checkpoint (added
-    since, such as the ablation switches) counts as its default, what that run computed with."""
-    saved = dict(ckpt.get("args", {}))
-    return {**setting_defaults(), **saved} if ckpt.get("format_version") == 1 else saved
+    """The settings a training checkpoint was written with; a setting it does not record (added since, such as the
+    ablation switches) counts as its default, what that run computed with, whatever the checkpoint's format."""
+    return {**setting_defaults(), **ckpt.get("args", {})}
 
 
 def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
@@ -135,7 +132,7 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
     remove_temporaries(folder.path, OUTPUTS)
     folder.write_run_json(record, resumed=cfg.resume)
     for note in notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(note, file=sys.stderr)
 
 
 def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset()) -> RunState:
@@ -143,7 +140,7 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
     the prepared data, the start weights; the run's state with its folder not yet created or locked (a refused
     run leaves no trace). ``given``: :func:`rpnr.config.named_settings`."""
     folder = RunFolder(cfg.logs_dir)
-    group.from_main(folder.check_usable, cfg.resume, cfg.overwrite, keep=cfg.baseline)
+    group.from_main(folder.check_usable, cfg.resume, cfg.overwrite, keep=cfg.baseline, data=cfg.data_dir)
     ckpt_path, ckpt = folder.path / CHECKPOINT, None
     if cfg.resume:
         if not ckpt_path.is_file():
@@ -153,32 +150,43 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
                 f"--overwrite)" if earlier else " (start the run without --resume)"))
         ckpt = load_checkpoint(ckpt_path)
         cfg = resumed_config(cfg, saved_settings(ckpt), given, ckpt_path)
+    elif cfg.imagenet:  # where the weights are (torchvision's cache resolved), before anything heavier
+        cfg = dataclasses.replace(cfg, imagenet=imagenet_file(cfg.imagenet))
+    elif cfg.stage == "rpnr" and not os.path.isfile(cfg.baseline):
+        raise TrainingError(f"stage-1 {missing_checkpoint_line(cfg.baseline)} (run train.py --stage baseline first, or "
+                            f"pass --baseline PATH)")
     train_rgb, train_ir, data_id = _load_data(cfg)
-    notes, best_note = [check_baseline(cfg) if cfg.stage == "rpnr" and ckpt is None else None], None
+    notes, best_note = settings_notes(cfg, given), None
     if ckpt is not None:
         _check_resumable(ckpt, ckpt_path, cfg, group.world_size, data_id)
         best_note = group.from_main(reconcile_best, folder.path, ckpt, write=False)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    net = _init_model(cfg, device, initialise=ckpt is None)
+    start, stage1 = None, _stage1_model(cfg) if cfg.stage == "rpnr" and ckpt is None else None
+    if stage1 is not None:  # run.json records what stage 2 started from (report.py groups by it)
+        notes += stage1.notes
+        start = {"path": cfg.baseline, "sha256": sha256_file(cfg.baseline),
+                 "recipe": recipe(stage1.record) if stage1.dataset else None}
+    net = _init_model(cfg, device, stage1.model if stage1 else None, ckpt is None)
     net.bn_splits = cfg.bn_splits // group.world_size  # this rank's slices of the global batch
     params = [p for p in net.parameters() if p.requires_grad]  # the frozen BN-neck bias is left out
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     return RunState(cfg=cfg, group=group, net=net, model=group.wrap(net, device), optimizer=optimizer,
                     scheduler=scheduler, train_rgb=train_rgb, train_ir=train_ir, folder=folder, data_id=data_id,
-                    resumed=ckpt, notes=[n for n in (*notes, best_note) if n], best_note=best_note)
+                    start=start, resumed=ckpt, notes=[*notes, *([f"note: {best_note}"] if best_note else [])],
+                    best_note=best_note)
 
 
 def check_line(s: RunState) -> str:
-    """What ``train.py --check`` prints for a run whose every check passed."""
+    """What ``train.py --check`` prints for a run whose every check passed (after its notes)."""
     cfg, start = s.cfg, s.cfg.baseline if s.cfg.stage == "rpnr" else s.cfg.imagenet or "random weights"
     removes = " (--overwrite removes the earlier outputs)" if s.folder.outputs() else ""
     what = f"resumes {s.folder.path / CHECKPOINT} after epoch {s.resumed['epoch']}" if s.resumed else \
         f"starts afresh in {s.folder.path}{removes}, from {start}"
-    return (f"check passed: {cfg.dataset} {cfg.stage} {what}; {len(s.train_rgb)} visible and "
-            f"{len(s.train_ir)} infrared training images in {cfg.data_dir}; nothing was written")
+    return "\n".join([*s.notes, f"check passed: {cfg.dataset} {cfg.stage} {what}; {len(s.train_rgb)} visible and "
+                                 f"{len(s.train_ir)} infrared training images in {cfg.data_dir}; nothing was written"])
 
 
 def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset(),
@@ -189,7 +197,7 @@ def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = froz
     cfg, ckpt = s.cfg, s.resumed
     group.from_main(s.folder.lock)  # rank 0 holds the lock; the others share its verdict
     try:
-        record = provenance(command or sys.argv, s.args, s.device, group)
+        record = {**provenance(command or sys.argv, s.args, s.device, group), "data_id": s.data_id, "start": s.start}
         if s.best_note:  # check_run found model_best one epoch behind: rewrite it now that the folder is ours
             group.from_main(reconcile_best, s.folder.path, ckpt)
         group.from_main(_claim_folder, s.folder, cfg, record, s.notes)

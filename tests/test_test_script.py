@@ -289,8 +289,9 @@ def test_outputs_onto_a_training_runs_own_files_are_refused(prepared_sysu, check
             f"test.py: error: {flag} {path} is the training run's own {path.name}; write elsewhere"], err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing changed, nothing added
     script = load_test_script()  # the same names outside a run folder are fine
-    script.check_outputs(argparse.Namespace(json=str(tmp_path / "logs" / "test.json"),
-                                            ranks_png=str(tmp_path / "elsewhere" / "ranks.png")))
+    script.check_outputs_of(argparse.Namespace(json=str(tmp_path / "logs" / "test.json"),
+                                               ranks_png=str(tmp_path / "elsewhere" / "ranks.png"),
+                                               data_dir=str(prepared_sysu), checkpoint=str(folder / "ours_1.pth")))
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_the_test(prepared_sysu, tmp_path, capsys, monkeypatch):

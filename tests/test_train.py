@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from rpnr.checkpoint import load_checkpoint
-from rpnr.config import TrainConfig, build_config, build_parser
+from rpnr.config import TrainConfig, build_config, build_parser, recipe
 from rpnr.run_log import PANELS, plot_curves
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,11 @@ def test_stage1_then_stage2(tiny_regdb, train_script, tmp_path, monkeypatch, cap
     assert args["baseline"] == "baseline/regdb_s1/1/model_best.pth.tar"
     assert args["rgb_batch_size"] == 4 and args["eps"] == 0.6 and args["iters"] == 2
     assert "modules: NPC, OTPM, MHL and NRL all run (no --no-* switch)\n" in log2
+    run1, run2 = (json.loads((s / "run.json").read_text()) for s in (s1, s2))  # what report.py groups by
+    assert run1["data_id"] == run2["data_id"] == load_checkpoint(s2 / "checkpoint.pth.tar")["data_id"]
+    assert run1["start"] is None and run2["start"] == {
+        "path": "baseline/regdb_s1/1/model_best.pth.tar", "recipe": recipe(run1["args"]),
+        "sha256": hashlib.sha256((s1 / "model_best.pth.tar").read_bytes()).hexdigest()}
 
 
 def test_config_defaults_per_dataset_and_stage(tiny_regdb):

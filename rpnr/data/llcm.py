@@ -21,6 +21,7 @@ from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, read_path_labels, sample_folder_images
 from rpnr.data.synthetic import background, make_identity, new_folder, render
 from rpnr.datasets import Dataset, Setting, Side, register
+from rpnr.errors import UsageError
 from rpnr.metrics import eval_llcm, llcm_ignored
 
 TRAIN_LISTS = {"visible": "idx/train_vis.txt", "infrared": "idx/train_nir.txt"}
@@ -163,7 +164,7 @@ def write_llcm(out: str | os.PathLike, train_ids: int = 16, test_ids: int = 8, p
     listed camera by camera in ``idx/train_{vis,nir}.txt`` with label = the rank of the id among the training ids
     (0-based); test images in ``test_{vis,nir}/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM."""
     if train_ids < 1 or test_ids < 1 or per_camera < 1:
-        raise ValueError("LLCM needs at least one training id, one test id and one image per camera")
+        raise UsageError("LLCM needs at least one training id, one test id and one image per camera")
     out = new_folder(out)
     rng = np.random.default_rng(seed)
     total = train_ids + test_ids

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
-from rpnr.data.prepared import PreparedDataError, format_stats, write_prepared
+from rpnr.command import Parser, run_command
+from rpnr.command import script as run_script
+from rpnr.data.prepared import format_stats, write_prepared
 from rpnr.data.published import format_published
-from rpnr.data.raw_images import RawDataError
 from rpnr.datasets import get_dataset
-from rpnr.files import os_error_line
 
 
 def prepare_main(dataset: str, argv: list[str] | None = None, description: str | None = None) -> int:
@@ -18,9 +17,8 @@ def prepare_main(dataset: str, argv: list[str] | None = None, description: str |
     table and its comparison with the published statistics (one warning line per difference). Bad input prints one
     ``<prog>: error: ...`` line and returns 1; Ctrl-C one line and 130."""
     ds = get_dataset(dataset)
-    prog = ds.prepare_script
-    parser = argparse.ArgumentParser(prog=prog, description=description or f"Prepare {ds.display}.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=ds.prepare_script, description=description or f"Prepare {ds.display}.",
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help=ds.layout)
     parser.add_argument("--output-dir", required=True, help="folder to create with the prepared arrays")
     parser.add_argument("--height", type=int, default=288)
@@ -30,24 +28,19 @@ def prepare_main(dataset: str, argv: list[str] | None = None, description: str |
                              "folder is refused and left alone)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding threads (default: up to 8)")
     args = parser.parse_args(argv)
-    try:
+
+    def prepare() -> None:
         manifest = write_prepared(ds.plan(args.data_dir), args.output_dir, args.height, args.width, args.overwrite,
                                   args.workers)
-    except (RawDataError, PreparedDataError, OSError) as exc:
-        line = os_error_line(exc) if isinstance(exc, OSError) else " ".join(str(exc).split())
-        print(f"{prog}: error: {line}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {args.output_dir} was left as it was", file=sys.stderr)
-        return 130
-    print(format_stats(manifest))
-    for line in format_published(manifest["published_check"]):
-        print(line)
-    print(f"wrote {args.output_dir}")
-    return 0
+        print(format_stats(manifest))
+        for line in format_published(manifest["published_check"]):
+            print(line)
+        print(f"wrote {args.output_dir}")
+
+    return run_command(prepare, ds.prepare_script, lambda exc: f"interrupted; {args.output_dir} was left as it was"
+                       if isinstance(exc, KeyboardInterrupt) else None)
 
 
 def script(dataset: str, description: str) -> None:
-    """Run ``prepare_<dataset>.py``: SIGTERM unwinds like Ctrl-C (temporary output removed), then exit."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sys.exit(prepare_main(dataset, description=description))
+    """Run ``prepare_<dataset>.py`` (SIGTERM ends it as Ctrl-C does: the temporary output removed)."""
+    run_script(lambda: prepare_main(dataset, sys.argv[1:], description))

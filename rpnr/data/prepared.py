@@ -19,6 +19,7 @@ import numpy as np
 from rpnr.data.published import compare_published
 from rpnr.data.raw_images import write_image_array
 from rpnr.datasets import Side, get_dataset
+from rpnr.errors import DamagedManifestError, PreparedDataError
 from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, sha256_file, write_json
 
 # 2: the manifest records the SHA-256 of every array but the images ("checksums"); 1 (still read, with a note):
@@ -27,14 +28,6 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _NOTED: set[str] = set()  # prepared folders of format 1 whose note was printed in this process
-
-
-class PreparedDataError(Exception):
-    """A prepared folder is missing, incomplete, of the other dataset or of another size."""
-
-
-class DamagedManifestError(PreparedDataError):
-    """A prepared folder's manifest.json is not a manifest this project could have written."""
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,23 +12,42 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rpnr.errors import RawDataError
+
 # Official loaders: training/clustering images go through T.Resize(interpolation=3) = bicubic;
 # the test loader resizes the raw image with Image.ANTIALIAS, which is Lanczos.
 RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 
 _CHUNK = 256
+_OPENING = threading.Lock()
 
 
-class RawDataError(Exception):
-    """The raw dataset is missing, incomplete or holds an unreadable file (one-line message)."""
+def rgb_of(img: Image.Image) -> Image.Image:
+    """``img`` in 8-bit RGB; 16-bit greyscale (what thermal cameras write) scaled from its 0..65535 range, where
+    Pillow's own conversion would clip every value above 255."""
+    if img.mode.startswith("I"):
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 def read_image(path: str | os.PathLike, height: int, width: int, resample: str) -> np.ndarray:
-    """One image file -> uint8 [height, width, 3] (RGB, resized with ``resample``)."""
+    """One image file -> uint8 [height, width, 3] (:func:`rgb_of`, resized with ``resample``)."""
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((width, height), RESAMPLE[resample]), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with _OPENING, warnings.catch_warnings():  # Pillow's size warning raised as an error (threads take turns)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)  # reads the header only
+        with img:
+            return np.asarray(rgb_of(img).resize((width, height), RESAMPLE[resample]), dtype=np.uint8)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as img:
+                size = f"{img.width}x{img.height}"
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+        raise RawDataError(f"cannot read image {path}: it is {size} pixels, more than Pillow's limit of {limit:,} "
+                           f"pixels against decompression bombs; resize it first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         reason = (" ".join(str(exc).split()) or type(exc).__name__).replace(f" '{path}'", "").replace(f" {path}", "")
         raise RawDataError(f"cannot read image {path}: {reason}") from None
 

@@ -20,6 +20,7 @@ from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import read_path_labels
 from rpnr.data.synthetic import background, make_identity, new_folder, render
 from rpnr.datasets import Dataset, Setting, Side, register
+from rpnr.errors import UsageError
 from rpnr.metrics import eval_regdb
 
 MODALITIES = ("visible", "thermal")
@@ -100,7 +101,7 @@ def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, h
     in half at random (train/test, a different split per trial); labels in the idx files are 0..n-1 in id order
     within each split, as in RegDB."""
     if ids < 2 or per_modality < 1:
-        raise ValueError("RegDB needs at least 2 ids and one image per modality")
+        raise UsageError("RegDB needs at least 2 ids and one image per modality")
     out = new_folder(out)
     rng = np.random.default_rng(seed)
     bg_visible, bg_thermal = background(rng), background(rng)

@@ -11,15 +11,15 @@ camera-specific backgrounds, lighting and noise vary per image. Output is determ
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rpnr.command import Parser, run_command, script
 from rpnr.datasets import registry
+from rpnr.errors import UsageError
 
 
 @dataclass
@@ -119,14 +119,14 @@ def new_folder(out: str | os.PathLike) -> Path:
     """``out`` as a Path, after checking that it does not exist or is an empty folder."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"output folder {out} exists and is not empty")
+        raise UsageError(f"output folder {out} exists and is not empty; choose a new or empty --out")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     datasets = registry()
     sizes = sorted({name: None for ds in datasets.values() for name in ds.synthetic_sizes})
-    parser = argparse.ArgumentParser(description="Write a small synthetic raw dataset tree.")
+    parser = Parser(prog="python -m rpnr.data.synthetic", description="Write a small synthetic raw dataset tree.")
     parser.add_argument("--dataset", choices=list(datasets), required=True)
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--seed", type=int, default=0)
@@ -139,19 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ds = datasets[args.dataset]
     given = {name: getattr(args, name) for name in sizes if getattr(args, name) is not None}
-    try:
+
+    def write() -> None:
         if min(args.height, args.width) < 16:
-            raise ValueError("--height and --width must be at least 16")
+            raise UsageError("--height and --width must be at least 16")
         extra = sorted(given.keys() - ds.synthetic_sizes.keys())
         if extra:
-            raise ValueError(f"--{extra[0].replace('_', '-')} does not apply to {ds.display}")
+            raise UsageError(f"--{extra[0].replace('_', '-')} does not apply to {ds.display}")
         counts = ds.write_synthetic(args.out, **{**ds.synthetic_sizes, **given}, height=args.height,
                                     width=args.width, seed=args.seed)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote synthetic {args.dataset} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return 0
+        print(f"wrote synthetic {args.dataset} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+    return run_command(write, "rpnr.data.synthetic", lambda exc: f"interrupted; {args.out} may hold a part of the "
+                       f"tree: remove it" if isinstance(exc, KeyboardInterrupt) else None)
 
 
 def __getattr__(name: str):
@@ -162,4 +162,4 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    script(main)

@@ -21,6 +21,7 @@ from rpnr.data.raw_images import RawDataError
 from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, sample_folder_images
 from rpnr.data.synthetic import background, make_identity, new_folder, render
 from rpnr.datasets import Dataset, Setting, Side, register
+from rpnr.errors import UsageError
 from rpnr.metrics import eval_sysu, sysu_ignored
 
 RGB_CAMS, IR_CAMS = (1, 2, 4, 5), (3, 6)  # camera numbers
@@ -121,7 +122,7 @@ def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, te
     to train/val/test at random; each id appears in at least two RGB and one IR camera, with ``per_camera`` +-1
     images per camera."""
     if min(train_ids, test_ids, per_camera) < 1 or val_ids < 0:
-        raise ValueError("id and image counts must be positive")
+        raise UsageError("id and image counts must be positive")
     out = new_folder(out)
     rng = np.random.default_rng(seed)
     total = train_ids + val_ids + test_ids

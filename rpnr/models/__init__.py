@@ -1,19 +1,24 @@
-"""Model construction and weight loading (own checkpoints and the official release layout)."""
+"""Model construction and weight loading (own checkpoints and the official release layout), and the one loader of a
+trained model that every command uses (:func:`load_trained`, DESIGN.md section 14)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from rpnr.checkpoint import CheckpointError, load_checkpoint
+from rpnr.checkpoint import load_checkpoint
+from rpnr.errors import CheckpointError, MissingFileError, UsageError
+from rpnr.files import BEST
 from rpnr.models.agw import AGW, l2_normalize
 
-__all__ = ["AGW", "build_model", "load_weights", "convert_official_state_dict", "imagenet_file", "l2_normalize"]
+__all__ = ["AGW", "Trained", "build_model", "convert_official_state_dict", "imagenet_file", "l2_normalize",
+           "load_trained", "load_weights"]
 
 IMAGENET_HINT = ("pass --imagenet torchvision (torchvision's ResNet-50 ImageNet weights through its cache), "
                  "--imagenet PATH (resnet50-0676ba61.pth or the release's resnet50-19c8e357.pth) or --no-imagenet "
@@ -45,10 +50,10 @@ def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int
 
 def imagenet_file(source: str) -> str:
     """The ImageNet ResNet-50 weight file of ``source``: a local file, or "torchvision": torchvision's file in
-    torch's cache, downloaded there once when missing (DESIGN.md section 2); else one-line ``FileNotFoundError``."""
+    torch's cache, downloaded there once when missing (DESIGN.md section 2); else :class:`MissingFileError`."""
     if source != "torchvision":
         if not os.path.isfile(source):
-            raise FileNotFoundError(f"ImageNet weights not found at {source}: {IMAGENET_HINT}")
+            raise MissingFileError(f"ImageNet weights not found at {source}: {IMAGENET_HINT}")
         return source
     url = ResNet50_Weights.IMAGENET1K_V1.url
     cache = Path(torch.hub.get_dir()) / "checkpoints"
@@ -59,7 +64,7 @@ def imagenet_file(source: str) -> str:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=Path(url).stem.split("-")[-1])
         except (OSError, RuntimeError) as exc:  # offline, forbidden folder, wrong hash
             reason = " ".join(str(getattr(exc, "reason", exc)).split())
-            raise FileNotFoundError(f"torchvision's ImageNet ResNet-50 weights are not in torch's cache and cannot "
+            raise MissingFileError(f"torchvision's ImageNet ResNet-50 weights are not in torch's cache and cannot "
                                     f"be downloaded ({reason}): put {path.name} ({url}) into {cache}, or pass "
                                     f"--imagenet PATH or --no-imagenet") from None
     return str(path)
@@ -138,3 +143,55 @@ def load_weights(model: nn.Module, path: str | os.PathLike, ckpt: Mapping | None
                               f"run and is not used (retrain with a lower --lr)")
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
+
+
+@dataclass
+class Trained:
+    """A trained model (eval mode) and what its checkpoint records."""
+
+    model: nn.Module
+    path: str
+    dataset: str | None  # None: a checkpoint that records nothing (the official release's)
+    stage: str | None
+    trial: int | None
+    size: tuple[int, int] | None  # (height, width) it was trained at, or the one given for a checkpoint without
+    record: dict  # its saved settings ("args"; {} for the release's)
+    notes: list[str] = field(default_factory=list)  # lines for the command to print ("note: ...", "warning: ...")
+
+    def check_size(self, data: str | os.PathLike, size: tuple[int, int]) -> None:
+        """A warning note when the model was trained at another size than the images of ``data``."""
+        if self.size is not None and tuple(self.size) != tuple(size):
+            self.notes.append(f"warning: {self.path} was trained at {self.size[0]}x{self.size[1]} but {data} holds "
+                              f"{size[0]}x{size[1]} images")
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu", dataset: str | None = None,
+                 trial: int | None = None, size: tuple[int | None, int | None] = (None, None),
+                 display: str = "", stage1: bool = False) -> Trained:
+    """The model of checkpoint ``path`` (ours or the release's) on ``device``, in eval mode, with what it records.
+    Refused: a checkpoint of another ``dataset``, or of another ``trial`` (given for datasets with one model per
+    trial: its training identities are this trial's test identities), a stage-2 model where a stage-1 model is
+    asked for (``stage1``), and ``size`` (height, width, as given on the command line) that contradicts a recorded
+    size; a checkpoint that records no size takes ``size``."""
+    ckpt = load_checkpoint(path)
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), Mapping) else {}
+    recorded = "dataset" in ckpt
+    if recorded and dataset is not None and ckpt["dataset"] != dataset:
+        raise CheckpointError(f"{path} was trained on {ckpt['dataset']}, not {dataset}")
+    if recorded and trial is not None and args.get("trial", trial) != trial:
+        raise CheckpointError(f"{path} was trained on {display} trial {args['trial']}, not trial {trial}: its "
+                              f"training identities include trial {trial}'s test identities")
+    if stage1 and ckpt.get("stage", "baseline") != "baseline":
+        raise CheckpointError(f"{path} is a stage-2 ({ckpt['stage']}) model; stage 2 starts from a stage-1 model: "
+                              f"pass stage 1's {BEST} (train.py --stage baseline)")
+    saved = (args.get("height"), args.get("width"))
+    if None not in saved and None not in size and tuple(size) != saved:
+        raise UsageError(f"--height/--width {size[0]}x{size[1]} contradict {path}, which was trained at "
+                         f"{saved[0]}x{saved[1]}; leave them out (the checkpoint records its size)")
+    model = build_model("agw")
+    load_weights(model, path, ckpt)
+    notes = [] if recorded else [f"note: {path} records no dataset, trial or image size (an official release "
+                                 f"checkpoint?); used as given"]
+    size = saved if None not in saved else None if None in size else tuple(size)
+    return Trained(model.to(device).eval(), str(path), ckpt.get("dataset"), ckpt.get("stage"), args.get("trial"),
+                   size, dict(args), notes)

@@ -1,0 +1,105 @@
+"""What every command shares (DESIGN.md section 14): its parser, its value checks and its entry point, which turns
+an expected error into one line and exit status 1, Ctrl-C or SIGTERM into one line and 130 (every output is written
+atomically, so nothing is half-written), and a closed pipe into a quiet end with the files asked for still written."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rpnr.errors import RPNRError, UsageError
+from rpnr.files import error_line
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit status 1."""
+
+    named = True  # the line begins "<prog>: error:" (False: "error:")
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog + ': ' if self.named else ''}error: {message} (see {self.prog} --help)\n")
+
+
+def require_positive(*values: tuple[str, object]) -> None:
+    """Refuse the first ``(name, value)`` whose value is not a positive integer (:class:`UsageError`)."""
+    for name, value in values:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if value < 1:
+            raise UsageError(f"{name} must be positive, got {value}")
+
+
+class _ClosedPipeSafe:
+    """Standard output that ends quietly when the reader goes away (``report.py ... | head -3``): the rest of the
+    output goes to /dev/null and the command carries on."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _quiet(self) -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            self.stream = open(os.devnull, "w")  # noqa: SIM115 - a stream without a file descriptor
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._quiet()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._quiet()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def run_command(work: Callable[[], int | None], prog: str | None = None,
+                stop_line: Callable[[BaseException], str | None] | None = None) -> int:
+    """Run ``work`` as a command: its status (0 for None); an expected error (the package's or the operating
+    system's) is one ``<prog>: error: ...`` line and 1, an interrupt one ``interrupted; ...`` line and 130;
+    ``stop_line(exc)`` may give the line instead. Under torchrun only rank 0 prints."""
+    prefix, loud = f"{prog}: " if prog else "", os.environ.get("RANK", "0") == "0"
+    saved = sys.stdout
+    sys.stdout = _ClosedPipeSafe(saved)
+    try:
+        return work() or 0
+    except (RPNRError, OSError, KeyboardInterrupt) as exc:
+        line = stop_line(exc) if stop_line is not None else None
+        if line is None:
+            line = "interrupted; nothing was written" if isinstance(exc, KeyboardInterrupt) else \
+                f"error: {error_line(exc)}"
+        if loud:
+            print(prefix + line, file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    finally:
+        sys.stdout.flush()
+        sys.stdout = saved
+
+
+def script(main: Callable[[], int]) -> None:
+    """Run a command's ``main`` as the program: SIGTERM (``kill``, torchrun) ends it as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(main())
+
+
+def _interrupted_at_start(kind, value, traceback) -> None:
+    """A Ctrl-C while a command starts (its imports take seconds, before :func:`run_command` runs) is one line."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(f"{Path(sys.argv[0]).name}: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    sys.__excepthook__(kind, value, traceback)
+
+
+if sys.excepthook is sys.__excepthook__ and sys.argv and sys.argv[0] and \
+        Path(__file__).resolve().parents[1] in Path(sys.argv[0]).resolve().parents:  # this project's own commands
+    sys.excepthook = _interrupted_at_start
