@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-from rpnr.command import Parser, require_positive, run_command, script
-from rpnr.errors import UsageError
-from rpnr.extractor import MODALITIES, FeatureExtractor, largest_difference, onnx_bytes
-from rpnr.files import atomic_write, check_outputs
+from rpnr.common.command import Parser, require_positive, run_command, script
+from rpnr.common.errors import UsageError
+from rpnr.common.files import atomic_write, check_outputs
+from rpnr.tools.extractor import MODALITIES, FeatureExtractor, largest_difference, onnx_bytes
 
 TOLERANCE = 1e-4  # largest difference from PyTorch accepted
 

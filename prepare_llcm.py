@@ -4,7 +4,7 @@ of trials 0-9.
     python prepare_llcm.py --data-dir /data/LLCM --output-dir data/llcm_288x144
 """
 
-from rpnr.data.prepare_cli import script
+from rpnr.data.prepare import prepare_script
 
 if __name__ == "__main__":
-    script("llcm", __doc__)
+    prepare_script("llcm", __doc__)

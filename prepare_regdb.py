@@ -3,7 +3,7 @@
     python prepare_regdb.py --data-dir /data/RegDB --output-dir data/regdb_288x144
 """
 
-from rpnr.data.prepare_cli import script
+from rpnr.data.prepare import prepare_script
 
 if __name__ == "__main__":
-    script("regdb", __doc__)
+    prepare_script("regdb", __doc__)

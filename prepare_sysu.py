@@ -3,7 +3,7 @@
     python prepare_sysu.py --data-dir /data/SYSU-MM01 --output-dir data/sysu_288x144
 """
 
-from rpnr.data.prepare_cli import script
+from rpnr.data.prepare import prepare_script
 
 if __name__ == "__main__":
-    script("sysu", __doc__)
+    prepare_script("sysu", __doc__)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rpnr.command import Parser, run_command, script
-from rpnr.errors import ReportError
-from rpnr.files import atomic_write, check_outputs
-from rpnr.report import csv_text, find_runs, group_runs, markdown_table, text_table
+from rpnr.common.command import Parser, run_command, script
+from rpnr.common.errors import ReportError
+from rpnr.common.files import atomic_write, check_outputs
+from rpnr.tools.report import csv_text, find_runs, group_runs, markdown_table, text_table
 
 
 def report(argv) -> None:

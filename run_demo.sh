@@ -18,7 +18,7 @@ INSTANCES=${INSTANCES:-4}
 EPS=${EPS:-0.4}               # from a random start, 0.3 leaves too few infrared clusters by epoch 4
 SEED=${SEED:-1}
 
-source "$ROOT/script_settings.sh"
+source "$ROOT/script_helpers.sh"
 show_settings run_demo.sh OUT DEVICE HEIGHT WIDTH EPOCHS ITERS BATCH INSTANCES EPS SEED
 
 # the demo replaces only a folder it made itself (marked by $OUT/.rpnr-demo); anything else is left alone

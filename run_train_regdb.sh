@@ -10,7 +10,7 @@
 # nn.DataParallel did; 1 = the whole batch. Relative paths are relative to the folder you run the script from.
 # The settings in effect are printed first.
 set -euo pipefail
-ROOT=$(cd -- "$(dirname -- "$0")" >/dev/null && pwd)  # the repository (train.py, train_command.sh)
+ROOT=$(cd -- "$(dirname -- "$0")" >/dev/null && pwd)  # the repository (train.py, script_helpers.sh)
 
 DATA_DIR=${DATA_DIR:-data/regdb_288x144}              # prepared folder
 IMAGENET=${IMAGENET:-torchvision}                  # torchvision (its cache), a ResNet-50 file, or none (random)
@@ -38,10 +38,10 @@ RESUME=${RESUME:-0}                                   # 1: continue each stage t
 LOW_MEMORY=${LOW_MEMORY:-0}                           # 1: --low-memory (exact; one batch-norm slice in memory)
 DATASET=regdb
 
-source "$ROOT/script_settings.sh"
+source "$ROOT/script_helpers.sh"
 show_settings run_train_regdb.sh DATA_DIR IMAGENET DEVICE HEIGHT WIDTH SEED SEEDS STAGES TRIALS S1_DIR S2_DIR BATCH \
     INSTANCES ITERS EPOCHS EPS MOMENTUM GPUS NPROC BN_SPLITS EXTRA S2_EXTRA RESUME LOW_MEMORY
-source "$ROOT/train_command.sh"  # COMMON, INIT, TRAIN and train_stage
+train_commands  # COMMON, INIT, TRAIN (and STAGES checked)
 
 train_trial() {  # stage 1 then stage 2 of one job: SEED/TRIAL (seed{N}/ folders only with SEEDS)
     local trial=${1#*/} sub

@@ -7,7 +7,7 @@
 # release's two-GPU nn.DataParallel did; 1 = the whole batch. Relative paths are relative to the folder you run
 # the script from. The settings in effect are printed first.
 set -euo pipefail
-ROOT=$(cd -- "$(dirname -- "$0")" >/dev/null && pwd)  # the repository (train.py, train_command.sh)
+ROOT=$(cd -- "$(dirname -- "$0")" >/dev/null && pwd)  # the repository (train.py, script_helpers.sh)
 
 DATASET=${DATASET:-sysu}                              # run_train_llcm.sh runs this script with llcm
 DATA_DIR=${DATA_DIR:-data/sysu_288x144}               # prepared folder
@@ -33,10 +33,10 @@ S2_EXTRA=${S2_EXTRA:-}                                # flags of stage 2 alone, 
 RESUME=${RESUME:-0}                                   # 1: continue each stage that has a checkpoint
 LOW_MEMORY=${LOW_MEMORY:-0}                           # 1: --low-memory (exact; one batch-norm slice in memory)
 
-source "$ROOT/script_settings.sh"
+source "$ROOT/script_helpers.sh"
 show_settings "${RPNR_SCRIPT:-run_train_sysu.sh}" DATASET DATA_DIR IMAGENET DEVICE HEIGHT WIDTH SEED SEEDS STAGES \
     S1_DIR S2_DIR BATCH INSTANCES ITERS EPOCHS EPS MOMENTUM NPROC BN_SPLITS EXTRA S2_EXTRA RESUME LOW_MEMORY
-source "$ROOT/train_command.sh"  # COMMON, INIT, TRAIN and train_stage
+train_commands  # COMMON, INIT, TRAIN (and STAGES checked)
 
 RUNS=()
 for SEED in ${SEEDS:-$SEED}; do  # stage 2 of seed N starts from stage 1 of seed N

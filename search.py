@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rpnr.command import Parser, require_positive, run_command, script
-from rpnr.extractor import MODALITIES, FeatureExtractor, embed_files, image_files, stem_of
-from rpnr.files import atomic_write, check_outputs
-from rpnr.rank_list import draw_search, top_matches
+from rpnr.common.command import Parser, require_positive, run_command, script
+from rpnr.common.files import atomic_write, check_outputs
+from rpnr.engine.rank_lists import draw_search, top_matches
+from rpnr.tools.extractor import MODALITIES, FeatureExtractor, embed_files, image_files, stem_of
 
 DRAWN = 10  # queries and matches drawn in ranks.png
 

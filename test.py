@@ -15,21 +15,19 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
-from rpnr.command import Parser, require_positive, run_command, script
+from rpnr.common.command import Parser, require_positive, run_command, script
+from rpnr.common.errors import CheckpointError, UsageError
+from rpnr.common.files import check_outputs, sha256_file, write_json
 from rpnr.data.prepared import check_prepared
-from rpnr.datasets import Dataset, get_dataset, registry
-from rpnr.distributed import resolve_device
-from rpnr.errors import CheckpointError, UsageError
-from rpnr.files import check_outputs, sha256_file, write_json
+from rpnr.data.registry import Dataset, all_datasets, get_dataset
+from rpnr.engine.protocol import evaluate, format_result, mean_results, to_percent, trial_checkpoint
+from rpnr.engine.rank_lists import write_rank_list
+from rpnr.engine.settings import resolve_device
 from rpnr.models import Trained, load_trained
-from rpnr.protocols import evaluate, format_result, mean_results, to_percent, trial_checkpoint
-from rpnr.rank_list import write_rank_list
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    datasets = registry()
+    datasets = all_datasets()
     modes = sorted({mode for ds in datasets.values() for mode in ds.modes})
     parser = Parser(prog="test.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=list(datasets), required=True)
@@ -62,16 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def chosen_settings(args, ds: Dataset) -> list:
     """The settings to test: the dataset's (or the ``--mode`` one), with the variants asked for."""
     if args.mode and not ds.modes:
-        raise UsageError(f"--mode applies to {', '.join(d.display for d in registry().values() if d.modes)}, not "
+        raise UsageError(f"--mode applies to {', '.join(d.display for d in all_datasets().values() if d.modes)}, not "
                          f"{ds.display}")
     if args.mode and args.mode not in ds.modes:
         raise UsageError(f"--mode {args.mode} is not a {ds.display} setting (choose from {', '.join(ds.modes)})")
     settings = [ds.setting(args.mode or ds.modes[0])] if ds.modes else list(ds.settings)
-    for flag, variant in {f: v for d in registry().values() for f, v in d.variants.items()}.items():
+    for flag, variant in {f: v for d in all_datasets().values() for f, v in d.variants.items()}.items():
         if getattr(args, flag):
             if flag not in ds.variants:
                 raise UsageError(f"--{flag.replace('_', '-')} applies to --dataset "
-                                 f"{', '.join(d.name for d in registry().values() if flag in d.variants)} only")
+                                 f"{', '.join(d.name for d in all_datasets().values() if flag in d.variants)} only")
             settings = [variant if s.name == variant.name else s for s in settings]
     return settings
 
@@ -84,13 +82,13 @@ def check_outputs_of(args) -> None:
         (f"--checkpoint {args.checkpoint}", trial_checkpoint(args.checkpoint, t)) for t in range(1, 11))])
 
 
-def load_models(args, ds: Dataset, files: dict[int, str], manifest: dict, device: torch.device) -> dict[int, Trained]:
+def load_models(args, ds: Dataset, files: dict[int, str], manifest: dict) -> dict[int, Trained]:
     """The model of each tested trial (DESIGN.md section 14): a checkpoint of another dataset, or of trial t tested
     on other trials (they test on identities it trained on), is refused; another training size is a warning."""
     models = {}
     for trial, path in files.items():
         try:
-            models[trial] = load_trained(path, device, args.dataset, trial if ds.model_per_trial else None,
+            models[trial] = load_trained(path, "cpu", args.dataset, trial if ds.model_per_trial else None,
                                          display=ds.display)
         except CheckpointError as exc:
             hint = "; put {trial} in --checkpoint to test each trial with its own model" if "{trial}" not in \
@@ -103,7 +101,7 @@ def load_models(args, ds: Dataset, files: dict[int, str], manifest: dict, device
     return models
 
 
-def run_test(args, ds: Dataset, settings: list, models: dict[int, Trained], device: torch.device) -> dict:
+def run_test(args, ds: Dataset, settings: list, models: dict[int, Trained], device: str) -> dict:
     """Test every setting over the trials, print each trial and the means; the mean metrics in percent (one
     setting: its metrics, else ``{setting: metrics}``)."""
     trials = ds.trials[:args.trials]
@@ -143,11 +141,11 @@ def evaluate_checkpoint(argv) -> None:
     settings = chosen_settings(args, ds)
     check_outputs_of(args)
     manifest = check_prepared(args.data_dir, args.dataset, args.height, args.width)
-    device = torch.device(resolve_device(args.device))
+    device = resolve_device(args.device)
     # the checkpoint of each tested trial ({trial} replaced) for datasets with one model per trial, else {0: path}
     files = ({t: trial_checkpoint(args.checkpoint, t) for t in ds.trials[:args.trials]} if ds.model_per_trial
              else {0: args.checkpoint})
-    models = load_models(args, ds, files, manifest, torch.device("cpu"))
+    models = load_models(args, ds, files, manifest)
     print(f"prepared {args.dataset} data {args.data_dir} at {manifest['height']}x{manifest['width']}, device {device}")
     metrics = run_test(args, ds, settings, models, device)
     if args.json:

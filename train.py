@@ -18,11 +18,11 @@ import dataclasses
 import os
 import sys
 
-from rpnr import distributed
-from rpnr.command import run_command, script
-from rpnr.config import build_config, build_parser, named_settings
-from rpnr.files import CHECKPOINT, os_error_line
-from rpnr.trainer import check_line, check_run, run
+from rpnr.common.command import run_command, script
+from rpnr.common.files import CHECKPOINT, os_error_line
+from rpnr.engine import distributed
+from rpnr.engine.loop import check_line, check_run, run
+from rpnr.engine.settings import build_config, build_parser, named_settings
 
 
 def main(argv: list[str] | None = None) -> int:

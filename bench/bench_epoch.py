@@ -2,7 +2,7 @@
 
 Builds a synthetic raw SYSU tree of about the real size (395 training identities, ~22k visible and
 ~12k infrared training images; written small and prepared at 288x144), takes a random-initialised
-model as the stage-1 checkpoint, and runs the trainer's own epoch (``rpnr.trainer.run_epoch``):
+model as the stage-1 checkpoint, and runs the trainer's own epoch (``rpnr.engine.loop.run_epoch``):
 clustering features, pseudo labels, 200 training iterations, the per-epoch test. Printed: seconds of
 each phase, training iterations per second, and the clustering-feature extraction in plain float32
 measured in the same run (the ratio shows what ``--feature-precision`` buys).
@@ -29,14 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rpnr.checkpoint import save_checkpoint  # noqa: E402
-from rpnr.config import TrainConfig  # noqa: E402
-from rpnr.data.prepared import write_prepared  # noqa: E402
-from rpnr.data.sysu import plan_sysu, write_sysu  # noqa: E402
-from rpnr.distributed import SINGLE  # noqa: E402
-from rpnr.epoch_labels import PseudoLabelError, extract_train_features  # noqa: E402
+from rpnr.common.checkpoints import save_checkpoint  # noqa: E402
+from rpnr.common.errors import PseudoLabelError  # noqa: E402
+from rpnr.data.prepare import write_prepared  # noqa: E402
+from rpnr.data.synthetic import write_sysu  # noqa: E402
+from rpnr.data.sysu import plan_sysu  # noqa: E402
+from rpnr.engine.distributed import SINGLE  # noqa: E402
+from rpnr.engine.labels import extract_train_features  # noqa: E402
+from rpnr.engine.loop import open_run, run_epoch  # noqa: E402
+from rpnr.engine.settings import TrainConfig  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
-from rpnr.trainer import open_run, run_epoch  # noqa: E402
 
 FULL = {"train_ids": 316, "val_ids": 79, "test_ids": 96, "per_camera": 18, "height": 96, "width": 48}
 SMALL = {"train_ids": 12, "val_ids": 4, "test_ids": 6, "per_camera": 3, "height": 64, "width": 32}

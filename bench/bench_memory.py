@@ -3,7 +3,7 @@
 
 Each variant runs in its own subprocess (a fresh peak): CUDA reports the allocator's peak
 (``torch.cuda.max_memory_allocated``), the CPU the process's peak resident set (``ru_maxrss``), a proxy.
-The stage-2 step of the trainer (``rpnr.step.train_step``) runs on random images and pseudo labels.
+The stage-2 step of the trainer (``rpnr.engine.step.train_step``) runs on random images and pseudo labels.
 
     python bench/bench_memory.py                                    # CPU proxy: 144x72, 64 IR + 2 x 32 RGB
     python bench/bench_memory.py --device cuda --height 288 --width 144 --ir 128 --rgb 128   # the release's SYSU batch
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rpnr.batches import IterationBatch  # noqa: E402
-from rpnr.config import TrainConfig  # noqa: E402
-from rpnr.distributed import SINGLE  # noqa: E402
-from rpnr.epoch_labels import EpochLabels, ModalityLabels, build_memories  # noqa: E402
+from rpnr.engine.batches import IterationBatch  # noqa: E402
+from rpnr.engine.distributed import SINGLE  # noqa: E402
+from rpnr.engine.labels import EpochLabels, ModalityLabels, build_memories  # noqa: E402
+from rpnr.engine.settings import TrainConfig  # noqa: E402
+from rpnr.engine.step import train_step  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
-from rpnr.step import train_step  # noqa: E402
 
 CLUSTERS = 64
 

@@ -1,4 +1,4 @@
-"""Where the time of one training iteration goes (issue 24): the parts of ``rpnr.step.train_step``'s one-graph
+"""Where the time of one training iteration goes (issue 24): the parts of ``rpnr.engine.step.train_step``'s one-graph
 step, timed one after the other on the device, with ratios against straightforward references.
 
 Parts: augmentation (the uint8 rows to the device, the batched views, channels_last on CUDA), forward (bf16 autocast
@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rpnr.batches import IterationBatch  # noqa: E402
-from rpnr.config import TrainConfig  # noqa: E402
 from rpnr.data.augment import IterationDraws  # noqa: E402
-from rpnr.distributed import SINGLE  # noqa: E402
-from rpnr.epoch_labels import EpochLabels, ModalityLabels, build_memories  # noqa: E402
+from rpnr.engine.batches import IterationBatch  # noqa: E402
+from rpnr.engine.distributed import SINGLE  # noqa: E402
+from rpnr.engine.labels import EpochLabels, ModalityLabels, build_memories  # noqa: E402
+from rpnr.engine.settings import TrainConfig  # noqa: E402
+from rpnr.engine.step import _autocast, _objective, train_step  # noqa: E402
 from rpnr.memory import _hcl_update  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
-from rpnr.step import _autocast, _objective, train_step  # noqa: E402
 
 PARTS = ("augmentation", "forward", "objective", "backward", "optimizer")
 
@@ -116,7 +116,7 @@ class Setup:
             self.model.compile()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=3.5e-4, weight_decay=5e-4,
-                                          fused=device.type == "cuda" or None)  # as rpnr.trainer.check_run
+                                          fused=device.type == "cuda" or None)  # as rpnr.engine.loop.check_run
         self.cfg = TrainConfig(dataset="sysu", stage="rpnr", data_dir="-", logs_dir="-", height=args.height,
                                width=args.width, device=str(device), amp=args.amp, bn_splits=args.bn_splits)
         n = 4 * max(args.ir, args.rgb)
@@ -126,7 +126,7 @@ class Setup:
         self.images = tuple(torch.randint(0, 256, (b, args.height, args.width, 3), dtype=torch.uint8, generator=g)
                             for b in (args.ir, args.rgb))
         if device.type == "cuda":
-            self.images = tuple(t.pin_memory() for t in self.images)  # as rpnr.batches.prefetch on CUDA
+            self.images = tuple(t.pin_memory() for t in self.images)  # as rpnr.engine.batches.prefetch on CUDA
         self.batch = IterationBatch(np.arange(args.ir), np.arange(args.rgb), np.arange(args.ir),
                                     np.arange(2 * args.rgb))
         self.epoch = 1  # odd: the cross-modal terms use the RGB memory with the IR features

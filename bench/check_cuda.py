@@ -39,11 +39,12 @@ if str(ROOT) not in sys.path:
 from bench.bench_pseudo_labels import canonical_labels, synthetic_reid_features  # noqa: E402
 from bench.bench_step import Clock, Setup, hcl_loop_update  # noqa: E402
 from rpnr import pseudo_labels as pl  # noqa: E402
+from rpnr.engine.settings import TrainConfig  # noqa: E402
 from rpnr.evaluation import extract_features_uint8  # noqa: E402
 from rpnr.matching import hybrid_centers, match_clusters  # noqa: E402
 from rpnr.memory import ClusterMemory, _hcl_update  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
-from rpnr.training import stage2_loss, stage2_terms  # noqa: E402
+from rpnr.training import TERMS, TermInputs, objective, stage2_loss  # noqa: E402
 
 RESULTS: list[tuple[str, bool, str]] = []
 
@@ -295,7 +296,9 @@ def check_compile(cuda: torch.device, height: int, width: int) -> None:
                     torch.cuda.synchronize()
                 t = time.perf_counter()
                 f_rgb, f_ir = model(x_rgb, x_ir)
-                total, parts = stage2_terms(f_rgb.float(), f_ir.float(), y_rgb, y_ir, mems, r2i, i2r, 1)
+                settings = TrainConfig(dataset="sysu", stage="rpnr", data_dir="")
+                x = TermInputs(f_rgb.float(), f_ir.float(), y_rgb, y_ir, mems, r2i, i2r, 1, settings)
+                total, parts = objective(x, list(TERMS))
                 total.backward()
                 if cuda.type == "cuda":
                     torch.cuda.synchronize()

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rpnr.data.augment import apply_view, draw_view  # noqa: E402
-from rpnr.data.prepared import load_train  # noqa: E402
+from rpnr.engine.loop import load_train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,11 @@
-"""RPNR: Robust Pseudo-label learning with Neighbor Relation for unsupervised
-visible-infrared person re-identification (Yin, Shi et al., ACM MM 2024).
+"""RPNR: Robust Pseudo-label learning with Neighbor Relation for unsupervised visible-infrared person
+re-identification (Yin, Shi et al., ACM MM 2024).
 
-Every module of the package, with what it holds: the table in the README's "Library" section (a test keeps it
-complete).
+The method is at the top: ``pseudo_labels``, ``matching``, ``memory``, ``losses``, ``training`` (the objective),
+``models`` and ``evaluation`` (with ``metrics``). The rest lives in rooms named for their role: ``common`` (errors,
+files, checkpoint files, the commands' entry point), ``data`` (the registry, raw and prepared data, sampler,
+augmentation, synthetic data), ``engine`` (settings, the run folder, the epoch loop, the tests of a run) and
+``tools`` (FeatureExtractor, report, t-SNE). docs/DESIGN.md section 15 says who may import whom.
 """
 
 __all__ = ["FeatureExtractor"]
@@ -12,7 +15,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """``rpnr.FeatureExtractor``, imported on first use (so that ``import rpnr.data...`` does not load torch)."""
     if name == "FeatureExtractor":
-        from rpnr.extractor import FeatureExtractor
+        from rpnr.tools.extractor import FeatureExtractor
 
         return FeatureExtractor
     raise AttributeError(f"module 'rpnr' has no attribute {name!r}")

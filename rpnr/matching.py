@@ -1,4 +1,6 @@
-"""Optimal Transport Prototype Matching (OTPM) and hybrid centres (RPNR sections 3.2-3.3)."""
+"""Cross-modality cluster matching (DESIGN.md section 3.6): Optimal Transport Prototype Matching (OTPM, RPNR
+section 3.2), the default of the matchers chosen by name (:data:`MATCHERS`, ``--matcher``), and the hybrid centres
+(section 3.3)."""
 
 from __future__ import annotations
 
@@ -37,3 +39,12 @@ def hybrid_centers(centers_rgb: Tensor, centers_ir: Tensor, i2r, present=None) -
         mask = torch.as_tensor(np.asarray(present), dtype=torch.bool, device=hybrid.device)
         hybrid = hybrid * mask[:, None].to(hybrid.dtype)
     return hybrid
+
+
+def optimal_transport(centers_rgb: Tensor, centers_ir: Tensor, settings) -> tuple[np.ndarray, np.ndarray]:
+    """OTPM with the run's ``ot_reg``: :func:`match_clusters`."""
+    return match_clusters(centers_rgb, centers_ir, reg=settings.ot_reg)
+
+
+# matcher(centers_rgb [K_rgb, d], centers_ir [K_ir, d], settings) -> (r2i [K_rgb], i2r [K_ir]): every cluster a partner
+MATCHERS = {"ot": optimal_transport}

@@ -1,8 +1,13 @@
-"""Per-iteration objectives of stage 1 (baseline) and stage 2 (RPNR), DESIGN.md section 5."""
+"""The per-iteration objective of both stages (DESIGN.md section 5) as one table of terms (:data:`TERMS`): a term's
+name (the log's and metrics.json's ``loss_<name>``), the function that computes it, the setting that holds its
+weight, the paper's module that ``--no-<module>`` leaves out, and what it needs (the cluster matching, the hybrid
+memory). A new term is one function, one entry and one setting (docs/extending.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
@@ -11,49 +16,109 @@ from rpnr.losses import neighbor_relation_loss
 from rpnr.memory import ClusterMemory
 
 
-def _lookup(mapping, labels: Tensor) -> Tensor:
-    """Map cluster labels through a partner array (r2i / i2r): [B] -> [B] long."""
-    table = torch.as_tensor(mapping, dtype=torch.long, device=labels.device)  # an array or a tensor
-    return table[labels.long()]
+@dataclass
+class TermInputs:
+    """What a term computes from: the batch's training-mode features and labels, the epoch's memories and cluster
+    partners, and the run's settings (weights, sigma, delta, ...)."""
+
+    f_rgb: Tensor  # [2 B_rgb, d] both visible views
+    f_ir: Tensor  # [B_ir, d]
+    y_rgb: Tensor  # [2 B_rgb] pseudo labels of both views
+    y_ir: Tensor  # [B_ir]
+    memories: Mapping[str, ClusterMemory]  # "rgb", "ir" and, when a term needs it, "hybrid"
+    r2i: object  # [K_rgb] infrared partner of each visible cluster (None without the matching)
+    i2r: object  # [K_ir] visible partner of each infrared cluster
+    epoch: int  # 0-based: the cross-modal terms alternate their direction
+    settings: object
+
+    def partners(self, table, labels: Tensor) -> Tensor:
+        """Labels mapped through a partner array (``r2i`` or ``i2r``): [B] -> [B]."""
+        return torch.as_tensor(table, dtype=torch.long, device=labels.device)[labels.long()]
 
 
-def stage1_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
-                memories: Mapping[str, ClusterMemory]) -> tuple[Tensor, dict]:
-    """Baseline objective L_ir + L_rgb, per-modality memories (release order: IR first): :func:`stage2_loss`
-    without its stage-2 terms."""
-    return stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, None, None, 0, cross=False, hybrid=False, nrl=False)
+def ir_term(x: TermInputs) -> Tensor:
+    return x.memories["ir"](x.f_ir, x.y_ir)
 
 
-def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor,
-                memories: Mapping[str, ClusterMemory], r2i, i2r, epoch: int,
-                w_cross: float = 0.25, w_hybrid: float = 0.5, w_nrl: float = 10.0,
+def rgb_term(x: TermInputs) -> Tensor:
+    return x.memories["rgb"](x.f_rgb, x.y_rgb)
+
+
+def cross_term(x: TermInputs) -> Tensor:
+    """Odd epochs: infrared features against the visible memory; even epochs the reverse (OTPM's partners)."""
+    if x.epoch % 2 == 1:
+        return x.memories["rgb"](x.f_ir, x.partners(x.i2r, x.y_ir))
+    return x.memories["ir"](x.f_rgb, x.partners(x.r2i, x.y_rgb))
+
+
+def hybrid_term(x: TermInputs) -> Tensor:
+    """The hybrid memory (one row per infrared cluster) against the infrared features (odd epochs) or the visible
+    ones labelled by their infrared partners (even epochs)."""
+    if x.epoch % 2 == 1:
+        return x.memories["hybrid"](x.f_ir, x.y_ir)
+    return x.memories["hybrid"](x.f_rgb, x.partners(x.r2i, x.y_rgb))
+
+
+def nrl_term(x: TermInputs) -> Tensor:
+    s = x.settings
+    return (neighbor_relation_loss(x.f_rgb, x.f_rgb.detach(), s.sigma, s.delta)
+            + neighbor_relation_loss(x.f_ir, x.f_ir.detach(), s.sigma, s.delta))
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the objective."""
+
+    name: str
+    compute: Callable[[TermInputs], Tensor]
+    weight: str | None = None  # the setting holding its weight; None: 1
+    module: str | None = None  # the paper's module it belongs to, which "--no-<module>" leaves out
+    stages: tuple[str, ...] = ("baseline", "rpnr")  # the stages that compute it
+    needs: tuple[str, ...] = ()  # "matching" (the clusters' partners), "hybrid" (the hybrid memory)
+    optional: bool = False  # computed only when its weight is not 0 (a term added "default off")
+
+
+# in the release's order: memory updates run in the reverse order during backward (DESIGN.md section 4)
+TERMS = (Term("ir", ir_term), Term("rgb", rgb_term),
+         Term("cross", cross_term, "w_cross", "otpm", ("rpnr",), ("matching",)),
+         Term("hybrid", hybrid_term, "w_hybrid", "mhl", ("rpnr",), ("matching", "hybrid")),
+         Term("nrl", nrl_term, "w_nrl", "nrl", ("rpnr",)))
+
+
+def active_terms(settings, modules: Mapping[str, bool]) -> list[Term]:
+    """The terms of :data:`TERMS` that a run computes: those of its stage (``settings.stage``) whose module is on
+    (``modules``: the paper's modules this run uses) and whose needs are there (the matching is OTPM's); an optional
+    term only with a weight other than 0."""
+    have = {"matching": modules.get("otpm", False), "hybrid": True}
+    return [t for t in TERMS if settings.stage in t.stages and (t.module is None or modules.get(t.module, False))
+            and all(have[n] for n in t.needs) and not (t.optional and not getattr(settings, t.weight))]
+
+
+def loss_weights(settings, terms: list[Term]) -> dict:
+    """Each term of :data:`TERMS` -> its weight in the total, None for a term not computed."""
+    on = {t.name for t in terms}
+    return {t.name: (getattr(settings, t.weight) if t.weight else 1.0) if t.name in on else None for t in TERMS}
+
+
+def objective(x: TermInputs, terms: list[Term]) -> tuple[Tensor, dict]:
+    """(total, terms): the weighted sum of ``terms``, each computed in table order, and each term's value (0-dim
+    tensors with their graph)."""
+    parts, total = {}, None
+    for term in terms:
+        value = parts[term.name] = term.compute(x)
+        value = value if term.weight is None else getattr(x.settings, term.weight) * value
+        total = value if total is None else total + value
+    return total, parts
+
+
+def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor, memories: Mapping[str, ClusterMemory],
+                r2i, i2r, epoch: int, w_cross: float = 0.25, w_hybrid: float = 0.5, w_nrl: float = 10.0,
                 sigma: float = 1.0, delta: float = 1.0, cross: bool = True, hybrid: bool = True,
                 nrl: bool = True) -> tuple[Tensor, dict]:
-    """RPNR objective: L_ir + L_rgb + w_cross L_cross + w_hybrid L_hyb + w_nrl L_NRL (DESIGN.md section 5), terms
-    in the release's order (memory updates: :mod:`rpnr.memory`); ``y_rgb`` covers both RGB views. The paper's
-    ablations (``cross``, ``hybrid``, ``nrl`` False) leave terms out entirely: no memory update, no ``parts`` key.
-    ``parts`` holds floats (reading them waits for the device; the trainer keeps :func:`stage2_terms`' tensors)."""
-    total, parts = stage2_terms(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, w_cross, w_hybrid, w_nrl, sigma,
-                                delta, cross, hybrid, nrl)
+    """The RPNR objective L_ir + L_rgb + w_cross L_cross + w_hybrid L_hyb + w_nrl L_NRL (DESIGN.md section 7);
+    ``cross``, ``hybrid``, ``nrl`` False leave a term out (the paper's ablations); ``parts`` holds floats."""
+    settings = SimpleNamespace(w_cross=w_cross, w_hybrid=w_hybrid, w_nrl=w_nrl, sigma=sigma, delta=delta)
+    left_out = {name for name, on in (("cross", cross), ("hybrid", hybrid), ("nrl", nrl)) if not on}
+    terms = [t for t in TERMS if t.name not in left_out]
+    total, parts = objective(TermInputs(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, settings), terms)
     return total, {name: value.item() for name, value in parts.items()}
-
-
-def stage2_terms(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor, memories: Mapping[str, ClusterMemory],
-                 r2i, i2r, epoch: int, w_cross: float = 0.25, w_hybrid: float = 0.5, w_nrl: float = 10.0,
-                 sigma: float = 1.0, delta: float = 1.0, cross: bool = True, hybrid: bool = True, nrl: bool = True):
-    """:func:`stage2_loss` with its terms as tensors on the device (0-dim, with their graph)."""
-    parts = {"ir": memories["ir"](f_ir, y_ir), "rgb": memories["rgb"](f_rgb, y_rgb)}  # IR first, as the release
-    total = parts["ir"] + parts["rgb"]
-    odd = epoch % 2 == 1
-    feats, targets = (f_ir, y_ir) if odd else (f_rgb, _lookup(r2i, y_rgb) if cross or hybrid else None)
-    if cross:
-        parts["cross"] = memories["rgb"](f_ir, _lookup(i2r, y_ir)) if odd else memories["ir"](f_rgb, targets)
-        total = total + w_cross * parts["cross"]
-    if hybrid:
-        parts["hybrid"] = memories["hybrid"](feats, targets)
-        total = total + w_hybrid * parts["hybrid"]
-    if nrl:
-        parts["nrl"] = (neighbor_relation_loss(f_rgb, f_rgb.detach(), sigma, delta)
-                        + neighbor_relation_loss(f_ir, f_ir.detach(), sigma, delta))
-        total = total + w_nrl * parts["nrl"]
-    return total, parts

@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # rpnr and bench importable under a bare ``pytest`` too (not only python -m pytest)
     sys.path.insert(0, str(REPO))
 
-from rpnr.data.prepared import write_prepared  # noqa: E402
-from rpnr.data.regdb import plan_regdb, write_regdb  # noqa: E402
-from rpnr.data.sysu import plan_sysu, write_sysu  # noqa: E402
+from rpnr.data.prepare import write_prepared  # noqa: E402
+from rpnr.data.regdb import plan_regdb  # noqa: E402
+from rpnr.data.synthetic import write_regdb, write_sysu  # noqa: E402
+from rpnr.data.sysu import plan_sysu  # noqa: E402
 from rpnr.evaluation import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from rpnr.models import build_model  # noqa: E402
 

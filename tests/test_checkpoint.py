@@ -9,14 +9,8 @@ import pytest
 import torch
 from conftest import load_test_script, official_checkpoint_state, official_keys, our_key
 
-from rpnr.checkpoint import (
-    CheckpointError,
-    DamagedCheckpointError,
-    UnsafeCheckpointError,
-    load_checkpoint,
-    missing_checkpoint_line,
-    save_checkpoint,
-)
+from rpnr.common.checkpoints import load_checkpoint, missing_checkpoint_line, save_checkpoint
+from rpnr.common.errors import CheckpointError, DamagedCheckpointError, UnsafeCheckpointError
 from rpnr.models import build_model, convert_official_state_dict, load_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")

@@ -18,14 +18,14 @@ from conftest import REPO, official_checkpoint_state, random_model
 from PIL import Image
 
 from rpnr import FeatureExtractor, tsne
-from rpnr.checkpoint import save_checkpoint
-from rpnr.command import run_command
-from rpnr.config import TrainConfig, build_config, build_parser, named_settings, settings_notes
+from rpnr.common.checkpoints import save_checkpoint
+from rpnr.common.command import run_command
+from rpnr.common.errors import UsageError
 from rpnr.data.prepared import load_set
-from rpnr.data.raw_images import read_image
-from rpnr.errors import UsageError
-from rpnr.extractor import image_files
-from rpnr.run_folder import RunFolder
+from rpnr.data.raw import read_image
+from rpnr.engine.run_folder import RunFolder
+from rpnr.engine.settings import TrainConfig, build_config, build_parser, named_settings, settings_notes
+from rpnr.tools.extractor import image_files
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -86,7 +86,7 @@ def test_no_command_writes_over_a_run_or_its_own_inputs(capsys, run_folder, mode
          f"search.py: error: --out {run} is a training run's logs folder; choose another folder"),
         (tsne.main, ("--checkpoint", model_file, "--dataset", "regdb", "--data-dir", tiny_regdb, "--out",
                      run / "curves.png", "--device", "cpu"),
-         f"rpnr.tsne: error: --out {run / 'curves.png'} is the training run's own curves.png; write elsewhere"),
+         f"rpnr.tools.tsne: error: --out {run / 'curves.png'} is the training run's own curves.png; write elsewhere"),
         (test, ("--dataset", "regdb", "--data-dir", tiny_regdb, "--checkpoint", model_file, "--trials", 1, "--json",
                 tiny_regdb / "result.json", "--device", "cpu"),
          f"test.py: error: --json {tiny_regdb / 'result.json'} lies inside --data-dir {tiny_regdb}, a prepared data "

@@ -16,12 +16,13 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from rpnr.checkpoint import load_checkpoint
-from rpnr.config import UsageError, build_config, build_parser
-from rpnr.data.prepared import write_prepared
+from rpnr.common.checkpoints import load_checkpoint
+from rpnr.common.errors import DistributedError, UsageError
+from rpnr.data.prepare import write_prepared
 from rpnr.data.synthetic import write_sysu
 from rpnr.data.sysu import plan_sysu
-from rpnr.distributed import DistributedError, ProcessGroup, resolve_device
+from rpnr.engine.distributed import ProcessGroup, resolve_device
+from rpnr.engine.settings import build_config, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = {"checkpoint.pth.tar", "model_best.pth.tar", "log.txt", "metrics.json", "curves.png", "test.json",

@@ -1,4 +1,4 @@
-"""rpnr.epoch_labels: label purity and the epoch's memories on hand-computed cases."""
+"""rpnr.engine.labels: label purity and the epoch's memories on hand-computed cases."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_close_scaled
 
-from rpnr.epoch_labels import EpochLabels, ModalityLabels, build_memories, label_purity
+from rpnr.engine.labels import EpochLabels, ModalityLabels, build_memories, label_purity
 
 
 @pytest.mark.parametrize("labels,pids,expected", [
@@ -57,7 +57,7 @@ def test_build_memories_hybrid_rows_and_empty_clusters():
 def test_label_quality_scores_against_identities(monkeypatch):
     """ARI and NMI of the labelled samples (outliers left out, like purity), by hand: labels crossing two
     identities give ARI -0.5 and NMI 0; an outlier does not count."""
-    from rpnr import epoch_labels
+    from rpnr.engine import labels as epoch_labels
 
     feats = torch.randn(5, 8)
     pids = np.array([0, 0, 1, 1, 1])

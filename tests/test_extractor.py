@@ -9,9 +9,9 @@ from conftest import official_checkpoint_state, random_model
 from PIL import Image
 
 from rpnr import FeatureExtractor
-from rpnr.checkpoint import save_checkpoint
+from rpnr.common.checkpoints import save_checkpoint
+from rpnr.common.errors import RawDataError
 from rpnr.data.prepared import load_set
-from rpnr.data.raw_images import RawDataError
 from rpnr.evaluation import extract_features_uint8
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster

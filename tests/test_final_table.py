@@ -1,7 +1,7 @@
 """A run's final test table: the best-on-test model beside the last epoch's, one row per setting and metric."""
 
-from rpnr.final_test import side_by_side
-from rpnr.protocols import METRICS
+from rpnr.data.published import METRICS
+from rpnr.engine.protocol import side_by_side
 
 
 def _run(best_epoch, last_epoch, base):

@@ -24,22 +24,18 @@ from PIL import Image
 
 from bench import official_reference as official
 from rpnr import metrics
-from rpnr.checkpoint import save_checkpoint
+from rpnr.common.checkpoints import save_checkpoint
+from rpnr.common.errors import PreparedDataError
 from rpnr.data import llcm
-from rpnr.data.llcm import write_llcm
-from rpnr.data.prepared import (
-    ImageSet,
-    PreparedDataError,
-    check_prepared,
-    load_array,
-    load_set,
-    load_train,
-    write_prepared,
-)
+from rpnr.data.prepare import write_prepared
+from rpnr.data.prepared import ImageSet, check_prepared, load_array, load_set
+from rpnr.data.registry import get_dataset
 from rpnr.data.synthetic import main as synthetic_main
-from rpnr.datasets import get_dataset
+from rpnr.data.synthetic import write_llcm
+from rpnr.engine.loop import load_train
+from rpnr.engine.protocol import evaluate
+from rpnr.engine.rank_lists import TrialSets, trial_sets
 from rpnr.evaluation import eval_llcm
-from rpnr.protocols import TrialSets, evaluate, trial_sets
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
 VIS_CAMS = [f"test_vis/cam{k}" for k in range(1, 10)]  # the release's camera lists

@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import assert_close_scaled
 
-from rpnr.batches import IterationBatch
-from rpnr.config import TrainConfig
-from rpnr.distributed import SINGLE
-from rpnr.epoch_labels import EpochLabels, ModalityLabels, build_memories
+from rpnr.engine.batches import IterationBatch
+from rpnr.engine.distributed import SINGLE
+from rpnr.engine.labels import EpochLabels, ModalityLabels, build_memories
+from rpnr.engine.settings import TrainConfig
+from rpnr.engine.step import train_step
 from rpnr.models import build_model
 from rpnr.models.agw import NonLocalBlock
-from rpnr.step import train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 REPO = Path(__file__).resolve().parents[1]
@@ -122,10 +122,10 @@ RANK_SCRIPT = """
 import sys, numpy as np, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from test_low_memory import GradientRecorder, _inputs
-from rpnr.batches import IterationBatch
+from rpnr.engine.batches import IterationBatch
 from rpnr.data.augment import rgb_rows
-from rpnr.distributed import ProcessGroup
-from rpnr.step import train_step
+from rpnr.engine.distributed import ProcessGroup
+from rpnr.engine.step import train_step
 dist.init_process_group("gloo")
 group = ProcessGroup(rank=dist.get_rank(), world_size=2, joined=True)
 net, cfg, labels, memories, images, batch = _inputs(True, "rpnr", 4, 1)

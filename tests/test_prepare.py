@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rpnr.data import prepared
-from rpnr.data.prepared import PreparedDataError, check_prepared, load_side, load_train
+from rpnr.common.errors import PreparedDataError
+from rpnr.data import prepare as prepared
+from rpnr.data.prepared import check_prepared, load_side
 from rpnr.data.regdb import plan_regdb, read_idx, release_train_order
+from rpnr.data.registry import get_dataset
 from rpnr.data.sysu import gallery_split, query_split, train_split
-from rpnr.datasets import get_dataset
-from rpnr.protocols import trial_sets
+from rpnr.engine.loop import load_train
+from rpnr.engine.rank_lists import trial_sets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -237,7 +239,7 @@ def _tree(folder: Path) -> dict:
 
 def _prepare(capsys, *args) -> tuple[int, str]:
     """prepare_regdb.py's main() in this process: (exit status, its one stderr line)."""
-    from rpnr.data.prepare_cli import prepare_main
+    from rpnr.data.prepare import prepare_main
 
     capsys.readouterr()
     status = prepare_main("regdb", [str(a) for a in args])

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from conftest import run_main
 
+from rpnr.common.errors import DamagedManifestError, PreparedDataError
 from rpnr.data import prepared
-from rpnr.data.prepare_cli import prepare_main
-from rpnr.data.prepared import DamagedManifestError, PreparedDataError, check_prepared, load_side, load_train
-from rpnr.datasets import get_dataset
+from rpnr.data.prepare import prepare_main
+from rpnr.data.prepared import check_prepared, load_side
+from rpnr.data.registry import get_dataset
+from rpnr.engine.loop import load_train
 
 
 def _copy(folder: Path, tmp_path: Path, name: str = "copy") -> Path:

@@ -7,16 +7,16 @@ import json
 import os
 from pathlib import Path
 
-import rpnr.datasets
+import rpnr.data.registry
 from rpnr.data import llcm as llcm_data
 from rpnr.data import published
 from rpnr.data import regdb as regdb_data
 from rpnr.data import sysu as sysu_data
-from rpnr.data.prepare_cli import prepare_main
-from rpnr.data.published import compare_published, format_published
+from rpnr.data.prepare import prepare_main
+from rpnr.data.published import PublishedStats, compare_published, format_published
 from rpnr.data.regdb import plan_regdb
+from rpnr.data.registry import get_dataset
 from rpnr.data.sysu import plan_sysu
-from rpnr.datasets import get_dataset
 
 SYSU_EXPECTED = {"train identities": 395, "train visible images": 22258, "train infrared images": 11909,
                  "test identities": 96, "query infrared images": 3803, "all-search gallery images per trial": 301,
@@ -65,7 +65,7 @@ def test_published_tables_hold_the_papers_figures():
 
 
 def test_all_figures_matching_give_one_line():
-    check = compare_published("sysu", {k: [v] for k, v in SYSU_EXPECTED.items()})
+    check = compare_published(get_dataset("sysu").published, {k: [v] for k, v in SYSU_EXPECTED.items()})
     assert check["matches"] and check["differences"] == []
     assert check["found"]["train infrared images"] == [11909, 11909]
     lines = format_published(check)
@@ -78,7 +78,7 @@ def test_each_difference_is_one_warning_line():
     found["visible images per identity"] = [10] * 400 + [9, 8]  # two persons miss images
     found["test identities per trial"] = [206] * 9 + [205]
     del found["identities"]
-    check = compare_published("regdb", found)
+    check = compare_published(get_dataset("regdb").published, found)
     assert not check["matches"]
     assert check["found"]["visible images per identity"] == [8, 10]
     assert check["differences"] == ["identities: not counted here, published 412",
@@ -87,7 +87,7 @@ def test_each_difference_is_one_warning_line():
     lines = format_published(check)
     assert len(lines) == 3 and all(line.startswith("warning: RegDB ") for line in lines)
     assert "found 205 to 206, published 206" in lines[2]
-    assert format_published(compare_published("market", {"images": [5]})) == [
+    assert format_published(compare_published(PublishedStats("market"), {"images": [5]})) == [
         "no published statistics for market to compare with"]
 
 
@@ -133,7 +133,8 @@ def test_prepare_says_all_match(synthetic_regdb_raw, tmp_path, capsys, monkeypat
     table = published.PublishedStats("RegDB", "test table", {
         "identities": 12, "visible images per identity": 4, "train identities per trial": 6,
         "test thermal images per trial": 24})
-    monkeypatch.setitem(rpnr.datasets._REGISTRY, "regdb", dataclasses.replace(get_dataset("regdb"), published=table))
+    regdb = dataclasses.replace(get_dataset("regdb"), published=table)
+    monkeypatch.setitem(rpnr.data.registry._REGISTRY, "regdb", regdb)
     out = tmp_path / "regdb"
     status = prepare_main("regdb", ["--data-dir", str(synthetic_regdb_raw), "--output-dir", str(out), "--height",
                                     "16", "--width", "8", "--workers", "2"])

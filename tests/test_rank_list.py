@@ -11,13 +11,10 @@ import torch
 from conftest import load_test_script
 from PIL import Image
 
-from rpnr.checkpoint import save_checkpoint
-from rpnr.data.prepared import ImageSet, load_array, load_set, load_side
-from rpnr.datasets import Side, get_dataset
-from rpnr.evaluation import extract_features_uint8
-from rpnr.models import build_model
-from rpnr.protocols import trial_sets
-from rpnr.rank_list import (
+from rpnr.common.checkpoints import save_checkpoint
+from rpnr.data.prepared import ImageSet, Side, load_array, load_set, load_side
+from rpnr.data.registry import get_dataset
+from rpnr.engine.rank_lists import (
     BORDER,
     EMPTY,
     OTHER,
@@ -29,8 +26,11 @@ from rpnr.rank_list import (
     rank_list,
     spread_queries,
     top_matches,
+    trial_sets,
     write_rank_list,
 )
+from rpnr.evaluation import extract_features_uint8
+from rpnr.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
 
@@ -230,4 +230,4 @@ def test_test_script_writes_rank_lists(model, prepared_sysu, prepared_regdb, tmp
     status = script.main(["--device", "cpu", "--dataset", "sysu", "--data-dir", str(prepared_sysu), "--checkpoint",
                           str(ckpt), "--ranks-png", str(png), "--ranks-queries", "0"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 1 and err == ["test.py: error: --ranks-queries must be positive, got 0"]
+    assert status == 1 and err == ["test.py: error: --ranks-queries must be a positive integer, got 0"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rpnr.config import TrainConfig, recipe
-from rpnr.protocols import METRICS
+from rpnr.data.published import METRICS
+from rpnr.engine.settings import TrainConfig, recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rpnr.checkpoint import load_checkpoint
+from rpnr.common.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--height", "32", "--width", "16",

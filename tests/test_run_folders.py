@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpnr import checkpoint as checkpoint_module
-from rpnr.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from rpnr.config import TrainConfig, TrainingError, UsageError, resumed_config
+from rpnr.common import checkpoints as checkpoint_module
+from rpnr.common.checkpoints import load_checkpoint, save_checkpoint
+from rpnr.common.errors import CheckpointError, RunFolderError, TrainingError, UsageError
+from rpnr.engine.loop import check_finite_weights
+from rpnr.engine.run_folder import OUTPUTS, RunFolder, reconcile_best, resumed_config, saved_settings
+from rpnr.engine.settings import TrainConfig
 from rpnr.models import build_model, load_weights
-from rpnr.run_folder import OUTPUTS, RunFolder, RunFolderError, reconcile_best
-from rpnr.trainer import check_finite_weights, saved_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "regdb", "--stage", "baseline", "--no-imagenet", "--height", "32", "--width", "16",
@@ -288,7 +289,7 @@ def test_ranks_that_drew_different_batches_stop(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(
         "import os, torch.distributed as dist\n"
-        "from rpnr.distributed import DistributedError, ProcessGroup\n"
+        "from rpnr.engine.distributed import DistributedError, ProcessGroup\n"
         "dist.init_process_group('gloo')\n"
         "group = ProcessGroup(rank=dist.get_rank(), world_size=dist.get_world_size(), joined=True)\n"
         "group.check_same(7, 'epoch 1: same batches')\n"

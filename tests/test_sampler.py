@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rpnr.data.sampler import BatchStream, RandomMultipleGallerySampler
-from rpnr.rng import seed_everything
+from rpnr.engine.rng import seed_everything
 
 
 def _groups(positions, labels, num_instances):

@@ -1,8 +1,8 @@
 """The top-level shell scripts, run with a stand-in ``python`` and ``torchrun`` on PATH that record their
 command lines (nothing is trained, each test takes a fraction of a second): the settings block comes first
 and lists every setting, a misspelt setting warns, relative paths stay relative to the caller's folder,
-RESUME=1 passes no start weights, and under NPROC > 1 plain python checks each stage before torchrun. Also: the
-README's module table names every module of the package."""
+RESUME=1 passes no start weights, and under NPROC > 1 plain python checks each stage before torchrun; the
+recipe values the run scripts keep in view are the registry's and the settings' defaults."""
 
 from __future__ import annotations
 
@@ -189,20 +189,6 @@ def test_a_failed_check_stops_the_script_with_its_line_last(run_script):
     assert done.stderr.strip().splitlines()[-1] == "error: --batch-size 8 is not divisible by --num-instances 3"
 
 
-def test_the_readme_module_table_names_every_module():
-    import rpnr
-
-    assert "the table in the README's \"Library\" section" in rpnr.__doc__
-    modules = sorted(".".join(p.relative_to(REPO / "rpnr").with_suffix("").parts)
-                     for p in (REPO / "rpnr").rglob("*.py") if p.name != "__init__.py")
-    modules.append("models")  # models/__init__.py holds code (build_model, load_weights); data/__init__.py does not
-    readme = (REPO / "README.md").read_text()
-    table = set(re.findall(r"^\| `rpnr\.[^|]*\|", readme, flags=re.M))
-    in_table = {m for row in table for m in re.findall(r"`rpnr\.([a-z_.]+)`", row)}
-    for module in modules:
-        assert module in in_table, f"README's module table lacks rpnr.{module}"
-
-
 def _flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
@@ -236,3 +222,26 @@ def test_regdb_seeds_times_trials(run_script):
                       ("2", "4", "s2/seed2/4")]
     assert calls[-1]["argv"] == [str(REPO / "report.py"), "s2/seed1/3", "s2/seed1/4", "s2/seed2/3", "s2/seed2/4",
                                  "--csv", "s2/summary.csv"]
+
+
+# a run script's setting -> where its default lives: a registry attribute or a TrainConfig field
+DEFAULTS = {"EPS": ("registry", "eps"), "ITERS": ("registry", "iters"), "BATCH": ("settings", "batch_size"),
+            "INSTANCES": ("settings", "num_instances"), "EPOCHS": ("settings", "epochs"),
+            "MOMENTUM": ("settings", "momentum"), "HEIGHT": ("settings", "height"), "WIDTH": ("settings", "width")}
+
+
+@pytest.mark.parametrize("dataset", ["sysu", "regdb", "llcm"])
+def test_run_scripts_keep_the_registry_and_settings_defaults_in_view(dataset):
+    """Each run_train_<dataset>.sh shows its recipe's values for editing; they may not drift from the defaults
+    train.py has without them."""
+    import dataclasses
+
+    from rpnr.data.registry import get_dataset
+    from rpnr.engine.settings import TrainConfig
+
+    text = (REPO / f"run_train_{dataset}.sh").read_text()
+    shown = dict(re.findall(r"^(?:export )?([A-Z_]+)=\$\{\1:-([^}]*)\}", text, flags=re.M))
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name, (kind, attribute) in DEFAULTS.items():
+        want = getattr(get_dataset(dataset), attribute) if kind == "registry" else fields[attribute]
+        assert name in shown and float(shown[name]) == float(want), (dataset, name, shown.get(name), want)

@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from rpnr.checkpoint import load_checkpoint
+from rpnr.common.checkpoints import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"IMAGENET": "none", "DEVICE": "cpu", "HEIGHT": "32", "WIDTH": "16", "BATCH": "8", "INSTANCES": "4",

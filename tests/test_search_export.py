@@ -1,4 +1,4 @@
-"""search.py, export.py (ONNX) and python -m rpnr.tsne on a random model and synthetic RegDB images."""
+"""search.py, export.py (ONNX) and python -m rpnr.tools.tsne on a random model and synthetic RegDB images."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import torch
 from conftest import REPO, random_model
 from PIL import Image
 
-from rpnr import tsne
-from rpnr.checkpoint import save_checkpoint
+from rpnr.common.checkpoints import save_checkpoint
 from rpnr.data.prepared import load_set
-from rpnr.extractor import FeatureExtractor
-from rpnr.protocols import trial_sets
-from rpnr.rank_list import OTHER, SAME
+from rpnr.engine.rank_lists import OTHER, SAME, trial_sets
+from rpnr.tools import tsne
+from rpnr.tools.extractor import FeatureExtractor
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 import torchvision
 
-from rpnr import epoch_labels, step
-from rpnr.checkpoint import save_checkpoint
-from rpnr.config import UsageError, build_config, build_parser
+from rpnr.common.checkpoints import save_checkpoint
+from rpnr.common.errors import UsageError
+from rpnr.engine import labels as epoch_labels
+from rpnr.engine import step
+from rpnr.engine.settings import build_config, build_parser
 from rpnr.memory import ClusterMemory
 from rpnr.models import build_model, imagenet_file
 from rpnr.training import stage2_loss
@@ -117,7 +119,7 @@ def test_each_ablation_switch_turns_off_its_module_only(switch, tmp_path, monkey
             *([switch] if switch else [])]
     cfg = build_config(vars(build_parser().parse_args(argv)))
     on = SWITCHES[switch]
-    assert [m.lower() for m in cfg.modules.off()] == [m for m in ("npc", "otpm", "mhl", "nrl") if m not in on]
+    assert [m.lower() for m in cfg.ablation.off()] == [m for m in ("npc", "otpm", "mhl", "nrl") if m not in on]
 
     torch.manual_seed(0)
     feats = torch.cat([torch.eye(16)[c] * 5 + 0.3 * torch.randn(8, 16) for c in range(3)])  # [24, 16], 3 groups
@@ -131,7 +133,7 @@ def test_each_ablation_switch_turns_off_its_module_only(switch, tmp_path, monkey
     else:
         assert labels.rgb.relabeled is None and labels.ir.relabeled is None and labels.rgb.train[8] == 0
     assert (labels.r2i is not None) == ("otpm" in on)
-    memories = epoch_labels.build_memories(labels, cfg.temp, cfg.momentum, hybrid=cfg.modules.mhl)
+    memories = epoch_labels.build_memories(labels, cfg.temp, cfg.momentum, hybrid=cfg.ablation.mhl)
     assert ("hybrid" in memories) == ("mhl" in on)
     batch = types.SimpleNamespace(rows_ir=np.arange(0, 24, 3), rows_rgb=np.arange(0, 24, 6))
     f_rgb, f_ir = feats[np.r_[batch.rows_rgb, batch.rows_rgb]], feats[batch.rows_ir]  # [8, 16] two views, [8, 16]

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from rpnr import trainer
-from rpnr.config import TrainConfig, TrainingError, build_parser, recipe
-from rpnr.distributed import SINGLE
+from rpnr.common.errors import TrainingError
+from rpnr.engine import loop as trainer
+from rpnr.engine.distributed import SINGLE
+from rpnr.engine.settings import TrainConfig, build_parser, recipe
+from rpnr.engine.step import read_terms
 from rpnr.evaluation import _one_ahead, to_device
-from rpnr.step import read_terms
 
 NAMES = ["ir", "rgb", "cross", "hybrid", "nrl", "total"]
 
@@ -55,7 +56,7 @@ def test_read_terms_raises_the_old_message_for_the_first_non_finite_iteration(ep
 
 
 class _FakeRun:
-    """What :func:`rpnr.trainer.train_epoch` reads of a run, with a scripted ``train_step``."""
+    """What :func:`rpnr.engine.loop.train_epoch` reads of a run, with a scripted ``train_step``."""
 
     def __init__(self, iters: int, compile_: bool = False):
         self.cfg = TrainConfig(dataset="sysu", stage="rpnr", data_dir="-", logs_dir="-", iters=iters, workers=0,

@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from rpnr.data.raw_images import RawDataError
+from rpnr.common.errors import RawDataError
+from rpnr.data.registry import get_dataset
 from rpnr.data.sysu import (
     SYSU_MODES,
     SYSU_TRIALS,
@@ -20,7 +21,6 @@ from rpnr.data.sysu import (
     read_ids,
     train_split,
 )
-from rpnr.datasets import get_dataset
 
 
 def _official_ids(data_path: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""test.py and rpnr.protocols against a transcription of the official test pipeline on raw images."""
+"""test.py and rpnr.engine.protocol against a transcription of the official test pipeline on raw images."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from conftest import (
     run_main,
 )
 
-from rpnr.checkpoint import save_checkpoint
+from rpnr.common.checkpoints import save_checkpoint
+from rpnr.engine.protocol import evaluate
 from rpnr.evaluation import eval_regdb, eval_sysu
-from rpnr.protocols import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small batches: one thread is faster
 

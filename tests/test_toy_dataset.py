@@ -1,6 +1,5 @@
-"""A fourth dataset, registered from this file alone (DESIGN.md section 7): its own raw layout, prepare plan,
-synthetic tree and test protocol; prepare, train and test run through the normal entry points with no other
-module edited."""
+"""A fourth dataset, registered from this file alone (DESIGN.md section 7): its own raw layout, prepare plan and test
+protocol; prepare, train and test run through the normal entry points with no other module edited."""
 
 from __future__ import annotations
 
@@ -13,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rpnr import datasets
-from rpnr.data.prepare_cli import prepare_main
-from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.data import registry
+from rpnr.data.prepare import prepare_main
+from rpnr.data.prepared import PreparePlan, SetSpec, Setting, Side
 from rpnr.data.published import PublishedStats
+from rpnr.data.registry import Dataset
 from rpnr.data.synthetic import background, make_identity, new_folder, render
-from rpnr.datasets import Dataset, Setting, Side
 from rpnr.evaluation import eval_regdb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def _metric(distmat, q_pids, g_pids, q_cams, g_cams):
 
 TOY = Dataset(
     name="toy", display="Toy", layout="raw toy folder (vis/, ir/, test_ids.txt)", plan=plan_toy,
-    published=PublishedStats("Toy", "none", {}), write_synthetic=write_toy, synthetic_sizes={"ids": 16},
+    published=PublishedStats("Toy", "none", {}),
     train=(Side("train_rgb", "visible"), Side("train_ir", "infrared")),
     settings=(Setting("infrared_to_visible", "Toy infrared to visible", "Infrared to Visible",
                       Side("test_infrared", "infrared"), Side("test_visible", "visible", index="gallery_{trial}"),
@@ -81,15 +80,13 @@ TOY = Dataset(
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setitem(datasets._REGISTRY, "toy", TOY)  # registered for this test only
+    monkeypatch.setitem(registry._REGISTRY, "toy", TOY)  # registered for this test only
     return TOY
 
 
 def test_a_fourth_dataset_runs_through_the_normal_entry_points(toy, tmp_path, train_script, capsys, one_thread):
-    from rpnr.data.synthetic import main as synthetic_main
-
     raw, prepared, logs = tmp_path / "raw", tmp_path / "prepared", tmp_path / "logs"
-    assert synthetic_main(["--dataset", "toy", "--out", str(raw), "--ids", "16"]) == 0
+    write_toy(raw, ids=16)
     assert prepare_main("toy", ["--data-dir", str(raw), "--output-dir", str(prepared), "--height", "32",
                                 "--width", "16"]) == 0
     assert "no published statistics for Toy to compare with" in capsys.readouterr().out

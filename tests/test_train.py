@@ -12,9 +12,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from rpnr.checkpoint import load_checkpoint
-from rpnr.config import TrainConfig, build_config, build_parser, recipe
-from rpnr.run_log import PANELS, plot_curves
+from rpnr.common.checkpoints import load_checkpoint
+from rpnr.engine.run_log import PANELS, plot_curves
+from rpnr.engine.settings import TrainConfig, build_config, build_parser, recipe
+from rpnr.training import loss_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,7 @@ def _check_run(logs: Path, stage: str, loss_keys: tuple[str, ...]) -> list[dict]
 
 def _check_curves(logs: Path, records: list[dict], cfg: TrainConfig) -> None:
     """curves.png is the figure of these records, whose loss panel draws the weighted terms summing to the total."""
-    drawn = plot_curves(records, logs.parent / "curves_again.png", cfg.modules.loss_weights(cfg))
+    drawn = plot_curves(records, logs.parent / "curves_again.png", loss_weights(cfg, cfg.terms))
     assert (logs.parent / "curves_again.png").read_bytes() == (logs / "curves.png").read_bytes()
     assert list(drawn) == list(PANELS)
     assert drawn["evaluation (%)"] == {"Rank-1": [r["rank1"] for r in records], "mAP": [r["mAP"] for r in records],

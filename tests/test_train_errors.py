@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpnr.checkpoint import save_checkpoint
+from rpnr.common.checkpoints import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--height", "32", "--width", "16", "--batch-size", "8", "--num-instances", "4", "--iters", "2",

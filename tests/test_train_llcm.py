@@ -3,7 +3,7 @@ itself is tests/test_scripts.py::test_llcm_script_runs_the_sysu_script_with_llcm
 
 from __future__ import annotations
 
-from rpnr.config import build_config, build_parser
+from rpnr.engine.settings import build_config, build_parser
 
 
 def test_llcm_defaults_are_sysu_settings(tiny_llcm):

@@ -1,5 +1,7 @@
 """stage1_loss / stage2_loss: parts, weights, odd/even memories and the backward update order."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -8,12 +10,23 @@ from conftest import assert_close_scaled, hcl_reference_loss, hcl_reference_upda
 
 from rpnr.losses import neighbor_relation_loss
 from rpnr.memory import ClusterMemory
-from rpnr.training import stage1_loss, stage2_loss, stage2_terms
+from rpnr.training import TERMS, TermInputs, objective, stage2_loss
 
 D, K_RGB, K_IR = 8, 3, 4
 R2I = np.array([2, 0, 3])  # RGB cluster -> IR cluster
 I2R = np.array([1, 1, 0, 2])  # IR cluster -> RGB cluster
 
+
+
+def stage1_loss(f_rgb, f_ir, y_rgb, y_ir, memories):
+    """Stage 1's objective: stage 2's without its stage-2 terms."""
+    return stage2_loss(f_rgb, f_ir, y_rgb, y_ir, memories, None, None, 0, cross=False, hybrid=False, nrl=False)
+
+
+def stage2_terms(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch):
+    """The trainer's objective (rpnr.training.objective) with the default weights: its terms as tensors."""
+    settings = types.SimpleNamespace(w_cross=0.25, w_hybrid=0.5, w_nrl=10.0, sigma=1.0, delta=1.0)
+    return objective(TermInputs(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, settings), list(TERMS))
 
 def _setup(seed=0):
     g = torch.Generator().manual_seed(seed)

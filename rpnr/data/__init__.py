@@ -1,2 +1,2 @@
-"""Datasets: raw SYSU-MM01 / RegDB / LLCM layouts (``sysu``, ``regdb``, ``llcm``; shared pieces in ``raw_layout``),
-prepared arrays (``prepared``), synthetic raw trees (``synthetic``), and the training sampler and augmentation."""
+"""The datasets: the registry, raw layouts (``sysu``, ``regdb``, ``llcm``, shared pieces in ``raw``), preparing and
+reading prepared folders, the published figures, the training sampler and augmentation, and synthetic trees."""

@@ -13,15 +13,11 @@ import os
 import re
 
 import numpy as np
-from PIL import Image
 
-from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.common.errors import RawDataError
+from rpnr.data.prepared import PreparePlan, SetSpec, Setting, Side
 from rpnr.data.published import PublishedStats
-from rpnr.data.raw_images import RawDataError
-from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, read_path_labels, sample_folder_images
-from rpnr.data.synthetic import background, make_identity, new_folder, render
-from rpnr.datasets import Dataset, Setting, Side, register
-from rpnr.errors import UsageError
+from rpnr.data.raw import Split, cam_split, folder_images, read_id_line, read_path_labels, sample_folder_images
 from rpnr.metrics import eval_llcm, llcm_ignored
 
 TRAIN_LISTS = {"visible": "idx/train_vis.txt", "infrared": "idx/train_nir.txt"}
@@ -146,58 +142,6 @@ def _figures(train: dict[str, Split], test: dict[str, Split]) -> dict[str, list[
     return figures
 
 
-def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """``(visible, infrared)`` cameras of one LLCM identity: 2-4 visible and 1-3 infrared cameras,
-    sharing a physical camera when one of the visible cameras also records infrared."""
-    visible = sorted(int(c) for c in rng.choice(LLCM_VIS_CAMS, size=int(rng.integers(2, 5)), replace=False))
-    drawn = {int(c) for c in rng.choice(LLCM_NIR_CAMS, size=int(rng.integers(1, 3)), replace=False)}
-    shared = [c for c in visible if c in LLCM_NIR_CAMS][:1]
-    return visible, sorted(drawn | set(shared))
-
-
-def write_llcm(out: str | os.PathLike, train_ids: int = 16, test_ids: int = 8, per_camera: int = 3,
-               height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw LLCM-layout tree (JPEG); returns {"ids", "train_visible", "train_infrared", "test_visible",
-    "test_infrared"} image counts. Ids 1..N go to train and test at random; ``idx/test_id.txt`` lists the test ids in
-    that random order. Each id has ``per_camera`` +-1 images (at least 1) per camera of :func:`_llcm_cameras`, named as
-    LLCM names them: ``<pid>_c<cam:02d>_s<seq>_f<frame>_<vis|nir>.jpg``. Training images lie in ``{vis,nir}/<pid>/``,
-    listed camera by camera in ``idx/train_{vis,nir}.txt`` with label = the rank of the id among the training ids
-    (0-based); test images in ``test_{vis,nir}/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM."""
-    if train_ids < 1 or test_ids < 1 or per_camera < 1:
-        raise UsageError("LLCM needs at least one training id, one test id and one image per camera")
-    out = new_folder(out)
-    rng = np.random.default_rng(seed)
-    total = train_ids + test_ids
-    ids = rng.permutation(np.arange(1, total + 1))
-    train_set, test_order = sorted(int(i) for i in ids[:train_ids]), [int(i) for i in ids[train_ids:]]
-    backgrounds = {(tag, cam): background(rng) for tag in ("vis", "nir") for cam in LLCM_VIS_CAMS}
-    lists: dict[str, list[tuple[int, int, str]]] = {"vis": [], "nir": []}  # (camera, pid, line)
-    counts = {"ids": total, "train_visible": 0, "train_infrared": 0, "test_visible": 0, "test_infrared": 0}
-    for pid in range(1, total + 1):
-        person_rng = np.random.default_rng([seed, pid])
-        person = make_identity(person_rng)
-        training = pid in train_set
-        for (tag, modality), cams in zip((("vis", "visible"), ("nir", "infrared")), _llcm_cameras(person_rng)):
-            for cam in cams:
-                folder = out / (f"{tag}/{pid:04d}" if training else f"test_{tag}/cam{cam}/{pid:04d}")
-                folder.mkdir(parents=True, exist_ok=True)
-                sequence = int(person_rng.integers(100000, 240000))
-                for k in range(max(1, per_camera + int(person_rng.integers(-1, 2)))):
-                    frame = 1000 + 37 * k + int(person_rng.integers(0, 30))
-                    name = f"{pid:04d}_c{cam:02d}_s{sequence}_f{frame}_{tag}.jpg"
-                    img = render(person, person_rng, height, width, tag == "nir", backgrounds[tag, cam])
-                    Image.fromarray(img, "RGB").save(folder / name, quality=92)
-                    if training:
-                        lists[tag].append((cam, pid, f"{tag}/{pid:04d}/{name} {train_set.index(pid)}"))
-                    counts[f"{'train' if training else 'test'}_{modality}"] += 1
-    (out / "test_nir" / "cam3").mkdir(parents=True, exist_ok=True)
-    (out / "idx").mkdir(exist_ok=True)
-    for tag, lines in lists.items():  # listed camera by camera (so not sorted by path)
-        (out / "idx" / f"train_{tag}.txt").write_text("\n".join(line for *_, line in sorted(lines)) + "\n")
-    (out / "idx" / "test_id.txt").write_text(",".join(str(i) for i in test_order) + "\n")
-    return counts
-
-
 def _direction(query: str, gallery: str, sampled_queries: bool = False) -> Setting:
     """Every test image of ``query`` against the sampled gallery of trial {trial} in ``gallery`` (gallery images
     of the query's identity and camera skipped, ``eval_llcm``); ``sampled_queries``: the LLCM release's
@@ -217,11 +161,5 @@ def _direction(query: str, gallery: str, sampled_queries: bool = False) -> Setti
 PUBLISHED = PublishedStats("LLCM", "Zhang and Wang CVPR 2023", {
     "train identities": 713, "train visible images": 16946, "train infrared images": 13975,
     "test identities": 351, "test visible images": 8680, "test infrared images": 7166})
-
-LLCM = register(Dataset(  # no release recipe: SYSU-MM01's settings (DESIGN.md section 9)
-    name="llcm", display="LLCM", layout="raw LLCM folder (idx/, vis/, nir/, test_vis/, test_nir/)", plan=plan_llcm,
-    published=PUBLISHED, write_synthetic=write_llcm, synthetic_sizes={"train_ids": 16, "test_ids": 8, "per_camera": 3},
-    train=(Side("train_rgb", "visible"), Side("train_ir", "infrared")),
-    settings=(_direction("visible", "infrared"), _direction("infrared", "visible")), trials=LLCM_TRIALS, eps=0.6,
-    iters=200, top_k=20, full_rgb_batch_in_stage2=True, model_per_trial=False, epoch_setting="visible_to_infrared",
-    variants={"v2i_sampled_infrared_queries": _direction("visible", "infrared", sampled_queries=True)}))
+SETTINGS = (_direction("visible", "infrared"), _direction("infrared", "visible"))
+VARIANTS = {"v2i_sampled_infrared_queries": _direction("visible", "infrared", sampled_queries=True)}

@@ -1,33 +1,24 @@
-"""Prepared datasets: uint8 image arrays at a fixed size, with identity, camera and source path; the files of a
-prepared folder: DESIGN.md section 1, "Preparation". Which sets and index arrays a dataset writes is its plan's
-(``rpnr/data/<name>.py``); the registry entry's sides (:class:`rpnr.datasets.Side`) name the rows each trial
-reads (:func:`load_side`).
-"""
+"""Prepared folders, read (DESIGN.md sections 1 and 10): uint8 image arrays at a fixed size with identity, camera
+and source path, checked against their manifest; the sides of a test setting name the rows each trial reads."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rpnr.data.published import compare_published
-from rpnr.data.raw_images import write_image_array
-from rpnr.datasets import Side, get_dataset
-from rpnr.errors import DamagedManifestError, PreparedDataError
-from rpnr.files import fsync_folder, human_size, make_folder, os_error_line, sha256_file, write_json
+from rpnr.common.errors import DamagedManifestError, PreparedDataError
+from rpnr.common.files import MANIFEST, sha256_file
 
-# 2: the manifest records the SHA-256 of every array but the images ("checksums"); 1 (still read, with a note):
-# no checksums
+# 2: the manifest records the SHA-256 of every array but the images; 1 (still read, with a note): no checksums
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-MANIFEST = "manifest.json"
-_NOTED: set[str] = set()  # prepared folders of format 1 whose note was printed in this process
+_NOTED: set[str] = set()  # format-1 folders whose note was printed in this process
 
 
 @dataclass
@@ -35,7 +26,7 @@ class ImageSet:
     """One split of one modality."""
 
     images: np.ndarray  # uint8 [N, H, W, 3] (memory-mapped when it is a whole stored set)
-    pids: np.ndarray  # int64 [N] identity labels (ground truth, diagnostics and evaluation only)
+    pids: np.ndarray  # int64 [N] identity labels (ground truth: diagnostics and evaluation only)
     cams: np.ndarray  # int64 [N] camera ids
     paths: np.ndarray  # str [N] source paths relative to the raw root
 
@@ -45,9 +36,38 @@ class ImageSet:
     def subset(self, index: np.ndarray, pids: np.ndarray | None = None) -> ImageSet:
         """The rows ``index`` (images read into memory); ``pids`` replaces the identity labels."""
         index = np.asarray(index, dtype=np.int64)
-        return ImageSet(images=np.ascontiguousarray(self.images[index]),
-                        pids=np.asarray(self.pids[index] if pids is None else pids, dtype=np.int64),
-                        cams=np.asarray(self.cams[index], dtype=np.int64), paths=self.paths[index])
+        return ImageSet(np.ascontiguousarray(self.images[index]),
+                        np.asarray(self.pids[index] if pids is None else pids, dtype=np.int64),
+                        np.asarray(self.cams[index], dtype=np.int64), self.paths[index])
+
+
+@dataclass(frozen=True)
+class Side:
+    """Rows of a prepared image set: one side of a test setting, or one modality's training images."""
+
+    set: str  # prepared image set, e.g. "query"
+    modal: str  # the stem its images go through: "visible" | "infrared"
+    index: str | None = None  # index array of the rows of trial {trial}; None: every row of the set
+    labels: str | None = None  # identity labels of trial {trial}; None: the set's own pids
+
+    def arrays(self, trial: int) -> tuple[str | None, str | None]:
+        return tuple(None if name is None else name.format(trial=trial) for name in (self.index, self.labels))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A test setting: queries against a gallery, scored by ``metric(distmat, q_pids, g_pids, q_cams, g_cams) ->
+    (cmc, mAP, mINP)``; ``ignored(q_pids, q_cams, g_pids, g_cams) -> bool`` is the metric's rule for the gallery
+    images it skips (None: none)."""
+
+    name: str  # key in results, e.g. "all", "visible_to_thermal"
+    title: str  # e.g. "SYSU-MM01 all-search"
+    label: str  # in result lines, e.g. "(all-search)", "Visible to Thermal"
+    query: Side
+    gallery: Side
+    metric: Callable
+    ignored: Callable | None = None
+    about: str = ""  # what a variant computes (test.py's help)
 
 
 @dataclass
@@ -63,169 +83,28 @@ class SetSpec:
 
 @dataclass
 class PreparePlan:
-    """Everything a prepared folder holds, computed from a raw dataset before any image is read."""
+    """Everything a prepared folder will hold, computed from a raw dataset before any image is read."""
 
     dataset: str
     root: str
     sets: list[SetSpec]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    # rows of the statistics table: (split, modality, pids, cams)
-    views: list[tuple[str, str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    views: list[tuple[str, str, np.ndarray, np.ndarray]] = field(default_factory=list)  # (split, modality, pids, cams)
     info: dict = field(default_factory=dict)
-    # figure name -> every value observed (per trial / per identity), named as in rpnr.data.published
-    figures: dict[str, list[int]] = field(default_factory=dict)
+    figures: dict[str, list[int]] = field(default_factory=dict)  # figure -> values counted (rpnr.data.published)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
-
-
-def _recover_killed_runs(out: Path) -> None:
-    """Remove the ``OUT.tmp-<pid>`` and ``OUT.old-<pid>`` folders of killed prepare runs; an ``OUT.old-<pid>``
-    goes back to ``OUT`` when a kill between the two renames left no ``OUT`` (DESIGN.md section 10)."""
-    for leftover in sorted(out.parent.glob(f"{out.name}.tmp-*")) + sorted(out.parent.glob(f"{out.name}.old-*")):
-        suffix = leftover.name.rsplit("-", 1)[-1]
-        if not suffix.isdigit() or int(suffix) == os.getpid() or _pid_alive(int(suffix)):
-            continue
-        if leftover.name.startswith(f"{out.name}.old-") and not out.exists():
-            os.replace(leftover, out)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is the raw folder or holds it, a non-empty folder that this project
-    did not prepare (even with ``overwrite``), and a prepared one without ``overwrite`` (DESIGN.md section 10)."""
-    if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
-        raise PreparedDataError(f"--output-dir {out} is the raw dataset folder or holds it ({raw}); nothing was "
-                                f"touched: choose an output folder outside the raw dataset")
-    if out.exists() and not out.is_dir():
-        raise PreparedDataError(f"output path {out} exists and is not a folder; choose another --output-dir")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not _prepared_here(out):
-        raise PreparedDataError(f"output folder {out} is not empty and was not prepared by this project (no "
-                                f"{MANIFEST} of ours); it is left alone: choose a new or empty --output-dir")
-    if not overwrite:
-        raise PreparedDataError(f"output folder {out} already holds prepared data (pass --overwrite to replace it)")
-
-
-def _prepared_here(out: Path) -> bool:
-    """Whether ``out`` was prepared by this project: its manifest.json records a format version and a dataset,
-    or it is damaged (what :func:`check_prepared` tells to prepare again with ``--overwrite``) in a folder that
-    holds nothing but that manifest and the ``.npy`` arrays prepare writes, image arrays among them."""
-    path = out / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        manifest = None
-    if isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int) and \
-            isinstance(manifest.get("dataset"), str):
-        return True
-    if not path.is_file():
-        return False
-    entries = list(out.iterdir())
-    return all(p.name == MANIFEST or (p.suffix == ".npy" and p.is_file() and not p.is_symlink()) for p in entries) \
-        and any(p.name.endswith("_images.npy") for p in entries)
-
-
-def _check_free_space(plan: PreparePlan, folder: Path, height: int, width: int) -> None:
-    """Refuse to start when the arrays (their size is known up front) do not fit on the file system."""
-    images = sum(len(spec.paths) for spec in plan.sets)
-    need = images * (height * width * 3 + 3 * 8 + 256) + sum(8 * len(a) for a in plan.arrays.values()) + (1 << 20)
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise PreparedDataError(f"not enough space for the prepared arrays: they need about {human_size(need)}, "
-                                f"{human_size(free)} free on {folder}")
-
-
-def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int, width: int,
-                   overwrite: bool = False, workers: int | None = None) -> dict:
-    """Read, resize and write every set of ``plan`` into ``output_dir``; returns the manifest. Refusals
-    (:class:`PreparedDataError`) and the ``OUT.tmp-<pid>`` folder renamed at the end: DESIGN.md section 10."""
-    if height <= 0 or width <= 0:
-        raise PreparedDataError(f"image size must be positive, got {height}x{width}")
-    out = Path(output_dir).absolute()
-    _check_output_dir(out, Path(plan.root), overwrite)
-    make_folder(out.parent)
-    _recover_killed_runs(out)
-    _check_free_space(plan, out.parent, height, width)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        manifest = _write_arrays(plan, tmp, height, width, workers)
-        if out.exists():
-            old = out.parent / f"{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_folder(out.parent)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(exc, OSError):
-            raise
-        exc.filename = exc.filename or str(out)
-        raise PreparedDataError(f"{os_error_line(exc)} (nothing was written)") from None
-    return manifest
-
-
-def _write_arrays(plan: PreparePlan, folder: Path, height: int, width: int, workers: int | None) -> dict:
-    """Every set's images, pids, cams and paths, the index arrays and the manifest, into ``folder``."""
-    sets_info = {}
-    for spec in plan.sets:
-        write_image_array(folder / f"{spec.name}_images.npy", [os.path.join(plan.root, p) for p in spec.paths],
-                          height, width, spec.resample, desc=f"{spec.name} ({spec.resample})", workers=workers)
-        np.save(folder / f"{spec.name}_pids.npy", np.asarray(spec.pids, dtype=np.int64))
-        np.save(folder / f"{spec.name}_cams.npy", np.asarray(spec.cams, dtype=np.int64))
-        np.save(folder / f"{spec.name}_paths.npy", np.asarray(spec.paths, dtype=str))
-        sets_info[spec.name] = {"count": len(spec.paths), "resample": spec.resample}
-    for name, arr in plan.arrays.items():
-        np.save(folder / f"{name}.npy", np.asarray(arr, dtype=np.int64))
-    checksums = {name: sha256_file(folder / name) for name in _small_arrays(sets_info, plan.arrays)}
-    manifest = {"format_version": FORMAT_VERSION, "dataset": plan.dataset, "height": int(height), "width": int(width),
-                "source": str(Path(plan.root).absolute()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "sets": sets_info, "arrays": sorted(plan.arrays), "checksums": checksums, "stats": [
-                    {"split": split, "modality": modality, "ids": len(np.unique(pids)), "images": len(pids),
-                     "cameras": np.unique(cams).tolist()} for split, modality, pids, cams in plan.views],
-                "published_check": compare_published(plan.dataset, plan.figures), **plan.info}
-    write_json(folder / MANIFEST, manifest)
-    return manifest
-
-
-def format_stats(manifest: dict) -> str:
-    """The statistics table (ids, images, cameras per split and modality) of a manifest."""
-    rows = [("split", "modality", "ids", "images", "cameras")] + [
-        (s["split"], s["modality"], str(s["ids"]), str(s["images"]), ",".join(str(c) for c in s["cameras"]))
-        for s in manifest["stats"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([f"{manifest['dataset']} prepared at {manifest['height']}x{manifest['width']} (HxW)", *lines])
-
-
-def _small_arrays(sets, arrays) -> list[str]:
-    """The file names of every array but the images: each set's pids, cams and paths, and the index arrays
-    (what the manifest's "checksums" cover)."""
+def small_arrays(sets, arrays) -> list[str]:
+    """The files the manifest's checksums cover: each set's pids, cams and paths, and the index arrays."""
     return [f"{name}_{part}.npy" for name in sets for part in ("pids", "cams", "paths")] + \
         [f"{name}.npy" for name in sorted(arrays)]
 
 
 def _again(root: str | os.PathLike, script: str) -> str:
-    """The advice that ends every refusal of a damaged prepared folder."""
     return f"prepare the data again ({script} --data-dir <raw dataset> --output-dir {root} --overwrite)"
 
 
 def _json_problem(text: str, exc: ValueError) -> str:
-    """Why ``text`` (which ``json.loads`` refused with ``exc``) is not a manifest, in a few words."""
     body = text.strip()
     if not body:
         return "empty"
@@ -234,8 +113,16 @@ def _json_problem(text: str, exc: ValueError) -> str:
     return f"not valid JSON: {' '.join(str(exc).split())}"
 
 
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _file_name(name) -> bool:
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
 def _manifest_problem(manifest) -> str:
-    """What makes ``manifest`` (parsed JSON) unreadable as a manifest of a readable format ("" when nothing)."""
+    """What makes parsed JSON unreadable as a manifest ("" when nothing)."""
     if not isinstance(manifest, dict):
         return f"a JSON {type(manifest).__name__}, not an object"
     version = manifest.get("format_version")
@@ -245,37 +132,30 @@ def _manifest_problem(manifest) -> str:
         return f"format_version {version!r}, which this code does not read (it reads {READABLE_VERSIONS})"
     if not isinstance(manifest.get("dataset"), str):
         return "no dataset name"
-    for key in ("height", "width"):
-        if not isinstance(manifest.get(key), int) or isinstance(manifest[key], bool) or manifest[key] <= 0:
-            return f"no valid {key}"
+    bad = next((key for key in ("height", "width") if not _count(manifest.get(key)) or manifest[key] <= 0), None)
+    if bad:
+        return f"no valid {bad}"
     sets, arrays = manifest.get("sets"), manifest.get("arrays")
     if not isinstance(sets, dict) or not sets:
         return "no sets"
     for name, info in sets.items():
         count = info.get("count") if isinstance(info, dict) else None
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0 or not _file_name(name):
+        if not _count(count) or count < 0 or not _file_name(name):
             return f"set {name!r} has no valid count"
-    if not isinstance(arrays, list) or not all(isinstance(a, str) and _file_name(a) for a in arrays):
+    if not isinstance(arrays, list) or not all(_file_name(a) for a in arrays):
         return "no valid list of arrays"
-    if version >= 2:
-        checksums = manifest.get("checksums")
-        if not isinstance(checksums, dict):
-            return "no checksums"
-        for name in _small_arrays(sets, arrays):
-            digest = checksums.get(name)
-            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                return f"no valid checksum of {name}"
+    checksums = manifest.get("checksums")
+    if version >= 2 and not isinstance(checksums, dict):
+        return "no checksums"
+    for name in small_arrays(sets, arrays) if version >= 2 else []:
+        digest = checksums.get(name)
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            return f"no valid checksum of {name}"
     return ""
 
 
-def _file_name(name) -> bool:
-    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
-
-
 def read_manifest(root: str | os.PathLike, script: str = "prepare_<dataset>.py") -> dict:
-    """The manifest of a prepared folder (``{"dataset", "height", "width", ...}``); a damaged one (invalid or
-    truncated JSON, not an object, keys missing) is :class:`DamagedManifestError`, whose line ends with the
-    command to prepare the data again (``script``)."""
+    """The manifest of a prepared folder; a damaged one is :class:`DamagedManifestError` naming ``script``."""
     path = Path(root) / MANIFEST
     if not Path(root).is_dir():
         raise PreparedDataError(f"prepared data folder not found: {root}")
@@ -289,10 +169,9 @@ def read_manifest(root: str | os.PathLike, script: str = "prepare_<dataset>.py")
         raise DamagedManifestError(f"{path} is damaged (not UTF-8 text): {_again(root, script)}") from None
     try:
         manifest = json.loads(text)
+        problem = _manifest_problem(manifest)
     except ValueError as exc:
         manifest, problem = None, _json_problem(text, exc)
-    else:
-        problem = _manifest_problem(manifest)
     if problem:
         raise DamagedManifestError(f"{path} is damaged ({problem}): {_again(root, script)}")
     return manifest
@@ -300,13 +179,9 @@ def read_manifest(root: str | os.PathLike, script: str = "prepare_<dataset>.py")
 
 def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = None,
                    width: int | None = None) -> dict:
-    """The manifest, after checking that ``root`` is a complete prepared ``dataset`` of that size: every array it
-    names has the recorded shape and dtype, and every array but the images the recorded SHA-256 (a folder of
-    format 1 records none: one ``note:`` line per folder and process, on stderr)."""
-    try:
-        script = get_dataset(dataset).prepare_script
-    except ValueError as exc:
-        raise PreparedDataError(str(exc)) from None
+    """The manifest of ``root``, a complete prepared ``dataset`` of that size: every array it names of the recorded
+    shape and dtype, every array but the images of the recorded SHA-256 (format 1: a note line instead)."""
+    script = f"prepare_{dataset}.py"
     manifest = read_manifest(root, script)
     if manifest["dataset"] != dataset:
         raise PreparedDataError(f"{root} holds prepared {manifest['dataset']} data, not {dataset} (run {script})")
@@ -331,20 +206,18 @@ def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = N
 
 
 def _expected_arrays(manifest: dict) -> list[tuple[str, tuple, str]]:
-    """(file name, shape, dtype kind) of every array a manifest names: images uint8 [count, H, W, 3],
-    pids and cams int64 [count], paths str [count], index arrays int64 (1-D)."""
-    size = (manifest["height"], manifest["width"], 3)
-    expected = []
+    """(file, shape, dtype kind) of every array: images uint8 [n, H, W, 3], pids and cams int64 [n], paths str
+    [n], index arrays int64 [N]."""
+    size, expected = (manifest["height"], manifest["width"], 3), []
     for name, info in manifest["sets"].items():
-        count = info["count"]
-        expected += [(f"{name}_images.npy", (count, *size), "u1"), (f"{name}_pids.npy", (count,), "i8"),
-                     (f"{name}_cams.npy", (count,), "i8"), (f"{name}_paths.npy", (count,), "U")]
+        n = info["count"]
+        expected += [(f"{name}_images.npy", (n, *size), "u1"), (f"{name}_pids.npy", (n,), "i8"),
+                     (f"{name}_cams.npy", (n,), "i8"), (f"{name}_paths.npy", (n,), "U")]
     return expected + [(f"{name}.npy", (None,), "i8") for name in manifest["arrays"]]
 
 
 def _check_array(path: Path, shape: tuple, kind: str) -> None:
-    """Raise :class:`PreparedDataError` (one line naming the file) unless the ``.npy`` file ``path`` is
-    complete and holds ``shape`` (``None``: any length) of dtype ``kind`` ("u1", "i8" or "U")."""
+    """One line naming ``path`` unless it is a complete ``.npy`` of ``shape`` (None: any length) and ``kind``."""
     if not path.is_file():
         raise PreparedDataError(f"{path.parent} is incomplete: missing {path.name} (prepare it again)")
     try:
@@ -356,9 +229,8 @@ def _check_array(path: Path, shape: tuple, kind: str) -> None:
     except (OSError, ValueError) as exc:
         raise PreparedDataError(f"cannot read {path}: {' '.join(str(exc).split())} (prepare the data again)") from None
     dtype_ok = dtype.kind == "U" if kind == "U" else dtype == np.dtype(kind)
-    shape_ok = len(found) == len(shape) and all(want is None or want == got for want, got in zip(shape, found))
-    wanted = "x".join("N" if n is None else str(n) for n in shape)
-    if not dtype_ok or not shape_ok:
+    if not dtype_ok or len(found) != len(shape) or any(want not in (None, got) for want, got in zip(shape, found)):
+        wanted = "x".join("N" if n is None else str(n) for n in shape)
         raise PreparedDataError(f"{path} holds {dtype} [{'x'.join(map(str, found))}] but {MANIFEST} says "
                                 f"{'str' if kind == 'U' else np.dtype(kind)} [{wanted}] (prepare the data again)")
     if data_bytes < int(np.prod(found)) * dtype.itemsize:
@@ -366,7 +238,8 @@ def _check_array(path: Path, shape: tuple, kind: str) -> None:
                                 f"data bytes; prepare the data again)")
 
 
-def _load_npy(root: str | os.PathLike, name: str, mmap: bool = False) -> np.ndarray:
+def load_array(root: str | os.PathLike, name: str, mmap: bool = False) -> np.ndarray:
+    """A stored array (e.g. ``gallery_index_all_0``); memory-mapped with ``mmap``."""
     path = Path(root) / f"{name}.npy"
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -376,18 +249,13 @@ def _load_npy(root: str | os.PathLike, name: str, mmap: bool = False) -> np.ndar
 
 def load_set(root: str | os.PathLike, name: str) -> ImageSet:
     """A whole stored image set (images memory-mapped)."""
-    return ImageSet(images=_load_npy(root, f"{name}_images", mmap=True), pids=_load_npy(root, f"{name}_pids"),
-                    cams=_load_npy(root, f"{name}_cams"), paths=_load_npy(root, f"{name}_paths"))
-
-
-def load_array(root: str | os.PathLike, name: str) -> np.ndarray:
-    """A stored index/label array (e.g. ``gallery_index_all_0``)."""
-    return _load_npy(root, name)
+    return ImageSet(*(load_array(root, f"{name}_{part}", part == "images") for part in ("images", "pids", "cams",
+                                                                                         "paths")))
 
 
 def load_side(root: str | os.PathLike, side: Side, trial: int) -> ImageSet:
-    """The images of ``side`` for ``trial``: the whole set (images memory-mapped), or the rows of its index
-    array (read into memory), labelled by its label array when it has one."""
+    """The images of ``side`` in ``trial``: the whole set, or the rows of its index array (read into memory),
+    labelled by its label array when it has one."""
     base = load_set(root, side.set)
     index, labels = side.arrays(trial)
     if index is None:
@@ -395,20 +263,6 @@ def load_side(root: str | os.PathLike, side: Side, trial: int) -> ImageSet:
     return base.subset(load_array(root, index), pids=None if labels is None else load_array(root, labels))
 
 
-def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
-    """Training sets ``(visible, infrared)`` of ``trial`` in the release's clustering order (the dataset's
-    ``train_order``, when it has one)."""
-    check_prepared(root, dataset)
-    ds = get_dataset(dataset)
-    if ds.model_per_trial:
-        check_trial(ds.trials, trial, ds.display)
-    sets = [load_side(root, side, trial) for side in ds.train]
-    if ds.train_order is not None:
-        sets = [s.subset(ds.train_order(s.pids, s.paths)) for s in sets]
-    return sets[0], sets[1]
-
-
 def check_trial(trials: tuple[int, ...], trial: int, what: str) -> None:
-    """Raise :class:`PreparedDataError` unless ``trial`` is one of ``trials``."""
     if trial not in trials:
         raise PreparedDataError(f"{what} trial must be in {trials[0]}..{trials[-1]}, got {trial}")

@@ -12,15 +12,11 @@ import os
 from collections import Counter
 
 import numpy as np
-from PIL import Image
 
-from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.common.errors import RawDataError
+from rpnr.data.prepared import PreparePlan, SetSpec, Setting, Side
 from rpnr.data.published import PublishedStats, published_results
-from rpnr.data.raw_images import RawDataError
-from rpnr.data.raw_layout import read_path_labels
-from rpnr.data.synthetic import background, make_identity, new_folder, render
-from rpnr.datasets import Dataset, Setting, Side, register
-from rpnr.errors import UsageError
+from rpnr.data.raw import read_path_labels
 from rpnr.metrics import eval_regdb
 
 MODALITIES = ("visible", "thermal")
@@ -95,42 +91,6 @@ def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
     return np.array(sorted(range(len(names)), key=names.__getitem__), dtype=np.int64)
 
 
-def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, height: int = 128,
-                width: int = 64, seed: int = 0) -> dict:
-    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts. Trial t splits the ids
-    in half at random (train/test, a different split per trial); labels in the idx files are 0..n-1 in id order
-    within each split, as in RegDB."""
-    if ids < 2 or per_modality < 1:
-        raise UsageError("RegDB needs at least 2 ids and one image per modality")
-    out = new_folder(out)
-    rng = np.random.default_rng(seed)
-    bg_visible, bg_thermal = background(rng), background(rng)
-    files: dict[int, dict[str, list[str]]] = {}
-    for pid in range(1, ids + 1):
-        person_rng = np.random.default_rng([seed, pid])
-        person = make_identity(person_rng)
-        files[pid] = {}
-        for modality, folder, tag, bg in (("visible", "Visible", "v", bg_visible),
-                                          ("thermal", "Thermal", "t", bg_thermal)):
-            (out / folder / str(pid)).mkdir(parents=True, exist_ok=True)
-            names = []
-            for k in range(1, per_modality + 1):
-                img = render(person, person_rng, height, width, modality == "thermal", bg)
-                rel = f"{folder}/{pid}/{tag}_{pid:04d}_{k:02d}.bmp"
-                Image.fromarray(img, "RGB").save(out / rel)
-                names.append(rel)
-            files[pid][modality] = names
-    (out / "idx").mkdir(exist_ok=True)
-    for trial in REGDB_TRIALS:
-        perm = np.random.default_rng([seed, 1000 + trial]).permutation(np.arange(1, ids + 1))
-        half = ids // 2
-        for split, members in (("train", sorted(perm[:half])), ("test", sorted(perm[half:]))):
-            for modality in MODALITIES:
-                lines = [f"{rel} {label}" for label, pid in enumerate(members) for rel in files[pid][modality]]
-                (out / "idx" / f"{split}_{modality}_{trial}.txt").write_text("\n".join(lines) + "\n")
-    return {"ids": ids, "visible_images": ids * per_modality, "thermal_images": ids * per_modality}
-
-
 def _side(split: str, modality: str) -> Side:
     """The ``split`` images of ``modality`` listed for trial {trial}, labelled as in its idx file."""
     arrays = f"trial{{trial}}_{split}_{modality}"
@@ -158,12 +118,5 @@ RESULTS = published_results("RPNR release README (XiangboYin/RPNR), RegDB table:
                             "each), sd over those trials", {
     "visible_to_thermal": ((90.31, 1.87), (94.66, 1.42), (96.39, 1.24), (97.88, 0.84), (83.35, 1.81), (69.96, 2.30)),
     "thermal_to_visible": ((89.09, 1.72), (94.37, 1.41), (96.21, 1.17), (97.65, 0.90), (82.26, 1.91), (66.50, 2.26))})
-REGDB = register(Dataset(
-    name="regdb", display="RegDB", layout="raw RegDB folder (Visible/, Thermal/, idx/)", plan=plan_regdb,
-    published=PUBLISHED, published_results=RESULTS, write_synthetic=write_regdb,
-    synthetic_sizes={"ids": 40, "per_modality": 10},
-    train=(_side("train", "visible"), _side("train", "thermal")),
-    settings=(_direction("visible", "thermal"), _direction("thermal", "visible")), trials=REGDB_TRIALS, eps=0.3,
-    iters=100, top_k=5,  # the release's train_regdb.py keeps heapq.nlargest(5, ...) NPC members
-    full_rgb_batch_in_stage2=False, model_per_trial=True, epoch_setting="visible_to_thermal",
-    train_order=release_train_order))
+TRAIN = (_side("train", "visible"), _side("train", "thermal"))
+SETTINGS = (_direction("visible", "thermal"), _direction("thermal", "visible"))

@@ -1,5 +1,5 @@
-"""SYSU-MM01: the raw layout (identity files, the official query/gallery splits, the training split), what
-prepare writes, the synthetic tree, the published statistics and the registry entry; raw layout: DESIGN.md section 1.
+"""SYSU-MM01 (DESIGN.md section 1): the raw layout (identity files, the release's query and gallery splits, the
+training split), what prepare writes, the test settings and the published figures.
 
 Published statistics: Wu et al., "RGB-Infrared Cross-Modality Person Re-Identification", ICCV 2017, and the dataset's
 README (491 identities = 296 training + 99 validation + 96 test; training uses training + validation ids). The RPNR
@@ -13,15 +13,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
 
-from rpnr.data.prepared import PreparePlan, SetSpec
+from rpnr.common.errors import RawDataError
+from rpnr.data.prepared import PreparePlan, SetSpec, Setting, Side
 from rpnr.data.published import PublishedStats, published_results
-from rpnr.data.raw_images import RawDataError
-from rpnr.data.raw_layout import Split, cam_split, folder_images, read_id_line, sample_folder_images
-from rpnr.data.synthetic import background, make_identity, new_folder, render
-from rpnr.datasets import Dataset, Setting, Side, register
-from rpnr.errors import UsageError
+from rpnr.data.raw import Split, cam_split, folder_images, read_id_line, sample_folder_images
 from rpnr.metrics import eval_sysu, sysu_ignored
 
 RGB_CAMS, IR_CAMS = (1, 2, 4, 5), (3, 6)  # camera numbers
@@ -116,42 +112,6 @@ def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int
     }
 
 
-def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, test_ids: int = 12,
-               per_camera: int = 5, height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}. Ids are 1..N assigned
-    to train/val/test at random; each id appears in at least two RGB and one IR camera, with ``per_camera`` +-1
-    images per camera."""
-    if min(train_ids, test_ids, per_camera) < 1 or val_ids < 0:
-        raise UsageError("id and image counts must be positive")
-    out = new_folder(out)
-    rng = np.random.default_rng(seed)
-    total = train_ids + val_ids + test_ids
-    ids = rng.permutation(np.arange(1, total + 1))
-    splits = {"train": ids[:train_ids], "val": ids[train_ids:train_ids + val_ids], "test": ids[train_ids + val_ids:]}
-    (out / "exp").mkdir(parents=True, exist_ok=True)
-    for name, members in splits.items():
-        (out / "exp" / f"{name}_id.txt").write_text(",".join(str(int(i)) for i in members) + "\n")
-    backgrounds = {cam: background(rng) for cam in RGB_CAMS + IR_CAMS}
-    counts = {"ids": total, "rgb_images": 0, "ir_images": 0}
-    for pid in range(1, total + 1):
-        person_rng = np.random.default_rng([seed, pid])
-        person = make_identity(person_rng)
-        rgb_cams = [c for c in RGB_CAMS if person_rng.random() > 0.2] or [1, 2]
-        if len(rgb_cams) < 2:
-            rgb_cams = sorted({rgb_cams[0], 1 if rgb_cams[0] != 1 else 2})
-        ir_cams = [c for c in IR_CAMS if person_rng.random() > 0.1] or [3]
-        for cam in sorted(rgb_cams + ir_cams):
-            folder = out / f"cam{cam}" / f"{pid:04d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            n = max(2, per_camera + int(person_rng.integers(-1, 2)))
-            infrared = cam in IR_CAMS
-            for k in range(1, n + 1):
-                img = render(person, person_rng, height, width, infrared, backgrounds[cam])
-                Image.fromarray(img, "RGB").save(folder / f"{k:04d}.jpg", quality=92)
-            counts["ir_images" if infrared else "rgb_images"] += n
-    return counts
-
-
 def _setting(mode: str) -> Setting:
     """Infrared queries (cam3, cam6) against the visible gallery of ``mode``; gallery camera 2 skipped for
     camera-3 queries (``eval_sysu``)."""
@@ -169,11 +129,4 @@ PUBLISHED = PublishedStats("SYSU-MM01", "Wu et al. ICCV 2017; RPNR release log",
     "train identities": 395, "train visible images": 22258, "train infrared images": 11909, "test identities": 96,
     "query infrared images": 3803, "all-search gallery images per trial": 301,
     "indoor-search gallery images per trial": 112})
-
-SYSU = register(Dataset(
-    name="sysu", display="SYSU-MM01", layout="raw SYSU-MM01 folder (cam1..cam6, exp)", plan=plan_sysu,
-    published=PUBLISHED, published_results=RESULTS, write_synthetic=write_sysu,
-    synthetic_sizes={"train_ids": 24, "val_ids": 8, "test_ids": 12, "per_camera": 5},
-    train=(Side("train_rgb", "visible"), Side("train_ir", "infrared")),
-    settings=tuple(_setting(mode) for mode in SYSU_MODES), trials=SYSU_TRIALS, eps=0.6, iters=200, top_k=20,
-    full_rgb_batch_in_stage2=True, model_per_trial=False, epoch_setting="all", modes=SYSU_MODES))
+SETTINGS = tuple(_setting(mode) for mode in SYSU_MODES)

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from rpnr.checkpoint import load_checkpoint
-from rpnr.errors import CheckpointError, MissingFileError, UsageError
-from rpnr.files import BEST
+from rpnr.common.checkpoints import load_checkpoint
+from rpnr.common.errors import CheckpointError, MissingFileError, UsageError
+from rpnr.common.files import BEST
 from rpnr.models.agw import AGW, l2_normalize
 
 __all__ = ["AGW", "Trained", "build_model", "convert_official_state_dict", "imagenet_file", "l2_normalize",

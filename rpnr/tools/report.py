@@ -1,6 +1,6 @@
-"""From runs to a table (DESIGN.md section 12): the finished runs under some folders, grouped by dataset, stage and
-recipe (:func:`rpnr.config.recipe`), each final-test metric as mean and sample sd over a group's runs beside the
-spread over gallery trials and the release's published number.
+"""From runs to a table (DESIGN.md section 12): the finished runs under some folders, grouped by dataset, stage,
+recipe (:func:`rpnr.engine.settings.recipe`), data and start, each final-test metric as mean and sample sd over a
+group's runs beside the spread over gallery trials and the release's published number.
 
 A run folder holds ``run.json``; it is finished when nothing runs in it and it holds a readable ``test.json``
 (``{"best": {...}, "last": {...}}``, each with the metrics of every test setting in percent and their
@@ -20,12 +20,12 @@ import statistics
 import textwrap
 from pathlib import Path
 
-from rpnr.config import recipe
-from rpnr.datasets import registry
-from rpnr.errors import ReportError
-from rpnr.files import RUN_JSON, TEST_JSON
-from rpnr.protocols import METRICS
-from rpnr.run_folder import RunFolder
+from rpnr.common.errors import ReportError
+from rpnr.common.files import RUN_JSON, TEST_JSON
+from rpnr.data.published import METRICS
+from rpnr.data.registry import all_datasets
+from rpnr.engine.run_folder import RunFolder
+from rpnr.engine.settings import recipe
 
 MODELS = ("best", "last")
 METRIC_LABEL = {m: m.replace("rank", "Rank-") for m in METRICS}  # "rank1" -> "Rank-1"
@@ -234,7 +234,7 @@ def _setting_names(group: Group) -> list[str]:
 def group_rows(group: Group) -> list[dict]:
     """One row per test setting, model and metric (the CSV's :data:`COLUMNS`); published numbers for the best
     model of stage 2 where the dataset's registry entry holds them."""
-    ds = registry().get(group.dataset)
+    ds = all_datasets().get(group.dataset)
     published = ds.published_results if ds is not None and group.stage == "rpnr" else None
     rows = []
     for setting in _setting_names(group):
@@ -272,7 +272,7 @@ def quality_line(group: Group) -> str:
 
 
 def _title(group: Group) -> str:
-    ds = registry().get(group.dataset)
+    ds = all_datasets().get(group.dataset)
     stage = "stage 1 (baseline)" if group.stage == "baseline" else f"stage 2 ({group.stage})"
     return f"{ds.display if ds else group.dataset} {stage}: {len(group.runs)} run(s)" + (
         f"; settings {group.settings.replace(';', ', ')}" if group.settings else "")
@@ -294,7 +294,7 @@ def text_table(groups: list[Group]) -> list[str]:
             lines.append(f"  {setting:<20} {METRIC_LABEL[metric]:<7} {_pm(best['mean'], best['sd']):>15} "
                          f"{_num(best['trial_sd']):>8} {_pm(last['mean'], last['sd']):>15} "
                          f"{_pm(best['published'], best['published_sd']):>16}")
-    shown = [registry().get(g.dataset) for g in groups if g.stage == "rpnr"]  # datasets with published rows
+    shown = [all_datasets().get(g.dataset) for g in groups if g.stage == "rpnr"]  # datasets with published rows
     sources = {ds.published_results.source for ds in shown if ds is not None and ds.published_results}
     legend = ("mean ± sd: sample sd (ddof 1) over the group's runs; trial sd: sd over the gallery trials of one run, "
               "averaged over runs; best = selected on the test set (the release's protocol), last = the final epoch. "

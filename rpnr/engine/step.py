@@ -11,13 +11,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rpnr.batches import IterationBatch
-from rpnr.config import TrainConfig, TrainingError
+from rpnr.common.errors import TrainingError
 from rpnr.data.augment import IterationDraws
-from rpnr.distributed import ProcessGroup
-from rpnr.epoch_labels import EpochLabels
+from rpnr.engine.batches import IterationBatch
+from rpnr.engine.distributed import ProcessGroup
+from rpnr.engine.labels import EpochLabels
+from rpnr.engine.settings import TrainConfig
 from rpnr.evaluation import to_device
-from rpnr.training import stage2_terms
+from rpnr.training import TermInputs, objective
 
 
 def _autocast(device: torch.device, enabled: bool = True):
@@ -27,15 +28,12 @@ def _autocast(device: torch.device, enabled: bool = True):
 
 def _objective(f_rgb: Tensor, f_ir: Tensor, cfg: TrainConfig, batch: IterationBatch, labels: EpochLabels,
                memories: dict, epoch: int, iteration: int) -> tuple[Tensor, dict]:
-    """The stage's objective of the whole batch's features (every rank: the same) and its terms (and "total") as
-    detached device tensors (``iteration`` unused: the terms are checked when read, :func:`read_terms`)."""
+    """The objective of the whole batch's features (every rank: the same) and its terms (and "total") as detached
+    device tensors, checked when read (:func:`read_terms`; ``iteration`` is not needed here)."""
     y_ir, y, r2i, i2r = (None if a is None else to_device(torch.as_tensor(a), f_ir.device) for a in (
         labels.ir.train[batch.rows_ir], labels.rgb.train[batch.rows_rgb], labels.r2i, labels.i2r))  # [B_ir], [B_rgb]
     y_rgb = torch.cat((y, y), 0)  # [2 B_rgb]: labels of view 1 then view 2
-    modules = cfg.modules  # stage 1: stage2_terms without its stage-2 terms, as stage1_loss
-    total, parts = stage2_terms(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, w_cross=cfg.w_cross,
-                                w_hybrid=cfg.w_hybrid, w_nrl=cfg.w_nrl, sigma=cfg.sigma, delta=cfg.delta,
-                                cross=modules.otpm, hybrid=modules.mhl, nrl=modules.nrl)
+    total, parts = objective(TermInputs(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, cfg), cfg.terms)
     return total, {**{name: value.detach() for name, value in parts.items()}, "total": total.detach()}
 
 
@@ -64,29 +62,29 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, group: Proces
     x_ir = draws.ir_views(images[0].to(device, non_blocking=True), batch.pos_ir, cfg.height, cfg.width)
     x_rgb = draws.rgb_views(images[1].to(device, non_blocking=True), batch.pos_rgb, cfg.height, cfg.width)
     x_rgb, x_ir = x_rgb.contiguous(memory_format=channels_last), x_ir.contiguous(memory_format=channels_last)
-    objective = (cfg, batch, labels, memories, epoch, iteration)
+    inputs = (cfg, batch, labels, memories, epoch, iteration)
     optimizer.zero_grad(set_to_none=True)
     if cfg.low_memory and getattr(model, "module", model).bn_splits > 1:
-        parts = _low_memory_backward(model, group, device, cfg.amp, x_rgb, x_ir, objective)
+        parts = _low_memory_backward(model, group, device, cfg.amp, x_rgb, x_ir, inputs)
     else:
         with _autocast(device, cfg.amp):
             f_rgb, f_ir = model(x_rgb, x_ir)  # this rank's slice
         total, parts = _objective(group.gather_with_grad(f_rgb.float()),  # [2 B_rgb, 2048], the whole batch
-                                  group.gather_with_grad(f_ir.float()), *objective)  # [B_ir, 2048]
+                                  group.gather_with_grad(f_ir.float()), *inputs)  # [B_ir, 2048]
         total.backward()  # memories updated identically on every rank; DDP averages the gradients
     optimizer.step()
     return parts
 
 
 def _low_memory_backward(model: nn.Module, group: ProcessGroup, device: torch.device, amp: bool, x_rgb: Tensor,
-                         x_ir: Tensor, objective: tuple) -> dict:
+                         x_ir: Tensor, inputs: tuple) -> dict:
     """The one-graph step's gradients and memory updates, one batch-norm slice of activations at a time, as
     DESIGN.md section 11 says (steps 1-3; DDP synchronises on the last slice only)."""
     with torch.no_grad(), _autocast(device, amp):
         f_rgb, f_ir = model(x_rgb, x_ir)  # no graph; slice 0 updates the running statistics
     leaf_rgb = f_rgb.float().detach().requires_grad_()  # [2 B_rgb / W, 2048]
     leaf_ir = f_ir.float().detach().requires_grad_()  # [B_ir / W, 2048]
-    total, parts = _objective(group.gather_with_grad(leaf_rgb), group.gather_with_grad(leaf_ir), *objective)
+    total, parts = _objective(group.gather_with_grad(leaf_rgb), group.gather_with_grad(leaf_ir), *inputs)
     total.backward()  # the features' gradient; the memories updated here, once
     splits = getattr(model, "module", model).bn_splits
     rows = [[len(c) for c in torch.arange(len(x)).chunk(splits)] for x in (x_rgb, x_ir)]  # rows of each slice

@@ -1,8 +1,9 @@
-"""One logs folder, one run (DESIGN.md section 10): the folder's lock, the refusal of a folder that holds
-an earlier run's outputs, ``--overwrite``, and ``run.json``, the record of what produced a run."""
+"""One logs folder, one run (DESIGN.md section 10): the folder's lock and refusals, ``--overwrite``, ``run.json``
+(what produced a run), the checkpoints' format and the rules of a resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -15,12 +16,21 @@ from pathlib import Path
 
 import torch
 
-from rpnr.checkpoint import load_checkpoint, save_checkpoint
-from rpnr.distributed import ProcessGroup
-from rpnr.errors import RunFolderError
-from rpnr.files import BEST, CHECKPOINT, RUN_FILES, RUN_JSON, make_folder, write_json
+from rpnr.common.checkpoints import load_checkpoint, save_checkpoint
+from rpnr.common.errors import RunFolderError, TrainingError, UsageError
+from rpnr.common.files import BEST, CHECKPOINT, RUN_FILES, RUN_JSON, make_folder, write_json
+from rpnr.engine.distributed import ProcessGroup
+from rpnr.engine.settings import TrainConfig, flag_name, setting_defaults
 
 OUTPUTS = RUN_FILES  # every output of a run; --overwrite removes these and nothing else
+# 2: "args" holds every setting of the run; 1 (older) may lack settings added since (e.g. the ablation switches)
+FORMAT_VERSION = 2
+CURRENT = ("data_dir", "logs_dir", "resume", "overwrite", "device", "check")  # a resumed run takes these as given
+STARTED_FROM = ("imagenet", "baseline")  # a resumed run keeps the saved ones: the weights it started from
+# settings that change what a run computes: a resumed run must keep them (DESIGN.md section 10)
+COMPUTED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in {
+    *CURRENT, *STARTED_FROM, "dataset", "stage", "epochs", "workers", "feature_batch_size", "test_trials",
+    "low_memory"})
 VERSIONED = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "POT")
 
 
@@ -171,3 +181,43 @@ def provenance(command: list[str], args: dict, device: torch.device, group: Proc
         "device": {"type": device.type, "names": group.gather_objects(name), "world_size": group.world_size,
                    "count": torch.cuda.device_count() if device.type == "cuda" else 1},
         "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
+    """The checkpoint belongs to this dataset, stage, process count and prepared data."""
+    if ckpt.get("format_version") not in (1, FORMAT_VERSION) or "optimizer" not in ckpt:
+        raise TrainingError(f"{path} is not a training checkpoint of this project (cannot resume from it)")
+    if (ckpt.get("stage"), ckpt.get("dataset")) != (cfg.stage, cfg.dataset):
+        raise TrainingError(f"{path} is a {ckpt.get('dataset')} {ckpt.get('stage')} checkpoint; "
+                            f"cannot resume it as {cfg.dataset} {cfg.stage}")
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != world_size:
+        raise TrainingError(f"{path} was written by a run of {saved_world} process(es); resume it with the same "
+                            f"number (torchrun --nproc_per_node {saved_world}), not {world_size}")
+    if ckpt.get("data_id", data_id) != data_id:
+        raise TrainingError(f"{path} was trained on other prepared data than --data-dir {cfg.data_dir} "
+                            f"(--data-dir {ckpt.get('args', {}).get('data_dir')} -> {cfg.data_dir}); pass the "
+                            f"folder it was trained on")
+    if int(ckpt["epoch"]) > cfg.epochs:
+        raise TrainingError(f"{path} already holds {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}")
+
+
+def saved_settings(ckpt: dict) -> dict:
+    """The settings a training checkpoint was written with; a setting it does not record (added since, such as the
+    ablation switches) counts as its default, what that run computed with, whatever the checkpoint's format."""
+    return {**setting_defaults(), **ckpt.get("args", {})}
+
+
+def resumed_config(cfg: TrainConfig, saved: dict, given: frozenset[str], path: Path) -> TrainConfig:
+    """The settings of a resumed run: the checkpoint's (:func:`saved_settings`), except :data:`CURRENT` and the other
+    flags the command gave (``given``); a given setting of :data:`COMPUTED` that differs from the saved one is a
+    :class:`UsageError` listing ``--flag saved -> given`` for each."""
+    show = {"amp": lambda v: not v}  # --no-amp: shown as the flag's value
+    differ = [f"{flag_name(k)} {show.get(k, str)(saved[k])} -> {show.get(k, str)(getattr(cfg, k))}"
+              for k in COMPUTED if k in given and k in saved and saved[k] != getattr(cfg, k)]
+    if differ:
+        raise UsageError(f"{path} was trained with other settings, so resuming would compute something else: "
+                         f"{', '.join(differ)} (leave these flags out to resume with the saved values, or start "
+                         f"afresh with --overwrite)")
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(CURRENT) - (set(given) - set(STARTED_FROM))
+    return dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known})

@@ -12,29 +12,35 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from rpnr.batches import epoch_batches, prefetch
-from rpnr.checkpoint import load_checkpoint, missing_checkpoint_line, save_checkpoint
-from rpnr.config import TrainConfig, recipe, resumed_config, setting_defaults, settings_notes
-from rpnr.data.prepared import ImageSet, check_prepared, load_train
-from rpnr.datasets import get_dataset
-from rpnr.distributed import SINGLE, ProcessGroup
-from rpnr.epoch_labels import EpochLabels, build_memories, compute_labels, extract_train_features
-from rpnr.errors import TrainingError
-from rpnr.files import remove_temporaries, sha256_file
-from rpnr.final_test import evaluate_epoch, test_best_and_last
+from rpnr.common.checkpoints import load_checkpoint, missing_checkpoint_line, save_checkpoint
+from rpnr.common.errors import TrainingError
+from rpnr.common.files import BEST, CHECKPOINT, RUN_FILES, remove_temporaries, sha256_file
+from rpnr.data.prepared import ImageSet, check_prepared, check_trial, load_side
+from rpnr.data.registry import get_dataset
+from rpnr.engine.batches import epoch_batches, prefetch
+from rpnr.engine.distributed import SINGLE, ProcessGroup
+from rpnr.engine.labels import EpochLabels, build_memories, compute_labels, extract_train_features
+from rpnr.engine.protocol import evaluate_epoch, test_best_and_last
+from rpnr.engine.rng import capture_rng_state, restore_rng_state, seed_everything
+from rpnr.engine.run_folder import (
+    FORMAT_VERSION,
+    RunFolder,
+    best_state,
+    check_resumable,
+    provenance,
+    reconcile_best,
+    resumed_config,
+    saved_settings,
+)
+from rpnr.engine.run_log import RunLog
+from rpnr.engine.settings import TrainConfig, recipe, resolve_device, settings_notes
+from rpnr.engine.step import read_terms, train_step
 from rpnr.models import Trained, build_model, imagenet_file, load_trained, load_weights
-from rpnr.rng import capture_rng_state, restore_rng_state, seed_everything
-from rpnr.run_folder import BEST, CHECKPOINT, OUTPUTS, RunFolder, best_state, provenance, reconcile_best
-from rpnr.run_log import RunLog
-from rpnr.step import read_terms, train_step
-
-# 2: "args" holds every setting of the run; 1 (older) may lack settings added since (e.g. the ablation switches)
-FORMAT_VERSION = 2
+from rpnr.training import TERMS, loss_weights
 
 
 @dataclasses.dataclass
@@ -68,6 +74,7 @@ class RunState:
         return dataclasses.asdict(self.cfg)
 
 
+
 def _stage1_model(cfg: TrainConfig) -> Trained:
     """The model stage 2 starts from (:func:`rpnr.models.load_trained`): of this dataset and trial, not a stage-2
     model; another image size is a warning."""
@@ -86,36 +93,21 @@ def _init_model(cfg: TrainConfig, device: torch.device, start: nn.Module | None,
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
-def _check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
-    """The checkpoint belongs to this dataset, stage, process count and prepared data."""
-    if ckpt.get("format_version") not in (1, FORMAT_VERSION) or "optimizer" not in ckpt:
-        raise TrainingError(f"{path} is not a training checkpoint of this project (cannot resume from it)")
-    if (ckpt.get("stage"), ckpt.get("dataset")) != (cfg.stage, cfg.dataset):
-        raise TrainingError(f"{path} is a {ckpt.get('dataset')} {ckpt.get('stage')} checkpoint; "
-                            f"cannot resume it as {cfg.dataset} {cfg.stage}")
-    saved_world = int(ckpt.get("world_size", 1))
-    if saved_world != world_size:
-        raise TrainingError(f"{path} was written by a run of {saved_world} process(es); resume it with the same "
-                            f"number (torchrun --nproc_per_node {saved_world}), not {world_size}")
-    if ckpt.get("data_id", data_id) != data_id:
-        raise TrainingError(f"{path} was trained on other prepared data than --data-dir {cfg.data_dir} "
-                            f"(--data-dir {ckpt.get('args', {}).get('data_dir')} -> {cfg.data_dir}); pass the "
-                            f"folder it was trained on")
-    if int(ckpt["epoch"]) > cfg.epochs:
-        raise TrainingError(f"{path} already holds {ckpt['epoch']} epochs, more than --epochs {cfg.epochs}")
-
-
-def saved_settings(ckpt: dict) -> dict:
-    """The settings a training checkpoint was written with; a setting it does not record (added since, such as the
-    ablation switches) counts as its default, what that run computed with, whatever the checkpoint's format."""
-    return {**setting_defaults(), **ckpt.get("args", {})}
+def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
+    """The training sets ``(visible, infrared)`` of ``trial`` in the release's clustering order (the dataset's
+    ``train_order``, when it has one)."""
+    ds = get_dataset(dataset)
+    if ds.model_per_trial:
+        check_trial(ds.trials, trial, ds.display)
+    sets = [load_side(root, side, trial) for side in ds.train]
+    return tuple(s.subset(ds.train_order(s.pids, s.paths)) for s in sets) if ds.train_order else tuple(sets)
 
 
 def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
-    """The prepared training sets of both modalities, checked against the settings, and the data's identity
-    (a fingerprint of its manifest, where it lies and when it was written left out)."""
+    """The prepared training sets, checked against the settings, and the data's identity (a fingerprint of its
+    manifest, where it lies and when it was written left out)."""
     manifest = check_prepared(cfg.data_dir, cfg.dataset, cfg.height, cfg.width)
-    train_rgb, train_ir = load_train(cfg.data_dir, cfg.dataset, trial=cfg.trial)
+    train_rgb, train_ir = load_train(cfg.data_dir, cfg.dataset, cfg.trial)
     for name, images in (("visible", train_rgb), ("infrared", train_ir)):
         if len(images) <= cfg.k1:
             raise TrainingError(f"--k1 {cfg.k1} needs more {name} training images than the {len(images)} "
@@ -129,7 +121,7 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
     temporary files of killed writes, write run.json and print the notes."""
     if cfg.overwrite and not cfg.resume:
         folder.clear()
-    remove_temporaries(folder.path, OUTPUTS)
+    remove_temporaries(folder.path, RUN_FILES)
     folder.write_run_json(record, resumed=cfg.resume)
     for note in notes:
         print(note, file=sys.stderr)
@@ -138,7 +130,8 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
 def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset()) -> RunState:
     """Every check of a run that changes nothing on disk: the logs folder, the checkpoint and settings to resume,
     the prepared data, the start weights; the run's state with its folder not yet created or locked (a refused
-    run leaves no trace). ``given``: :func:`rpnr.config.named_settings`."""
+    run leaves no trace). ``given``: :func:`rpnr.engine.settings.named_settings`."""
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, group.world_size))
     folder = RunFolder(cfg.logs_dir)
     group.from_main(folder.check_usable, cfg.resume, cfg.overwrite, keep=cfg.baseline, data=cfg.data_dir)
     ckpt_path, ckpt = folder.path / CHECKPOINT, None
@@ -158,7 +151,7 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
     train_rgb, train_ir, data_id = _load_data(cfg)
     notes, best_note = settings_notes(cfg, given), None
     if ckpt is not None:
-        _check_resumable(ckpt, ckpt_path, cfg, group.world_size, data_id)
+        check_resumable(ckpt, ckpt_path, cfg, group.world_size, data_id)
         best_note = group.from_main(reconcile_best, folder.path, ckpt, write=False)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
@@ -204,11 +197,11 @@ def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = froz
         if ckpt is not None:
             _restore(s, ckpt)
         else:
-            s.log = RunLog(s.folder.path, enabled=group.is_main, loss_weights=cfg.modules.loss_weights(cfg))
+            s.log = RunLog(s.folder.path, enabled=group.is_main, loss_weights=loss_weights(cfg, s.cfg.terms))
             s.log.print(f"{cfg.dataset} {cfg.stage}: {len(s.train_rgb)} visible and {len(s.train_ir)} infrared "
                         f"training images; {group.world_size} process(es), batch norm in {cfg.bn_splits} slice(s); "
                         f"args {s.args}")
-        s.log.print(cfg.modules.describe(cfg.stage))
+        s.log.print(cfg.ablation.describe(cfg.stage))
         if cfg.low_memory and s.net.bn_splits == 1:
             s.log.print(f"note: --low-memory changes nothing with one batch-norm slice per process (--bn-splits "
                         f"{cfg.bn_splits} over {group.world_size} process(es)); the one-graph step runs")
@@ -227,7 +220,7 @@ def _restore(s: RunState, ckpt: dict) -> None:
     s.start_epoch = int(ckpt["epoch"])
     s.best = dict(ckpt.get("best") or {"epoch": 0, "rank1": float(ckpt["best_rank1"]), "mAP": 0.0})
     s.log = RunLog(s.folder.path, resume_epoch=s.start_epoch, enabled=s.group.is_main, log_bytes=ckpt.get("log_bytes"),
-                   loss_weights=s.cfg.modules.loss_weights(s.cfg))
+                   loss_weights=loss_weights(s.cfg, s.cfg.terms))
     s.log.print(f"resuming from {s.folder.path / CHECKPOINT} after epoch {s.start_epoch} "
                 f"(best Rank-1 {s.best['rank1']:.2f}%)")
     restore_rng_state(ckpt["rng"])  # the resumed epoch sees the random stream of the uninterrupted run
@@ -251,7 +244,7 @@ def epoch_labels(s: RunState, epoch: int, times: dict) -> tuple[EpochLabels, dic
     t0 = time.perf_counter()
     labels = s.group.from_main(compute_labels, *feats, s.train_rgb, s.train_ir, cfg, epoch).to(s.device)
     s.group.sync_random_state()
-    memories = build_memories(labels, cfg.temp, cfg.momentum, hybrid=cfg.modules.mhl)
+    memories = build_memories(labels, cfg.temp, cfg.momentum, hybrid=any("hybrid" in t.needs for t in s.cfg.terms))
     times["time_clustering"] = time.perf_counter() - t0
     return labels, memories
 
@@ -280,7 +273,7 @@ def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int, re
     bar.close()
     means = {key: sum(row[j] for row in rows) / cfg.iters for j, key in enumerate(parts)}
     # every term of the objective, None for one left out (metrics.json: null), then the total
-    return {**{term: means.get(term) for term in cfg.modules.loss_weights(cfg)}, "total": means["total"]}
+    return {**{term.name: means.get(term.name) for term in TERMS}, "total": means["total"]}
 
 
 def check_finite_weights(net: nn.Module, epoch: int) -> None:
@@ -320,7 +313,7 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
              f"infrared {ir.num_clusters} (outliers {ir.num_outliers}), eps {cfg.eps:g}; "
              f"purity visible {rgb.purity:.3f}, infrared {ir.purity:.3f}; ARI visible {rgb.ari:.3f}, infrared "
              f"{ir.ari:.3f}; NMI visible {rgb.nmi:.3f}, infrared {ir.nmi:.3f}"]
-    if cfg.modules.npc:
+    if cfg.ablation.npc:
         lines.append(f"{head}: NPC relabelled visible {rgb.relabeled}, infrared {ir.relabeled}")
     return lines + [f"{head}: loss " + " ".join(f"{k} {v:.5g}" for k, v in losses.items() if v is not None),
                     f"{head}: Rank-1 {result['rank1']:.2f}% mAP {result['mAP']:.2f}% mINP {result['mINP']:.2f}% "
@@ -331,7 +324,7 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
 def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, result: dict, lr: float,
                  times: dict) -> None:
     """Log the epoch, add its metrics record, write the checkpoint, then model_best when the epoch improved
-    (rank 0; this order is what :func:`rpnr.run_folder.reconcile_best` relies on)."""
+    (rank 0; this order is what :func:`rpnr.engine.run_folder.reconcile_best` relies on)."""
     cfg = s.cfg
     improved = result["rank1"] > s.best["rank1"]
     if improved:
@@ -358,9 +351,8 @@ def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, resu
 
 def run(cfg: TrainConfig, group: ProcessGroup = SINGLE, given: frozenset[str] = frozenset(),
         command: list[str] | None = None) -> dict:
-    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best and the last model; writes
-    the run's :data:`rpnr.run_folder.OUTPUTS` into ``cfg.logs_dir`` (rank 0 only under torchrun), which it holds
-    locked, and returns the final test results ``{"best": ..., "last": ...}`` (on every rank)."""
+    """Train ``cfg.epochs`` epochs (resuming when ``cfg.resume``), then test the best and the last model; the run's
+    files in ``cfg.logs_dir`` (rank 0 writes), held locked; returns ``{"best": ..., "last": ...}`` (every rank)."""
     s = open_run(cfg, group, given, command)
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rpnr.errors import RPNRError, UsageError
-from rpnr.files import error_line
+from rpnr.common.errors import RPNRError, UsageError
+from rpnr.common.files import error_line
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,13 +24,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog + ': ' if self.named else ''}error: {message} (see {self.prog} --help)\n")
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# the value checks of every command (train.py's settings name theirs): rule -> (test, what a failing value is told)
+CHECKS = {"int>=1": (lambda v: _integer(v) and v >= 1, "must be a positive integer"),
+          ">0": (lambda v: v > 0, "must be positive"), ">=0": (lambda v: v >= 0, "must not be negative"),
+          "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+
+
+def check_values(*values: tuple[str, object, str]) -> None:
+    """Refuse the first ``(name, value, rule)`` whose value fails its rule of :data:`CHECKS` (one line)."""
+    for name, value, rule in values:
+        test, told = CHECKS[rule]
+        if not test(value):
+            raise UsageError(f"{name} {told}, got {value!r}")
+
+
 def require_positive(*values: tuple[str, object]) -> None:
-    """Refuse the first ``(name, value)`` whose value is not a positive integer (:class:`UsageError`)."""
-    for name, value in values:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{name} must be a positive integer, got {value!r}")
-        if value < 1:
-            raise UsageError(f"{name} must be positive, got {value}")
+    """Refuse the first ``(name, value)`` whose value is not a positive integer."""
+    check_values(*((name, value, "int>=1") for name, value in values))
 
 
 class _ClosedPipeSafe:
@@ -101,5 +115,5 @@ def _interrupted_at_start(kind, value, traceback) -> None:
 
 
 if sys.excepthook is sys.__excepthook__ and sys.argv and sys.argv[0] and \
-        Path(__file__).resolve().parents[1] in Path(sys.argv[0]).resolve().parents:  # this project's own commands
+        Path(__file__).resolve().parents[2] in Path(sys.argv[0]).resolve().parents:  # this project's own commands
     sys.excepthook = _interrupted_at_start

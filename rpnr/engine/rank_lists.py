@@ -1,6 +1,7 @@
 """Rank lists: a picture of the top gallery matches of a few queries, to look at what a model retrieves. One row
 per query (chosen deterministically, spread over identities): the query, then its top-k gallery images of the
-first test trial, framed green for the query's identity and red for another, with rank, similarity, identity.
+first test trial, framed green for the query's identity and red for another, with rank, similarity, identity;
+also search.py's, of your own images. The query and gallery images of a setting and trial (:func:`trial_sets`).
 
     write_rank_list(model, dataset, "data/<dataset>", "logs/<dataset>_s2/ranks.png", device="cuda")
 """
@@ -17,16 +18,50 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from rpnr.common.files import atomic_write
+from rpnr.data.prepared import ImageSet, Setting, check_prepared, check_trial, load_side
+from rpnr.data.raw import load_image
+from rpnr.data.registry import get_dataset
 from rpnr.evaluation import extract_features_uint8
-from rpnr.extractor import load_image
-from rpnr.files import atomic_write
-from rpnr.protocols import trial_sets
 
 MIN_IMAGE_HEIGHT = 128  # small images are scaled up by an integer factor to at least this height
 BORDER = 4  # frame width (pixels)
 GAP = 6  # space between cells
 FONT_SIZE = 13
 SAME, OTHER, QUERY, EMPTY = (0, 160, 0), (215, 0, 0), (40, 90, 200), (200, 200, 200)
+
+
+@dataclass
+class TrialSets:
+    """The query and gallery images of one setting and trial."""
+
+    query: ImageSet  # query images (memory-mapped when the whole set)
+    gallery: ImageSet  # gallery images of the trial, in its official order
+    setting: Setting
+    title: str  # e.g. "SYSU-MM01 all-search, gallery of trial 0"
+
+    def excluded(self, query: ImageSet) -> np.ndarray:
+        """bool [Q, G]: True where a gallery image is ignored for a query of ``query`` (e.g. some of
+        ``self.query``'s rows), by the rule its metric applies."""
+        shape = (len(query), len(self.gallery))
+        if self.setting.ignored is None:
+            return np.zeros(shape, dtype=bool)
+        rule = self.setting.ignored(query.pids[:, None], query.cams[:, None], self.gallery.pids[None, :],
+                                    self.gallery.cams[None, :])
+        return np.broadcast_to(rule, shape)
+
+
+def trial_sets(dataset: str, root: str | os.PathLike, trial: int | None = None,
+               setting: str | None = None) -> TrialSets:
+    """The query and gallery images of ``setting`` (default: the per-epoch one, e.g. SYSU-MM01 all-search)
+    in ``trial`` (default: the dataset's first)."""
+    ds = get_dataset(dataset)
+    check_prepared(root, dataset)
+    trial = ds.trials[0] if trial is None else trial
+    check_trial(ds.trials, trial, ds.display)
+    s = ds.setting(setting or ds.epoch_setting)
+    title = f"{s.title}, {'trial' if ds.model_per_trial else 'gallery of trial'} {trial}"
+    return TrialSets(load_side(root, s.query, trial), load_side(root, s.gallery, trial), s, title)
 
 
 @dataclass

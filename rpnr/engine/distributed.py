@@ -19,8 +19,9 @@ import torch.distributed as dist
 from torch import Tensor, autograd, nn
 from tqdm import tqdm
 
-from rpnr.errors import DistributedError
-from rpnr.rng import capture_rng_state, restore_rng_state
+from rpnr.common.errors import DistributedError
+from rpnr.engine.rng import capture_rng_state, restore_rng_state
+from rpnr.engine.settings import resolve_device
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(hours=2)  # rank 0 alone runs clustering and tests while the others wait
@@ -31,36 +32,6 @@ def launched_processes() -> tuple[int, int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return (world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
             int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
-
-
-def resolve_device(name: str | None, world: int = 1, local_rank: int = 0, local_world: int = 1,
-                   torchrun: bool = False) -> str:
-    """The device this process computes on: ``name`` ("cpu", "cuda", "cuda:N"; None: CUDA when available)
-    checked against the machine; under torchrun process k of a machine takes ``cuda:k`` (one process may
-    name its GPU, several must pass ``cuda``). A device that cannot work is a :class:`DistributedError`."""
-    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DistributedError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if dev.type != "cuda":
-        if dev.type != "cpu":
-            raise DistributedError(f"--device {name!r}: use cpu, cuda or cuda:N")
-        return name
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available == 0:
-        raise DistributedError(f"--device {name}: CUDA is not available on this machine")
-    if dev.index is not None and world > 1:
-        raise DistributedError(f"--device {name}: under torchrun pass --device cuda; process k of a machine takes "
-                               f"cuda:k")
-    if dev.index is not None and dev.index >= available:
-        raise DistributedError(f"--device {name}: only {available} CUDA device(s)")
-    if dev.index is not None or not torchrun:
-        return name
-    if available < local_world:
-        raise DistributedError(f"--device cuda with {local_world} processes per machine, but this machine has "
-                               f"{available} CUDA device(s); pass --nproc_per_node {max(available, 1)} or fewer")
-    return f"cuda:{local_rank}"
 
 
 class _GatherWithGrad(autograd.Function):

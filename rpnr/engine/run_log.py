@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the Agg backend
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from rpnr.files import atomic_write, write_json  # noqa: E402
+from rpnr.common.files import atomic_write, write_json  # noqa: E402
 
 
 class RunLog:
@@ -37,7 +37,7 @@ class RunLog:
         self.records: list[dict] = []
         if not enabled:
             return
-        if resume_epoch is None:  # a fresh run: the folder holds no earlier outputs (rpnr.run_folder)
+        if resume_epoch is None:  # a fresh run: the folder holds no earlier outputs (rpnr.engine.run_folder)
             self.log_path.write_text("")
             return
         if log_bytes is not None and self.size() > log_bytes:

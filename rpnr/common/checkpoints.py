@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rpnr.errors import CheckpointError, DamagedCheckpointError, UnsafeCheckpointError
-from rpnr.files import BEST, atomic_write
+from rpnr.common.errors import CheckpointError, DamagedCheckpointError, UnsafeCheckpointError
+from rpnr.common.files import BEST, atomic_write
 
 # first pickle of a legacy (non-zip) torch.save stream (torch.serialization.MAGIC_NUMBER)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -140,7 +140,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically (:func:`rpnr.files.atomic_write`), serialised in memory first so that a full
+    """Write ``state`` atomically (:func:`rpnr.common.files.atomic_write`), serialised in memory first so that a full
     disk is an ``OSError`` (ENOSPC) rather than PyTorch's ``unexpected pos`` error from inside its zip writer."""
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -15,10 +15,10 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from rpnr.command import require_positive
-from rpnr.data.raw_images import RESAMPLE, read_image, rgb_of
-from rpnr.distributed import resolve_device
-from rpnr.errors import RawDataError, UsageError
+from rpnr.common.command import require_positive
+from rpnr.common.errors import RawDataError, UsageError
+from rpnr.data.raw import load_image
+from rpnr.engine.settings import resolve_device
 from rpnr.evaluation import extract_features_uint8, uint8_to_normalized
 from rpnr.models import l2_normalize, load_trained
 
@@ -32,20 +32,6 @@ def stem_of(modality: str) -> str:
     if stem is None:
         raise UsageError(f"unknown modality {modality!r}: use visible or infrared (aliases thermal, nir)")
     return stem
-
-
-def load_image(image, height: int, width: int) -> np.ndarray:
-    """A file path, PIL image or uint8 [H, W, 3] array -> uint8 [height, width, 3], as prepare reads a test
-    image (RGB, Lanczos); an unreadable file raises :class:`rpnr.data.raw_images.RawDataError` naming it."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(image, height, width, "lanczos")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise UsageError(f"image arrays must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise UsageError(f"an image must be a file path, a PIL image or a uint8 array, got {type(image).__name__}")
-    return np.asarray(rgb_of(image).resize((width, height), RESAMPLE["lanczos"]), dtype=np.uint8)
 
 
 class FeatureExtractor:

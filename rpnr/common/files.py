@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from rpnr.errors import RPNRError, UsageError
+from rpnr.common.errors import RPNRError, UsageError
 
 # a training run's files (DESIGN.md section 10); no command writes over them, --overwrite removes only these
 CHECKPOINT, BEST, RUN_JSON, TEST_JSON = "checkpoint.pth.tar", "model_best.pth.tar", "run.json", "test.json"

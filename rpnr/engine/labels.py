@@ -10,12 +10,12 @@ import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
 
-from rpnr.config import TrainConfig
+from rpnr.common.errors import PseudoLabelError
 from rpnr.data.prepared import ImageSet
-from rpnr.distributed import SINGLE, ProcessGroup
-from rpnr.errors import PseudoLabelError
+from rpnr.engine.distributed import SINGLE, ProcessGroup
+from rpnr.engine.settings import TrainConfig
 from rpnr.evaluation import extract_features_uint8
-from rpnr.matching import hybrid_centers, match_clusters
+from rpnr.matching import MATCHERS, hybrid_centers
 from rpnr.memory import ClusterMemory
 from rpnr.pseudo_labels import calibrate_labels, cluster_centers, cluster_features
 
@@ -120,14 +120,14 @@ def extract_train_features(model: nn.Module, images: np.ndarray, modal: str, bat
 
 def compute_labels(feats_rgb: Tensor, feats_ir: Tensor, train_rgb: ImageSet, train_ir: ImageSet,
                    cfg: TrainConfig, epoch: int) -> EpochLabels:
-    """Pseudo labels of both modalities (NPC when ``cfg.modules.npc``), checked, with the OT partners (when
-    ``cfg.modules.otpm``); centres on the CPU."""
-    modules = cfg.modules
-    rgb, ir = (modality_labels(feats, images.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, modules.npc, cfg.top_k)
+    """Pseudo labels of both modalities (NPC when the run uses it), checked, with the clusters' partners (the
+    ``--matcher``'s, when the run uses OTPM); centres on the CPU."""
+    ablation = cfg.ablation
+    rgb, ir = (modality_labels(feats, images.pids, cfg.eps, cfg.k1, cfg.k2, cfg.min_samples, ablation.npc, cfg.top_k)
                for feats, images in ((feats_rgb, train_rgb), (feats_ir, train_ir)))
     check_labels(ir, "ir", epoch + 1, cfg.eps, cfg.batch_size, cfg.num_instances)
     check_labels(rgb, "rgb", epoch + 1, cfg.eps, cfg.rgb_batch_size, cfg.num_instances)
-    r2i, i2r = match_clusters(rgb.centers, ir.centers, reg=cfg.ot_reg) if modules.otpm else (None, None)
+    r2i, i2r = MATCHERS[cfg.matcher](rgb.centers, ir.centers, cfg) if ablation.otpm else (None, None)
     return EpochLabels(rgb, ir, r2i, i2r).to(torch.device("cpu"))
 
 

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rpnr.config import TrainConfig
+from rpnr.common.errors import PseudoLabelError
 from rpnr.data.augment import rgb_rows
 from rpnr.data.prepared import ImageSet
 from rpnr.data.sampler import BatchStream, RandomMultipleGallerySampler
-from rpnr.distributed import ProcessGroup
-from rpnr.epoch_labels import MODALITY_NAMES, EpochLabels, PseudoLabelError
+from rpnr.engine.distributed import ProcessGroup
+from rpnr.engine.labels import MODALITY_NAMES, EpochLabels
+from rpnr.engine.settings import TrainConfig
 
 
 def make_stream(labels: np.ndarray, cams: np.ndarray, batch_size: int, num_instances: int, modality: str,

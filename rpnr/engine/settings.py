@@ -1,24 +1,22 @@
-"""Every setting of a training run, defined once (DESIGN.md sections 5 and 10): the :class:`TrainConfig` fields
-and their help text are ``train.py``'s command line (:func:`build_parser`), their checks
-(:func:`build_config`) and the run's saved "args"; dataset-dependent defaults come from the registry.
-"""
+"""Every setting of a training run, defined once (DESIGN.md sections 5 and 10): the :class:`TrainConfig` fields are
+``train.py``'s command line (:func:`build_parser`), their checks (:func:`build_config`), the run's saved "args" and
+its recipe (section 12); the registry gives the dataset-dependent defaults. Nothing here touches the network."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
-from rpnr.command import Parser
-from rpnr.datasets import get_dataset, names, per_dataset, registry
-from rpnr.distributed import resolve_device
-from rpnr.errors import DistributedError, TrainingError, UsageError  # noqa: F401 - TrainingError: re-exported
-from rpnr.evaluation import PRECISIONS
-from rpnr.files import BEST
+import torch
 
-# value checks of the numeric settings: name -> (test, what a failing value is told)
-CHECKS = {"int>=1": (lambda v: v >= 1, "must be a positive integer"), ">0": (lambda v: v > 0, "must be positive"),
-          ">=0": (lambda v: v >= 0, "must not be negative"), "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+from rpnr.common.command import Parser, check_values
+from rpnr.common.errors import DistributedError, UsageError
+from rpnr.common.files import BEST
+from rpnr.data.registry import all_datasets, get_dataset, names, per_dataset
+from rpnr.matching import MATCHERS
+from rpnr.training import Term, active_terms
+
+PRECISIONS = ("fp32", "tf32", "bf16")  # rpnr.evaluation.feature_precision's arithmetic
 
 
 def _f(default, help: str, group: str = "running", **meta):
@@ -35,31 +33,19 @@ _ABLATION, _REQUIRED = "the paper's ablations (stage 2; README: paper row -> fla
 
 
 @dataclasses.dataclass(frozen=True)
-class Modules:
-    """The RPNR modules a run uses (the paper's ablation table; README: paper row -> flags): in stage 2 each of
-    them unless its ``--no-*`` switch is given, none in stage 1. The one definition the labels, the objective and
-    the logs read. MHL needs OTPM's matching, so ``--no-otpm`` also leaves out the hybrid memory."""
+class Ablation:
+    """Which of the paper's modules a run uses (its ablation table; docs/reproducing.md: paper row -> flags): in
+    stage 2 each unless its ``--no-*`` switch is given, none in stage 1. The labels, the objective's terms and the
+    logs read it; MHL needs OTPM's matching, so ``--no-otpm`` leaves out the hybrid memory too."""
 
     npc: bool  # noisy pseudo-label calibration of the DBSCAN labels
-    otpm: bool  # optimal-transport matching of the clusters -> the cross-modality term
+    otpm: bool  # the clusters' cross-modality matching and the cross-modality term
     mhl: bool  # the hybrid memory and its term
     nrl: bool  # the neighbour relation loss
-
-    @classmethod
-    def of(cls, stage: str, no_npc: bool, no_nrl: bool, no_mhl: bool, no_otpm: bool) -> Modules:
-        rpnr = stage == "rpnr"
-        return cls(npc=rpnr and not no_npc, otpm=rpnr and not no_otpm, mhl=rpnr and not (no_mhl or no_otpm),
-                   nrl=rpnr and not no_nrl)
 
     def off(self) -> list[str]:
         """The modules left out, in the paper's order (e.g. ["NPC", "NRL"])."""
         return [name.upper() for name, on in dataclasses.asdict(self).items() if not on]
-
-    def loss_weights(self, cfg: TrainConfig) -> dict:
-        """The weight of each loss term of the objective, None for a term that is left out (stage 2's terms in
-        stage 1); the weighted terms sum to the total."""
-        return {"ir": 1.0, "rgb": 1.0, "cross": cfg.w_cross if self.otpm else None,
-                "hybrid": cfg.w_hybrid if self.mhl else None, "nrl": cfg.w_nrl if self.nrl else None}
 
     def describe(self, stage: str) -> str:
         """The log line that says which modules are off."""
@@ -88,7 +74,7 @@ class TrainConfig:
     batch_size: int = _f(128, "infrared images per batch", _SAMPLING, short="-b", check="int>=1")
     rgb_batch_size: int | None = _f(None, "visible images per batch, each in two views", _SAMPLING, default_text=(
         lambda: "--batch-size in stage 2 on " + ", ".join(
-            ds.display for ds in registry().values() if ds.full_rgb_batch_in_stage2) + ", else --batch-size / 2"))
+            ds.display for ds in all_datasets().values() if ds.full_rgb_batch_in_stage2) + ", else --batch-size / 2"))
     num_instances: int = _f(16, "images per pseudo identity in a batch", _SAMPLING, check="int>=1")
     iters: int | None = _f(None, "iterations per epoch", _SAMPLING, dataset="iters", check="int>=1")
     epochs: int = _f(50, "epochs", _SAMPLING, check="int>=1")
@@ -105,6 +91,8 @@ class TrainConfig:
     top_k: int | None = _f(None, "NPC prototype members (stage 2; the release's train_regdb.py keeps 5)", _LABELS,
                            dataset="top_k", check="int>=1", stage="rpnr")
     ot_reg: float = _f(5.0, "Sinkhorn entropic regularisation (stage 2)", _LABELS, check=">0", stage="rpnr")
+    matcher: str = _f("ot", "how the clusters of the two modalities are matched (stage 2; rpnr.matching.MATCHERS)",
+                      _LABELS, choices=lambda: tuple(MATCHERS), stage="rpnr")
     w_cross: float = _f(0.25, "cross-modality memory term weight (stage 2)", _LABELS, check=">=0", stage="rpnr")
     w_hybrid: float = _f(0.5, "hybrid memory term weight (stage 2)", _LABELS, check=">=0", stage="rpnr")
     w_nrl: float = _f(10.0, "neighbour relation loss weight (stage 2)", _LABELS, check=">=0", stage="rpnr")
@@ -151,18 +139,16 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model (off by default until measured on a GPU)")
 
     @property
-    def modules(self) -> Modules:
-        """The RPNR modules this run uses."""
-        return Modules.of(self.stage, self.no_npc, self.no_nrl, self.no_mhl, self.no_otpm)
+    def ablation(self) -> Ablation:
+        """The paper's modules this run uses."""
+        two = self.stage == "rpnr"
+        return Ablation(npc=two and not self.no_npc, otpm=two and not self.no_otpm,
+                        mhl=two and not (self.no_mhl or self.no_otpm), nrl=two and not self.no_nrl)
 
-
-# a resumed run takes these from the command
-CURRENT = ("data_dir", "logs_dir", "resume", "overwrite", "device", "check")
-STARTED_FROM = ("imagenet", "baseline")  # a resumed run keeps the saved ones: the weights it started from
-# settings that change what a run computes: a resumed run must keep them (DESIGN.md section 10)
-COMPUTED = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in {
-    *CURRENT, *STARTED_FROM, "dataset", "stage", "epochs", "workers", "feature_batch_size", "test_trials",
-    "low_memory"})
+    @property
+    def terms(self) -> list[Term]:
+        """The terms of the objective this run computes (:func:`rpnr.training.active_terms`)."""
+        return active_terms(self, dataclasses.asdict(self.ablation))
 
 
 def _help(f: dataclasses.Field) -> str:
@@ -241,10 +227,8 @@ def build_config(values: dict, world: int = 1) -> TrainConfig:
     value checked (:class:`UsageError`). ``world``: the processes torchrun started (1 without torchrun)."""
     cfg = _fill_defaults(TrainConfig(**values), world)
     ds = get_dataset(cfg.dataset)
-    for f in dataclasses.fields(TrainConfig):
-        if "check" in f.metadata:
-            test, told = CHECKS[f.metadata["check"]]
-            _require(test(getattr(cfg, f.name)), f"--{f.name.replace('_', '-')} {told}, got {getattr(cfg, f.name)}")
+    check_values(*((flag_name(f.name), getattr(cfg, f.name), f.metadata["check"]) for f in dataclasses.fields(cfg)
+                   if "check" in f.metadata))
     _require(cfg.batch_size % cfg.num_instances == 0,
              f"--batch-size {cfg.batch_size} is not divisible by --num-instances {cfg.num_instances}")
     _require(cfg.rgb_batch_size >= cfg.num_instances and cfg.rgb_batch_size % cfg.num_instances == 0,
@@ -280,7 +264,7 @@ def settings_notes(cfg: TrainConfig, given: frozenset[str]) -> list[str]:
     """Warnings about settings the command line gives (``given``) that this run does not use: those of the other
     stage, and ``--compile`` on the CPU (it compiles for minutes before the first iteration)."""
     stage = {"baseline": "stage 1 (--stage baseline)", "rpnr": "stage 2 (--stage rpnr)"}
-    notes = [f"warning: {_flag_name(f.name)} applies to {stage[f.metadata['stage']]} only; this run ignores it"
+    notes = [f"warning: {flag_name(f.name)} applies to {stage[f.metadata['stage']]} only; this run ignores it"
              for f in dataclasses.fields(TrainConfig) if f.name in given and
              f.metadata.get("stage", cfg.stage) != cfg.stage and f.type != "bool"]
     if cfg.compile and cfg.device == "cpu":
@@ -289,8 +273,9 @@ def settings_notes(cfg: TrainConfig, given: frozenset[str]) -> list[str]:
     return notes
 
 
-def _flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def flag_name(name: str) -> str:
+    """A setting's flag (``amp`` is spelled ``--no-amp``)."""
+    return "--no-amp" if name == "amp" else "--" + name.replace("_", "-")
 
 
 def recipe(args: dict) -> dict:
@@ -306,20 +291,31 @@ def setting_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default not in (None, _REQUIRED)}
 
 
-def _flag(name: str, value) -> str:
-    """A setting as its command-line flag (``amp`` is spelled ``--no-amp``)."""
-    return f"--no-amp {not value}" if name == "amp" else f"--{name.replace('_', '-')} {value}"
-
-
-def resumed_config(cfg: TrainConfig, saved: dict, given: frozenset[str], path: Path) -> TrainConfig:
-    """The settings of a resumed run: the checkpoint's, except the flags of ``CURRENT`` and the other
-    flags the command gave (``given``); a given setting of ``COMPUTED`` that differs from the saved
-    one is a :class:`UsageError` listing ``--flag saved -> given`` for each."""
-    differ = [f"{_flag(k, saved[k])} -> {_flag(k, getattr(cfg, k)).split(' ', 1)[1]}"
-              for k in COMPUTED if k in given and k in saved and saved[k] != getattr(cfg, k)]
-    if differ:
-        raise UsageError(f"{path} was trained with other settings, so resuming would compute something else: "
-                         f"{', '.join(differ)} (leave these flags out to resume with the saved values, or start "
-                         f"afresh with --overwrite)")
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(CURRENT) - (set(given) - set(STARTED_FROM))
-    return dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known})
+def resolve_device(name: str | None, world: int = 1, local_rank: int = 0, local_world: int = 1,
+                   torchrun: bool = False) -> str:
+    """The device this process computes on: ``name`` ("cpu", "cuda", "cuda:N"; None: CUDA when available)
+    checked against the machine; under torchrun process k of a machine takes ``cuda:k`` (one process may
+    name its GPU, several must pass ``cuda``). A device that cannot work is a :class:`DistributedError`."""
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DistributedError(f"--device {name!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type != "cuda":
+        if dev.type != "cpu":
+            raise DistributedError(f"--device {name!r}: use cpu, cuda or cuda:N")
+        return name
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise DistributedError(f"--device {name}: CUDA is not available on this machine")
+    if dev.index is not None and world > 1:
+        raise DistributedError(f"--device {name}: under torchrun pass --device cuda; process k of a machine takes "
+                               f"cuda:k")
+    if dev.index is not None and dev.index >= available:
+        raise DistributedError(f"--device {name}: only {available} CUDA device(s)")
+    if dev.index is not None or not torchrun:
+        return name
+    if available < local_world:
+        raise DistributedError(f"--device cuda with {local_world} processes per machine, but this machine has "
+                               f"{available} CUDA device(s); pass --nproc_per_node {max(available, 1)} or fewer")
+    return f"cuda:{local_rank}"

@@ -1,28 +1,35 @@
-"""The test protocol on prepared data, for every registered dataset: each test setting of the registry
-(:class:`rpnr.datasets.Setting`) compares its queries with its gallery, trial by trial, by its metric.
+"""The test protocol on prepared data for every registered dataset (DESIGN.md sections 5 and 6): each test setting
+of the registry compares its queries with its gallery, trial by trial, by its metric; the per-epoch test that
+selects model_best (the release's protocol, on the test set) and the final test of the best beside the last model.
 
-Result dicts (all metrics are fractions in [0, 1]):
-``{"cmc": np.ndarray [20], "mAP": float, "mINP": float, "rank1", "rank5", "rank10", "rank20": float}``
-plus ``"trial"`` for one trial, or ``"per_trial"`` (a list of one-trial dicts) for a mean.
+Result dicts (metrics are fractions in [0, 1]): ``{"cmc": [20], "mAP", "mINP", "rank1", "rank5", "rank10",
+"rank20"}`` plus ``"trial"`` for one trial, or ``"per_trial"`` (one-trial dicts) for a mean.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from rpnr.data.prepared import ImageSet, check_prepared, check_trial, load_array, load_set, load_side
-from rpnr.datasets import Setting, Side, get_dataset
+from rpnr.common.checkpoints import load_checkpoint
+from rpnr.common.errors import CheckpointError, TrainingError
+from rpnr.common.files import BEST, CHECKPOINT, sha256_file, write_json
+from rpnr.data.prepared import ImageSet, Setting, Side, check_prepared, check_trial, load_array, load_set
+from rpnr.data.published import METRICS
+from rpnr.data.registry import get_dataset
+from rpnr.engine.rank_lists import write_rank_list
+from rpnr.engine.run_log import RunLog
+from rpnr.engine.settings import TrainConfig
 from rpnr.evaluation import extract_features_uint8
+from rpnr.models import load_weights
 
 RANKS = (1, 5, 10, 20)
-METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")  # of every result, in this order
 
 
 class _Rows:
@@ -125,39 +132,66 @@ def evaluate(model: nn.Module, dataset: str, root: str | os.PathLike, settings: 
     return out
 
 
-@dataclass
-class TrialSets:
-    """The query and gallery images of one setting and trial."""
-
-    query: ImageSet  # query images (memory-mapped when the whole set)
-    gallery: ImageSet  # gallery images of the trial, in its official order
-    setting: Setting
-    title: str  # e.g. "SYSU-MM01 all-search, gallery of trial 0"
-
-    def excluded(self, query: ImageSet) -> np.ndarray:
-        """bool [Q, G]: True where a gallery image is ignored for a query of ``query`` (e.g. some of
-        ``self.query``'s rows), by the rule its metric applies."""
-        shape = (len(query), len(self.gallery))
-        if self.setting.ignored is None:
-            return np.zeros(shape, dtype=bool)
-        rule = self.setting.ignored(query.pids[:, None], query.cams[:, None], self.gallery.pids[None, :],
-                                    self.gallery.cams[None, :])
-        return np.broadcast_to(rule, shape)
-
-
-def trial_sets(dataset: str, root: str | os.PathLike, trial: int | None = None,
-               setting: str | None = None) -> TrialSets:
-    """The query and gallery images of ``setting`` (default: the per-epoch one, e.g. SYSU-MM01 all-search)
-    in ``trial`` (default: the dataset's first)."""
-    ds = get_dataset(dataset)
-    check_prepared(root, dataset)
-    trial = ds.trials[0] if trial is None else trial
-    check_trial(ds.trials, trial, ds.display)
-    s = ds.setting(setting or ds.epoch_setting)
-    title = f"{s.title}, {'trial' if ds.model_per_trial else 'gallery of trial'} {trial}"
-    return TrialSets(load_side(root, s.query, trial), load_side(root, s.gallery, trial), s, title)
-
-
 def trial_checkpoint(template: str, trial: int) -> str:
     """The checkpoint path of ``trial``: ``{trial}`` in ``template`` replaced by the trial number."""
     return template.replace("{trial}", str(trial))
+
+
+def evaluate_epoch(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
+    """The per-epoch test: the dataset's per-epoch setting (e.g. SYSU-MM01 all-search against the gallery of
+    trial 0, RegDB visible to thermal of the run's trial); {"rank1", "mAP", "mINP"} in percent."""
+    ds = get_dataset(cfg.dataset)
+    result = evaluate(model, cfg.dataset, cfg.data_dir, [ds.epoch_setting], [ds.epoch_trial(cfg.trial)], device,
+                      cfg.feature_batch_size)[ds.epoch_setting]
+    return {key: value for key, value in to_percent(result).items() if key in ("rank1", "mAP", "mINP")}
+
+
+def final_test(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
+    """The full test of a model: every final setting, on the run's own trial (one model per trial) or over the
+    first ``cfg.test_trials`` trials; {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "per_trial":
+    [{"trial", "rank1", ...}, ...]}} in percent (the mean over trials beside each trial's own)."""
+    ds = get_dataset(cfg.dataset)
+    chosen = [cfg.trial] if ds.model_per_trial else list(ds.trials[:cfg.test_trials])
+    return {name: to_percent(result) for name, result in
+            evaluate(model, cfg.dataset, cfg.data_dir, None, chosen, device, cfg.feature_batch_size).items()}
+
+
+def side_by_side(result: dict, title: str) -> list[str]:
+    """Lines of a table: one row per setting and metric, the best and the last model of a run in two columns."""
+    heads = [f"{column} (epoch {result[column]['epoch']})" for column in ("best", "last")]
+    rows = [(setting, metric.replace("rank", "Rank-"), *(f"{result[c][setting][metric]:.2f}" for c in ("best", "last")))
+            for setting, value in result["best"].items() if isinstance(value, dict) and "rank1" in value
+            for metric in METRICS]
+    width = [max(len(r[i]) for r in rows) for i in range(2)] + [max(len(h), 6) for h in heads]
+    lines = [title] + [f"{s:<{width[0]}}  {m:<{width[1]}}  {b:>{width[2]}}  {last:>{width[3]}}"
+                       for s, m, b, last in [("", "", *heads), *rows]]
+    return lines + ["best = the epoch with the highest per-epoch test Rank-1 (the release's protocol, optimistic); "
+                    "last = the final epoch (no choice made on the test set)"]
+
+
+def test_best_and_last(net: nn.Module, cfg: TrainConfig, log: RunLog, device: torch.device) -> dict:
+    """Rank 0: the full test of the last epoch's model (in memory) beside model_best (loaded; official quirk:
+    selected on the test set), test.json and ranks.png of the best. Returns ``{"best": {"epoch", "checkpoint",
+    settings...}, "last": {...}}``; "checkpoint" is ``{"path", "sha256"}`` of the file holding that model."""
+    folder = Path(cfg.logs_dir)
+    files = {name: {"path": str(folder / name), "sha256": sha256_file(folder / name)} for name in (CHECKPOINT, BEST)}
+    tested = final_test(net, cfg, device)
+    try:
+        best_ckpt = load_checkpoint(folder / BEST)
+        load_weights(net, folder / BEST, best_ckpt)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None
+    epoch = int(best_ckpt["epoch"])
+    best = tested if epoch == cfg.epochs else final_test(net, cfg, device)
+    results = {"best": {"epoch": epoch, "checkpoint": files[BEST], **best},
+               "last": {"epoch": cfg.epochs, "checkpoint": files[CHECKPOINT], **tested}}
+    write_rank_list(net, cfg.dataset, cfg.data_dir, folder / "ranks.png",
+                    trial=get_dataset(cfg.dataset).epoch_trial(cfg.trial), device=device,
+                    batch_size=cfg.feature_batch_size)
+    log.print(f"best model: epoch {epoch}, Rank-1 {float(best_ckpt['rank1']):.2f}% (selected on the test set, "
+              f"as the official release does)")
+    log.print(f"last model: epoch {cfg.epochs} (the final epoch: no choice made on the test set)")
+    for line in side_by_side(results, f"final test of {cfg.dataset} (percent)"):
+        log.print(line)
+    write_json(folder / "test.json", results)
+    return results
