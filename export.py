@@ -8,8 +8,6 @@ the shared trunk in eval mode, flip average, L2 normalisation), as rpnr.FeatureE
 is checked with onnxruntime against the FeatureExtractor on random images at two batch sizes.
 """
 
-from __future__ import annotations
-
 import argparse
 
 from rpnr.common.command import Parser, require_positive, run_command, script

@@ -10,8 +10,6 @@ The groups' "settings" are the recipe entries in which they differ: runs with --
 table. A run without test.json (unfinished) or with a damaged one is named and left out.
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 

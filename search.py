@@ -9,8 +9,6 @@ similarity: the cosine similarity of the test embeddings, rank 1 the highest, ti
 OUT/ranks.png (the first 10 queries and their top 10, as the training run's rank list draws them).
 """
 
-from __future__ import annotations
-
 import argparse
 import csv
 import io

@@ -10,8 +10,6 @@ checkpoint whose path has ``{trial}`` replaced by t. Official release checkpoint
 ``--ranks-png PATH`` also draws a rank list (top-10 gallery images of a few queries on the first trial).
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 

@@ -12,8 +12,6 @@ Every hyperparameter defaults to the official value for the dataset and stage
     torchrun --nproc_per_node 4 train.py --dataset sysu --stage rpnr ...   # one process per GPU
 """
 
-from __future__ import annotations
-
 import dataclasses
 import os
 import sys

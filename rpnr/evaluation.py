@@ -1,5 +1,4 @@
-"""Test features (eval embeddings, flip-averaged) and, re-exported from :mod:`rpnr.metrics`, the
-cross-modality re-ID metrics ``eval_sysu``, ``eval_regdb`` and ``eval_llcm`` (DESIGN.md sections 6 and 7)."""
+"""Test features (flip-averaged eval embeddings); re-exports :mod:`rpnr.metrics` (DESIGN.md sections 6 and 7)."""
 
 from __future__ import annotations
 
@@ -20,10 +19,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 @contextlib.contextmanager
 def feature_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """Arithmetic of an eval-mode forward on CUDA: "fp32" (plain float32), "tf32" (TF32 convolutions
-    and matmuls: what the release's PyTorch 1.8 did by default on Ampere and later GPUs) or "bf16"
-    (bfloat16 autocast), cuDNN autotuning off for the duration; why (TF32 drift, autotuning cost, measured by
-    bench/check_cuda.py on an H200): DESIGN.md section 3, "Precision". The CPU always computes in float32."""
+    """Arithmetic of an eval-mode forward on CUDA: "fp32", "tf32" (the release's PyTorch 1.8 default on Ampere and
+    later) or "bf16" (autocast), cuDNN autotuning off (DESIGN.md section 3, "Precision"); the CPU computes in fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cuda, cudnn, matmul = device.type == "cuda", torch.backends.cudnn, torch.backends.cuda.matmul
@@ -39,8 +36,6 @@ def feature_precision(precision: str, device: torch.device) -> Iterator[None]:
 
 def _embed_batches(model: nn.Module, batches, modal: str, flip: bool, normalize: bool,
                    device: torch.device, progress: Callable | None = None, precision: str = "fp32") -> Tensor:
-    """Eval embeddings of ImageNet-normalised batches [B, 3, H, W] -> [N, 2048] float32 on ``device`` (the model in
-    eval mode meanwhile, its mode restored afterwards; on CUDA the model and the batches in channels_last)."""
     out, was_training, fmt = [], model.training, torch.preserve_format
     if device.type == "cuda":  # in place (the same weights), outside inference mode: the model may train later
         model.to(memory_format=(fmt := torch.channels_last))
@@ -64,8 +59,8 @@ def _embed_batches(model: nn.Module, batches, modal: str, flip: bool, normalize:
 
 def extract_features(model: nn.Module, images: Tensor, modal: str, batch_size: int = 64,
                      flip: bool = True, normalize: bool = True) -> Tensor:
-    """Eval embeddings of ImageNet-normalised images [N, 3, H, W] -> [N, 2048] (on the model's device); flip=True:
-    (e(x) + e(flip(x))) / 2, L2-normalised unless ``normalize`` is False (clustering uses the unnormalised mean)."""
+    """Eval embeddings of ImageNet-normalised images [N, 3, H, W] -> [N, 2048]; flip: (e(x) + e(flip(x))) / 2,
+    L2-normalised unless ``normalize`` is False (clustering uses the unnormalised mean)."""
     return _embed_batches(model, images.split(batch_size), modal, flip, normalize, next(model.parameters()).device)
 
 
@@ -79,9 +74,8 @@ def uint8_to_normalized(batch: Tensor) -> Tensor:
 def extract_features_uint8(model: nn.Module, images: np.ndarray, modal: str, batch_size: int = 64,
                            flip: bool = True, normalize: bool = True, device: torch.device | str | None = None,
                            progress: Callable | None = None, precision: str = "fp32") -> Tensor:
-    """:func:`extract_features` of uint8 HWC images [N, H, W, 3] (e.g. a memory-mapped prepared array), uint8 until
-    they reach the device: [N, 2048] float32 on ``device`` (default: the model's). ``progress(n)`` is called after
-    each batch with its size. ``precision``: see :func:`feature_precision` (test embeddings keep plain float32)."""
+    """:func:`extract_features` of uint8 images [N, H, W, 3] on ``device`` (default: the model's); ``progress(n)``
+    after each batch of n."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     starts = range(0, len(images), batch_size)  # np.array copies: memory maps are read-only
     batches = (to_device(torch.from_numpy(np.array(images[i:i + batch_size])), device) for i in starts)
@@ -95,7 +89,7 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
 
 
 def _one_ahead(items: Iterator) -> Iterator:
-    """``items`` in order, each drawn before the one before it is handed out (a copy issued before its forward)."""
+    """``items`` in order, each drawn before the previous one is handed out (a copy issued before its forward)."""
     pending = []
     for item in items:
         yield from pending

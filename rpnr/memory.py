@@ -1,7 +1,4 @@
-"""Cluster memories (ClusterContrast CM and the hard/mean "CMhcl" variant of ADCA/RPNR), DESIGN.md section 4.
-
-The memory rows are updated inside autograd's backward, as in the release: in the REVERSE of the order in which
-the loss terms were computed, by every term that uses the memory (cross-modal terms included)."""
+"""Cluster memories (ClusterContrast CM, ADCA/RPNR's hard/mean CMhcl) updated inside backward (DESIGN.md section 4)."""
 
 from __future__ import annotations
 
@@ -13,8 +10,7 @@ HARD_MARGIN = 0.2  # relu(CE(mean) - r) in CMhcl
 
 
 class _Memory(autograd.Function):
-    """scores = x . M^T; backward updates M: M[y] per sample in batch order (CM), or both halves per class (CMhcl:
-    M = [mean rows; hard rows], :func:`_hcl_update`)."""
+    """scores = x . M^T; backward updates M per sample in batch order (CM) or per class (CMhcl, :func:`_hcl_update`)."""
 
     @staticmethod
     def forward(ctx, inputs: Tensor, targets: Tensor, features: Tensor, momentum: float, hcl: bool) -> Tensor:
@@ -38,9 +34,8 @@ class _Memory(autograd.Function):
 
 
 def _hcl_update(inputs: Tensor, targets: Tensor, features: Tensor, m: float) -> None:
-    """CMhcl's update of every class of the batch at once (their rows are distinct; no host synchronisation): mean
-    row <- m row + (1-m) the members' mean; hard row <- m row + (1-m) the member least similar to the mean row as it
-    was BEFORE this update (release order; the first such in batch order); both re-normalised."""
+    """CMhcl's update of the batch's classes at once; the hard member (the first in batch order) is the least similar
+    to the mean row as it was BEFORE this update (release order)."""
     same = targets[:, None] == targets[None, :]  # [B, B]: same class
     first = same.int().argmax(1)  # [B] each sample's first classmate: its values are written for the whole class
     mean = same.to(inputs.dtype) @ inputs / same.sum(1, keepdim=True)  # [B, d] the class mean
@@ -51,8 +46,7 @@ def _hcl_update(inputs: Tensor, targets: Tensor, features: Tensor, m: float) -> 
 
 
 class ClusterMemory(nn.Module):
-    """Memory of cluster prototypes with a contrastive (cross-entropy) loss: mode "CM" (K rows) or "CMhcl" (2K
-    rows: mean half, then hard half), DESIGN.md section 4. ``features`` is a buffer and may be assigned."""
+    """Cluster prototypes (an assignable ``features`` buffer) with a contrastive loss: "CM" (K rows) or "CMhcl" (2K)."""
 
     def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05, momentum: float = 0.2,
                  mode: str = "CM"):

@@ -1,6 +1,4 @@
-"""The cross-modality re-ID metrics (torchreid-style signatures, numpy only): ``eval_sysu`` and ``eval_regdb``
-reproduce the AGW/RPNR release's protocol and ``eval_llcm`` the LLCM (DEEN) release's, vectorised over queries.
-``rpnr.evaluation`` re-exports them (DESIGN.md section 7)."""
+"""The re-ID metrics of the AGW/RPNR and LLCM releases, vectorised over queries (DESIGN.md sections 6 and 7)."""
 
 from __future__ import annotations
 
@@ -12,29 +10,23 @@ _QUERY_CHUNK = 1024  # queries ranked at once (bounds the [Q, G] temporaries of 
 
 
 def _ap_and_inp(matches: np.ndarray, keep: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """AP and INP (float64 [Qv]) of the valid rows of ranked [Q, G] match/keep masks; removed (not kept)
-    gallery entries are squeezed out of each ranking."""
+    """AP and INP (float64 [Qv]) of the valid rows of ranked [Q, G] masks, the entries not kept squeezed out."""
     m = matches[valid].astype(np.float64)  # [Qv, G], already zero where not kept
     kept_rank = keep[valid].cumsum(1).astype(np.float64)  # rank among kept entries, 1-based
     hits = m.cumsum(1)  # [Qv, G]
     ap = (hits / np.maximum(kept_rank, 1.0) * m).sum(1) / m.sum(1)  # [Qv]
     last = m.shape[1] - 1 - np.argmax(m[:, ::-1], axis=1)  # index of the last positive
     rows = np.arange(len(last))
-    inp = hits[rows, last] / kept_rank[rows, last]  # [Qv]
-    return ap, inp
+    return ap, hits[rows, last] / kept_rank[rows, last]  # [Qv] each
 
 
 def _first_position_cmc(ranked_pids: np.ndarray, keep: np.ndarray, matches: np.ndarray, valid: np.ndarray,
                         max_rank: int) -> np.ndarray:
-    """Per-query first-position CMC rows, float32 [Q, max_rank] (zero rows for invalid queries): a query is matched
-    at rank r if its identity is among the first r DISTINCT kept gallery identities (the release's ``np.unique(...,
-    return_index=True)`` CMC)."""
+    """Per-query CMC rows, float32 [Q, max_rank]: matched at rank r if among the first r DISTINCT kept identities."""
     rows = np.zeros((len(ranked_pids), max_rank), dtype=np.float32)
     first_hit = np.argmax(matches, axis=1)  # position of the first match (valid rows)
     for q in np.nonzero(valid)[0]:
-        # distinct identities strictly before the first hit among kept entries
-        before = ranked_pids[q, :first_hit[q]][keep[q, :first_hit[q]]]
-        rank = len(np.unique(before))
+        rank = len(np.unique(ranked_pids[q, :first_hit[q]][keep[q, :first_hit[q]]]))  # distinct kept ids before it
         if rank < max_rank:
             rows[q, rank:] = 1.0
     return rows
@@ -42,9 +34,7 @@ def _first_position_cmc(ranked_pids: np.ndarray, keep: np.ndarray, matches: np.n
 
 def _eval_first_position(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, dropped: Callable,
                          max_rank: int) -> tuple[np.ndarray, float, float]:
-    """(cmc [max_rank] float32, mAP, mINP) with first-position CMC as DESIGN.md section 6 (``eval_sysu``) says,
-    ignoring the gallery entries ``dropped(q_pids [Q, 1], q_camids [Q, 1], ranked_pids [Q, G], ranked_cams [Q, G])
-    -> bool [Q, G]``; queries ranked in chunks, each row sorted on its own, as the release."""
+    """(cmc, mAP, mINP) with first-position CMC, without the entries ``dropped(q_pids, q_camids, pids, cams)`` marks."""
     distmat, q_pids, g_pids, q_camids, g_camids = (np.asarray(a) for a in (distmat, q_pids, g_pids, q_camids, g_camids))
     num_q, num_g = distmat.shape
     max_rank = min(max_rank, num_g)
@@ -66,13 +56,12 @@ def _eval_first_position(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids
 
 
 def sysu_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
-    """SYSU-MM01's gallery rule (broadcast bool): camera 2 (indoor RGB) is ignored for queries of
-    camera 3 (indoor IR), the same room. The pids are not used (may be None)."""
+    """SYSU-MM01's gallery rule: camera 2 (indoor RGB) is ignored for queries of camera 3 (pids unused)."""
     return (q_cams == 3) & (g_cams == 2)
 
 
 def llcm_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
-    """LLCM's gallery rule (broadcast bool): images of the query's identity taken by the query's camera."""
+    """LLCM's gallery rule: images of the query's identity taken by the query's camera are ignored."""
     if q_pids is None or g_pids is None:
         raise ValueError("the same-identity-and-camera rule needs the query and gallery pids")
     return (g_pids == q_pids) & (g_cams == q_cams)
@@ -80,16 +69,14 @@ def llcm_ignored(q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
 
 def eval_sysu(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
               max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """SYSU-MM01 metrics: (cmc [max_rank] float32, mAP, mINP); camera 2 is ignored for queries of camera 3;
-    first-position CMC divided by the number of valid queries (official quirk), DESIGN.md section 6."""
+    """SYSU-MM01 metrics (cmc [max_rank] float32, mAP, mINP); CMC divided by the valid queries (official quirk)."""
     return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, sysu_ignored, max_rank)
 
 
 def eval_llcm(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
               max_rank: int = 20) -> tuple[np.ndarray, float, float]:
-    """LLCM metrics as the LLCM release's ``eval_llcm``: (cmc [max_rank] float32, mAP, mINP); gallery images of the
-    query's identity AND camera are ignored; CMC as :func:`eval_sysu`; where fewer than ``max_rank`` distinct identities
-    remain (the release's curves would then be ragged) the curve keeps its last value (DESIGN.md section 9)."""
+    """LLCM metrics (cmc, mAP, mINP) as the LLCM release's; where fewer than ``max_rank`` distinct identities remain,
+    the curve keeps its last value (the release's would be ragged), DESIGN.md section 9."""
     return _eval_first_position(distmat, q_pids, g_pids, q_camids, g_camids, llcm_ignored, max_rank)
 
 

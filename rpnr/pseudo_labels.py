@@ -1,6 +1,4 @@
-"""Pseudo labels: k-reciprocal Jaccard distance (Zhong et al., CVPR 2017, as the ClusterContrast/RPNR release's
-``compute_jaccard_distance`` computes it), DBSCAN, cluster centres and Noisy Pseudo-label Calibration (NPC),
-DESIGN.md section 3; its "Implementation" part says how (sparse min-sums, in torch on the features' device)."""
+"""Pseudo labels (DESIGN.md section 3): the release's k-reciprocal Jaccard distance, DBSCAN, centres and NPC."""
 
 from __future__ import annotations
 
@@ -12,8 +10,7 @@ import torch
 from sklearn.cluster import DBSCAN
 from torch import Tensor
 
-# rows per block in the blocked kernels; bounds the temporary memory
-_KNN_BLOCK = 2048
+_KNN_BLOCK = 2048  # rows per block of the kNN; bounds the temporary memory
 _PAIR_BUDGET = 8_000_000  # pairs materialised at once in the min-sum accumulation (~50 bytes each)
 
 
@@ -23,9 +20,7 @@ def knn(features: Tensor, k: int) -> Tensor:
 
 
 def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(indices [N, k] int64, dot products f_i.f_j [N, k] float32) of the k nearest neighbours, ordered by
-    (squared distance, index); each block product serves both row blocks it touches (the Gram matrix is
-    symmetric: about half the cost of one X.X^T), DESIGN.md section 3."""
+    """(indices [N, k] int64, dot products [N, k] float32) of the k nearest neighbours by (squared distance, index)."""
     x = features.float()
     n = x.size(0)
     k = min(k, n)
@@ -41,7 +36,7 @@ def _knn_with_gram(features: Tensor, k: int) -> tuple[Tensor, Tensor]:
             d = sq[s0:e0, None] + sq[None, s1:e1] - 2 * gram  # squared L2
             _merge_topk(best_key, best_dot, s0, e0, d, gram, s1)
             if s1 != s0:
-                _merge_topk(best_key, best_dot, s1, e1, d.T, gram.T, s0)
+                _merge_topk(best_key, best_dot, s1, e1, d.T, gram.T, s0)  # the Gram matrix is symmetric
     return best_key & 0xFFFFFFFF, best_dot
 
 
@@ -81,7 +76,6 @@ def _expanded_pairs(rank: Tensor, k1: int) -> tuple[Tensor, Tensor]:
     r_pad = torch.where(r_mask, rank[:, :k1], torch.full_like(rank[:, :k1], -1))  # R(i), -1 = none
     h_pad = torch.where(h_mask, rank[:, :kh], torch.full_like(rank[:, :kh], -1))  # R_half(i)
     h_size = h_mask.sum(1)  # [N]
-
     keys = []  # row * n + col of each block's pairs, sorted and unique
     step = max(1, 3_000_000 // (k1 * kh * k1))
     for s in range(0, n, step):
@@ -90,15 +84,11 @@ def _expanded_pairs(rank: Tensor, k1: int) -> tuple[Tensor, Tensor]:
         cand = r_blk.clamp(min=0)
         hc = h_pad[cand]  # [b, k1, kh]   R_half of each candidate
         inside = (hc[..., None] == r_blk[:, None, None, :]).any(-1) & (hc >= 0)  # [b, k1, kh]
-        inter = inside.sum(-1)  # [b, k1]
         # |R_half(c) n R(i)| > 2/3 |R_half(c)|, for real candidates only
-        accept = (r_blk >= 0) & (inter.double() > (2.0 / 3.0) * h_size[cand].double())  # [b, k1]
-        blk_rows = torch.arange(s, e, device=rank.device)
-        take = hc[accept]  # [a, kh]
-        acc_rows = blk_rows[:, None].expand(-1, k1)[accept]  # [a]
-        rows_cat = torch.cat([blk_rows[:, None].expand(-1, k1).reshape(-1),
-                              acc_rows[:, None].expand(-1, kh).reshape(-1)])
-        cols_cat = torch.cat([r_blk.reshape(-1), take.reshape(-1)])
+        accept = (r_blk >= 0) & (inside.sum(-1).double() > (2.0 / 3.0) * h_size[cand].double())  # [b, k1]
+        grid = torch.arange(s, e, device=rank.device)[:, None].expand(-1, k1)  # [b, k1] row of each candidate
+        rows_cat = torch.cat([grid.reshape(-1), grid[accept][:, None].expand(-1, kh).reshape(-1)])
+        cols_cat = torch.cat([r_blk.reshape(-1), hc[accept].reshape(-1)])
         keep = cols_cat >= 0
         keys.append(torch.unique(rows_cat[keep] * n + cols_cat[keep]))
     key = torch.cat(keys)
@@ -119,11 +109,9 @@ class _SparseRows:
 
 
 def _pair_dots(x: Tensor, rank: Tensor, gram: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """f_i.f_j for the (row, col) pairs: taken from the kNN products when j is among i's
-    neighbours (nearly always), computed otherwise."""
-    n, k = rank.shape
-    knn_key = (torch.arange(n, device=x.device)[:, None] * n + rank).reshape(-1)  # [N*k]
-    key_sorted, order = torch.sort(knn_key)
+    """f_i.f_j of the (row, col) pairs: the kNN's products where j is among i's neighbours, computed otherwise."""
+    n = rank.size(0)
+    key_sorted, order = torch.sort((torch.arange(n, device=x.device)[:, None] * n + rank).reshape(-1))  # [N*k]
     key = rows * n + cols
     pos = torch.searchsorted(key_sorted, key).clamp_(max=key_sorted.numel() - 1)
     found = key_sorted[pos] == key
@@ -143,12 +131,9 @@ def _encoding(features: Tensor, k1: int, k2: int) -> _SparseRows:
     n = x.size(0)
     rank, gram = _knn_with_gram(x, k1)
     rows, cols = _expanded_pairs(rank, k1)
-    sims = _pair_dots(x, rank, gram, rows, cols)
-    logits = -(2 - 2 * sims)  # in [-4, 0]: exp cannot overflow, no max shift needed
-    ex = torch.exp(logits)
+    ex = torch.exp(-(2 - 2 * _pair_dots(x, rank, gram, rows, cols)))  # exponent in [-4, 0]: no max shift needed
     denom = torch.zeros(n, device=x.device).index_add_(0, rows, ex)
     vals = ex / denom[rows]  # softmax within each row
-
     k2 = min(k2, rank.size(1))
     if k2 != 1:
         # V_qe[i] = mean of V rows of i's k2 nearest neighbours
@@ -171,21 +156,17 @@ def _encoding(features: Tensor, k1: int, k2: int) -> _SparseRows:
 
 
 def _min_sum_blocks(v: _SparseRows, out: np.ndarray | None = None) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield (r0, r1, s) with s[i - r0, j] = sum_c min(V[i, c], V[j, c]) for rows r0 <= i < r1; with ``out`` (a
-    float32 [N, N] array on the CPU) the blocks are views of its rows."""
+    """(r0, r1, s) row blocks of s[i - r0, j] = sum_c min(V[i, c], V[j, c]); views of ``out``'s rows on the CPU."""
     n, dev = v.n, v.vals.device
-    # pairs generated by each CSR entry = size of its column
-    per_entry = v.c_counts[v.cols]  # [nnz]
-    per_row = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, v.rows, per_entry)
-    per_row_cpu = per_row.cpu().numpy()
+    per_entry = v.c_counts[v.cols]  # [nnz] pairs of each CSR entry: the size of its column
+    per_row = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, v.rows, per_entry).cpu().numpy()
     max_rows = max(1, min(n, _PAIR_BUDGET // max(1, n)))
     r0 = 0
     while r0 < n:
-        # grow the block while the pair count stays within budget
         r1 = r0 + 1
-        budget = int(per_row_cpu[r0])
-        while r1 < n and r1 - r0 < max_rows and budget + per_row_cpu[r1] <= _PAIR_BUDGET:
-            budget += int(per_row_cpu[r1])
+        budget = int(per_row[r0])
+        while r1 < n and r1 - r0 < max_rows and budget + per_row[r1] <= _PAIR_BUDGET:
+            budget += int(per_row[r1])
             r1 += 1
         e0, e1 = int(v.indptr[r0]), int(v.indptr[r1])
         if out is not None and dev.type == "cpu":
@@ -194,9 +175,8 @@ def _min_sum_blocks(v: _SparseRows, out: np.ndarray | None = None) -> Iterator[t
             s = torch.zeros((r1 - r0) * n, device=dev)
         if e1 > e0:
             rows, cols, vals, lens = v.rows[e0:e1], v.cols[e0:e1], v.vals[e0:e1], per_entry[e0:e1]
-            total = int(lens.sum())
             e_idx = torch.repeat_interleave(torch.arange(e1 - e0, device=dev), lens)
-            offs = torch.arange(total, device=dev) - (torch.cumsum(lens, 0) - lens)[e_idx]
+            offs = torch.arange(e_idx.numel(), device=dev) - (torch.cumsum(lens, 0) - lens)[e_idx]
             other = v.c_indptr[cols][e_idx] + offs  # index into the CSC arrays
             pair_val = torch.minimum(vals[e_idx], v.c_vals[other])
             target = (rows[e_idx] - r0) * n + v.c_rows[other]
@@ -206,12 +186,10 @@ def _min_sum_blocks(v: _SparseRows, out: np.ndarray | None = None) -> Iterator[t
 
 
 def _jaccard_from_min_sum(s: Tensor) -> Tensor:
-    """d = 1 - s / (2 - s), clipped at 0, in place over ``s``."""
     step = max(1, 4_000_000 // max(1, s.size(1)))
     for r in range(0, s.size(0), step):
         blk = s[r:r + step]
-        t = blk / (2 - blk)
-        torch.sub(1, t, out=blk)
+        torch.sub(1, blk / (2 - blk), out=blk)
         blk.clamp_(min=0)
     return s
 
@@ -236,10 +214,9 @@ def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6) -> np.ndarray:
 
 
 def _dbscan_blocks(blocks, n: int, eps: float, min_samples: int) -> np.ndarray:
-    """sklearn's DBSCAN labels (int64) on the sparse precomputed graph of the pairs with distance <= eps (diagonal
-    included) of (r0, r1, dist_block) blocks: stored entries are the neighbours, exactly as with the dense matrix."""
+    """sklearn's DBSCAN labels (int64) on the sparse graph of the pairs within ``eps`` of (r0, r1, dist) blocks."""
     indptr = [np.zeros(1, dtype=np.int64)]
-    indices, data = [], []
+    indices, data = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     offset = 0
     for r0, r1, d in blocks:
         d = torch.as_tensor(d)
@@ -249,15 +226,12 @@ def _dbscan_blocks(blocks, n: int, eps: float, min_samples: int) -> np.ndarray:
         offset += int(counts.sum())
         indices.append(cc.cpu().numpy())
         data.append(d[rr, cc].cpu().numpy().astype(np.float64))
-    graph = sp.csr_matrix((np.concatenate(data) if data else np.zeros(0),
-                           np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
-                           np.concatenate(indptr)), shape=(n, n))
+    graph = sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)), shape=(n, n))
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(graph).astype(np.int64)
 
 
 def dbscan(dist: np.ndarray, eps: float, min_samples: int = 4) -> np.ndarray:
-    """DBSCAN on a precomputed distance matrix: labels [N] int64, -1 = outlier; the labels of sklearn's
-    ``DBSCAN(eps, min_samples, metric="precomputed").fit_predict(dist)``, given the pairs within ``eps`` only."""
+    """sklearn's DBSCAN labels on a precomputed distance matrix: [N] int64, -1 = outlier."""
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
     dist = np.asarray(dist)
@@ -288,7 +262,6 @@ def cluster_centers(features: Tensor, labels) -> Tensor:
     labels, ids = _labels(labels)
     if ids.size == 0:
         return x.new_zeros((0, x.size(1)))
-    # row of each sample in the output (labels may have gaps: rows follow sorted labels)
     keep = labels >= 0
     row_t = torch.as_tensor(np.searchsorted(ids, labels[keep]), device=x.device)
     sums = x.new_zeros((ids.size, x.size(1))).index_add_(0, row_t, x[torch.as_tensor(keep, device=x.device)])
@@ -297,8 +270,8 @@ def cluster_centers(features: Tensor, labels) -> Tensor:
 
 
 def npc_prototypes(features: Tensor, labels, top_k: int = 20) -> Tensor:
-    """Density prototypes of NPC (RPNR section 3.1, DESIGN.md section 3 step 5): [K, d], rows in increasing
-    label order; ties in density go to the earlier member in dataset order (``heapq.nlargest``)."""
+    """NPC's density prototypes (DESIGN.md section 3 step 5): [K, d], rows in increasing label order; ties in density
+    go to the earlier member in dataset order (the release's ``heapq.nlargest``)."""
     x = _prepare(features)
     labels, ids = _labels(labels)
     protos = x.new_zeros((ids.size, x.size(1)))
@@ -309,15 +282,13 @@ def npc_prototypes(features: Tensor, labels, top_k: int = 20) -> Tensor:
         members = torch.as_tensor(order[bounds[c]:bounds[c + 1]], device=x.device)
         f = normed[members]  # [n_c, d]
         rho = torch.sign(f @ f.T - 0.5).sum(1)  # [n_c]
-        # stable descending order by rho: earlier member first on ties
         top = torch.as_tensor(np.argsort(-rho.cpu().numpy(), kind="stable")[:top_k], device=x.device)
         protos[c] = x[members[top]].mean(0)
     return protos
 
 
 def calibrate_labels(features: Tensor, labels, top_k: int = 20) -> np.ndarray:
-    """NPC: relabel every non-outlier to its most cosine-similar density prototype: [N] int64, the new label
-    being the prototype's row index (clusters in increasing label order); outliers stay -1."""
+    """NPC: each non-outlier relabelled to the row of its most cosine-similar density prototype: [N] int64."""
     x = _prepare(features)
     labels, ids = _labels(labels)
     out = labels.copy()

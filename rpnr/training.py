@@ -1,7 +1,4 @@
-"""The per-iteration objective of both stages (DESIGN.md section 5) as one table of terms (:data:`TERMS`): a term's
-name (the log's and metrics.json's ``loss_<name>``), the function that computes it, the setting that holds its
-weight, the paper's module that ``--no-<module>`` leaves out, and what it needs (the cluster matching, the hybrid
-memory). A new term is one function, one entry and one setting (docs/extending.md)."""
+"""The per-iteration objective of both stages as one table of terms (DESIGN.md section 5, docs/extending.md)."""
 
 from __future__ import annotations
 
@@ -18,8 +15,7 @@ from rpnr.memory import ClusterMemory
 
 @dataclass
 class TermInputs:
-    """What a term computes from: the batch's training-mode features and labels, the epoch's memories and cluster
-    partners, and the run's settings (weights, sigma, delta, ...)."""
+    """What a term computes from: the batch, the epoch's memories and cluster partners, the run's settings."""
 
     f_rgb: Tensor  # [2 B_rgb, d] both visible views
     f_ir: Tensor  # [B_ir, d]
@@ -52,8 +48,7 @@ def cross_term(x: TermInputs) -> Tensor:
 
 
 def hybrid_term(x: TermInputs) -> Tensor:
-    """The hybrid memory (one row per infrared cluster) against the infrared features (odd epochs) or the visible
-    ones labelled by their infrared partners (even epochs)."""
+    """The hybrid memory against the infrared features (odd epochs) or the visible ones, by their partners (even)."""
     if x.epoch % 2 == 1:
         return x.memories["hybrid"](x.f_ir, x.y_ir)
     return x.memories["hybrid"](x.f_rgb, x.partners(x.r2i, x.y_rgb))
@@ -86,9 +81,7 @@ TERMS = (Term("ir", ir_term), Term("rgb", rgb_term),
 
 
 def active_terms(settings, modules: Mapping[str, bool]) -> list[Term]:
-    """The terms of :data:`TERMS` that a run computes: those of its stage (``settings.stage``) whose module is on
-    (``modules``: the paper's modules this run uses) and whose needs are there (the matching is OTPM's); an optional
-    term only with a weight other than 0."""
+    """The terms of :data:`TERMS` that a run computes: its stage's, their ``modules`` on, needs met, weight not 0."""
     have = {"matching": modules.get("otpm", False), "hybrid": True}
     return [t for t in TERMS if settings.stage in t.stages and (t.module is None or modules.get(t.module, False))
             and all(have[n] for n in t.needs) and not (t.optional and not getattr(settings, t.weight))]
@@ -101,8 +94,7 @@ def loss_weights(settings, terms: list[Term]) -> dict:
 
 
 def objective(x: TermInputs, terms: list[Term]) -> tuple[Tensor, dict]:
-    """(total, terms): the weighted sum of ``terms``, each computed in table order, and each term's value (0-dim
-    tensors with their graph)."""
+    """(the weighted sum of ``terms``, computed in table order, {name: 0-dim tensor with its graph})."""
     parts, total = {}, None
     for term in terms:
         value = parts[term.name] = term.compute(x)
@@ -115,10 +107,8 @@ def stage2_loss(f_rgb: Tensor, f_ir: Tensor, y_rgb: Tensor, y_ir: Tensor, memori
                 r2i, i2r, epoch: int, w_cross: float = 0.25, w_hybrid: float = 0.5, w_nrl: float = 10.0,
                 sigma: float = 1.0, delta: float = 1.0, cross: bool = True, hybrid: bool = True,
                 nrl: bool = True) -> tuple[Tensor, dict]:
-    """The RPNR objective L_ir + L_rgb + w_cross L_cross + w_hybrid L_hyb + w_nrl L_NRL (DESIGN.md section 7);
-    ``cross``, ``hybrid``, ``nrl`` False leave a term out (the paper's ablations); ``parts`` holds floats."""
+    """(the RPNR objective, {term: float}), DESIGN.md section 7; ``cross``, ``hybrid``, ``nrl`` False: left out."""
     settings = SimpleNamespace(w_cross=w_cross, w_hybrid=w_hybrid, w_nrl=w_nrl, sigma=sigma, delta=delta)
-    left_out = {name for name, on in (("cross", cross), ("hybrid", hybrid), ("nrl", nrl)) if not on}
-    terms = [t for t in TERMS if t.name not in left_out]
+    terms = [t for t in TERMS if {"cross": cross, "hybrid": hybrid, "nrl": nrl}.get(t.name, True)]
     total, parts = objective(TermInputs(f_rgb, f_ir, y_rgb, y_ir, memories, r2i, i2r, epoch, settings), terms)
     return total, {name: value.item() for name, value in parts.items()}

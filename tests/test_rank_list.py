@@ -21,9 +21,9 @@ from rpnr.engine.rank_lists import (
     QUERY,
     SAME,
     RankList,
+    compute_rank_list,
     draw_rank_list,
     layout,
-    rank_list,
     spread_queries,
     top_matches,
     trial_sets,
@@ -134,7 +134,7 @@ def _reference_ranks(model, root: Path, rows: np.ndarray, k: int) -> list[list[i
 
 
 def test_sysu_rank_list_matches_a_direct_computation(model, prepared_sysu):
-    ranks = rank_list(model, "sysu", prepared_sysu, num_queries=8, device="cpu", batch_size=16)
+    ranks = compute_rank_list(model, "sysu", prepared_sysu, num_queries=8, device="cpu", batch_size=16)
     query = load_set(prepared_sysu, "query")
     rows = spread_queries(query.pids, 8)
     n_ids = len(np.unique(query.pids))
@@ -154,7 +154,7 @@ def test_sysu_rank_list_matches_a_direct_computation(model, prepared_sysu):
 
 
 def test_regdb_rank_list_is_visible_to_thermal_of_the_trial(model, prepared_regdb):
-    ranks = rank_list(model, "regdb", prepared_regdb, trial=2, num_queries=4, top_k=5, device="cpu")
+    ranks = compute_rank_list(model, "regdb", prepared_regdb, trial=2, num_queries=4, top_k=5, device="cpu")
     visible = _regdb_test(prepared_regdb, "visible", 2)
     thermal = _regdb_test(prepared_regdb, "thermal", 2)
     rows = spread_queries(visible.pids, 4)
@@ -224,7 +224,7 @@ def test_test_script_writes_rank_lists(model, prepared_sysu, prepared_regdb, tmp
                           "--checkpoint", str(tmp_path / "model_{trial}.pth"), "--trials", "1", "--ranks-png",
                           str(png), "--ranks-queries", "3"])
     assert status == 0, capsys.readouterr().err
-    ranks = rank_list(model, "regdb", prepared_regdb, num_queries=3, device="cpu")
+    ranks = compute_rank_list(model, "regdb", prepared_regdb, num_queries=3, device="cpu")
     assert Image.open(png).size == (layout(ranks).width, layout(ranks).height)
 
     status = script.main(["--device", "cpu", "--dataset", "sysu", "--data-dir", str(prepared_sysu), "--checkpoint",

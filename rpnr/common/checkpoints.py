@@ -17,15 +17,13 @@ import torch
 from rpnr.common.errors import CheckpointError, DamagedCheckpointError, UnsafeCheckpointError
 from rpnr.common.files import BEST, atomic_write
 
-# first pickle of a legacy (non-zip) torch.save stream (torch.serialization.MAGIC_NUMBER)
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-# pickles of a legacy stream before the raw storage bytes: magic, protocol, system info, object, storage keys
-_LEGACY_PICKLES = 5
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy (non-zip) torch.save stream
+_LEGACY_PICKLES = 5  # before the storage bytes: magic, protocol, system info, object, storage keys
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _safe_globals() -> list:
-    """Extra types that official release checkpoints contain (numpy scalars in 'best_mAP')."""
+    """Extra types that official release checkpoints hold (numpy scalars in 'best_mAP')."""
     allowed: list = [np.dtype, np.ndarray]
     core = getattr(np, "_core", None) or getattr(np, "core", None)
     multiarray = getattr(core, "multiarray", None)
@@ -36,8 +34,6 @@ def _safe_globals() -> list:
 
 
 def _pickle_ops(stream: io.BytesIO) -> list:
-    """The ``(opcode, argument, position)`` triples of the next pickle in ``stream``, read without running
-    it; empty when the pickle is incomplete or not a pickle."""
     try:
         return list(pickletools.genops(stream))
     except Exception:  # noqa: BLE001 - any parse failure means a broken pickle
@@ -45,7 +41,6 @@ def _pickle_ops(stream: io.BytesIO) -> list:
 
 
 def _zip_problem(path: Path) -> str:
-    """What is wrong with a zip-format checkpoint's structure ("" when it is intact)."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()  # reads every member and checks its CRC
@@ -62,9 +57,16 @@ def _zip_problem(path: Path) -> str:
     return ""
 
 
-def _legacy_problem(path: Path) -> str:
-    """What is wrong with a legacy (non-zip) torch.save stream's pickles ("" when they are complete)."""
-    data = path.read_bytes()
+def _structure_problem(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(len(_ZIP_MAGIC))
+    if not head:
+        return "the file is empty"
+    if head == _ZIP_MAGIC:
+        return _zip_problem(path)
+    if len(head) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(head):
+        return "the file is truncated (it ends inside the zip header)"
+    data = path.read_bytes()  # a legacy (non-zip) torch.save stream
     stream = io.BytesIO(data)
     if not any(arg == _LEGACY_MAGIC for _, arg, _ in _pickle_ops(stream)):
         if any(pickle.dumps(_LEGACY_MAGIC, protocol=p).startswith(data) for p in range(2, pickle.HIGHEST_PROTOCOL + 1)):
@@ -76,22 +78,8 @@ def _legacy_problem(path: Path) -> str:
     return ""
 
 
-def _structure_problem(path: Path) -> str:
-    """Why ``path`` is not a structurally complete PyTorch file ("" when it is one)."""
-    with open(path, "rb") as fh:
-        head = fh.read(len(_ZIP_MAGIC))
-    if not head:
-        return "the file is empty"
-    if head == _ZIP_MAGIC:
-        return _zip_problem(path)
-    if len(head) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(head):
-        return "the file is truncated (it ends inside the zip header)"
-    return _legacy_problem(path)
-
-
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
-    """One-line error for a checkpoint that ``torch.load(weights_only=True)`` rejected: damaged or unsafe (never
-    PyTorch's own message whole: it advises loading with ``weights_only=False``)."""
+    """One-line error for a file that ``torch.load`` rejected (never PyTorch's advice of ``weights_only=False``)."""
     try:
         problem = _structure_problem(path)
     except OSError as err:
@@ -101,9 +89,8 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
     if isinstance(exc, pickle.UnpicklingError):  # a complete pickle that the restricted unpickler refused
         found = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
         what = f"references {found.group(1)}, which is" if found else "holds an object that is"
-        return UnsafeCheckpointError(
-            f"unsafe checkpoint {path}: it {what} not a tensor, number, string or container type; unpickling it "
-            f"could run code, so it is not loaded")
+        return UnsafeCheckpointError(f"unsafe checkpoint {path}: it {what} not a tensor, number, string or container "
+                                     f"type; unpickling it could run code, so it is not loaded")
     reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     reason = reason.split(". ")[0].rstrip(".")  # torch's first sentence; the rest is generic advice
     if "weights_only" in reason:
@@ -112,8 +99,7 @@ def _refusal(path: Path, exc: Exception) -> CheckpointError:
 
 
 def missing_checkpoint_line(path: str | os.PathLike) -> str:
-    """The one-line reason why ``path``, which is not a file, cannot be loaded as a checkpoint: not found, or a
-    folder (a run's logs folder, most likely), naming the model_best.pth.tar expected inside."""
+    """Why ``path``, not a file, cannot be loaded: not found, or a folder (naming the model_best.pth.tar inside)."""
     if not os.path.isdir(path):
         return f"checkpoint not found: {path}"
     inside = os.path.join(path, BEST)
@@ -123,9 +109,8 @@ def missing_checkpoint_line(path: str | os.PathLike) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``torch.load(weights_only=True)``: only tensors, containers, numbers, strings and
-    a few numpy scalar types are accepted. A file that would unpickle any other object (and so could run code)
-    raises :class:`UnsafeCheckpointError` unrun; a damaged one :class:`DamagedCheckpointError`."""
+    """A checkpoint's dictionary, loaded with ``torch.load(weights_only=True)`` (and a few numpy scalar types); a file
+    that could run code raises :class:`UnsafeCheckpointError` unrun, a damaged one :class:`DamagedCheckpointError`."""
     if not os.path.isfile(path):
         raise CheckpointError(missing_checkpoint_line(path))
     path = Path(path)
@@ -140,8 +125,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically (:func:`rpnr.common.files.atomic_write`), serialised in memory first so that a full
-    disk is an ``OSError`` (ENOSPC) rather than PyTorch's ``unexpected pos`` error from inside its zip writer."""
+    """Write ``state`` atomically, serialised in memory first (a full disk: ENOSPC, not PyTorch's zip-writer error)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(path, buffer.getbuffer())

@@ -1,6 +1,4 @@
-"""What every command shares (DESIGN.md section 14): its parser, its value checks and its entry point, which turns
-an expected error into one line and exit status 1, Ctrl-C or SIGTERM into one line and 130 (every output is written
-atomically, so nothing is half-written), and a closed pipe into a quiet end with the files asked for still written."""
+"""What every command shares (DESIGN.md section 14): its parser, its value checks and its entry point."""
 
 from __future__ import annotations
 
@@ -24,12 +22,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog + ': ' if self.named else ''}error: {message} (see {self.prog} --help)\n")
 
 
-def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # the value checks of every command (train.py's settings name theirs): rule -> (test, what a failing value is told)
-CHECKS = {"int>=1": (lambda v: _integer(v) and v >= 1, "must be a positive integer"),
+CHECKS = {"int>=1": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "must be a positive integer"),
           ">0": (lambda v: v > 0, "must be positive"), ">=0": (lambda v: v >= 0, "must not be negative"),
           "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
 
@@ -48,8 +42,7 @@ def require_positive(*values: tuple[str, object]) -> None:
 
 
 class _ClosedPipeSafe:
-    """Standard output that ends quietly when the reader goes away (``report.py ... | head -3``): the rest of the
-    output goes to /dev/null and the command carries on."""
+    """Standard output that goes to /dev/null once the reader goes away (``report.py ... | head -3``)."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -79,9 +72,7 @@ class _ClosedPipeSafe:
 
 def run_command(work: Callable[[], int | None], prog: str | None = None,
                 stop_line: Callable[[BaseException], str | None] | None = None) -> int:
-    """Run ``work`` as a command: its status (0 for None); an expected error (the package's or the operating
-    system's) is one ``<prog>: error: ...`` line and 1, an interrupt one ``interrupted; ...`` line and 130;
-    ``stop_line(exc)`` may give the line instead. Under torchrun only rank 0 prints."""
+    """Run ``work`` as a command: its status (0 for None), or one line and 1 (expected error) or 130 (interrupt)."""
     prefix, loud = f"{prog}: " if prog else "", os.environ.get("RANK", "0") == "0"
     saved = sys.stdout
     sys.stdout = _ClosedPipeSafe(saved)

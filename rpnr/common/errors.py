@@ -1,5 +1,4 @@
-"""The package's errors. Each is expected: a command prints its message, one line that says what to do, and exits
-with status 1 (DESIGN.md section 14)."""
+"""The package's errors: a command prints the one-line message and exits with status 1 (DESIGN.md section 14)."""
 
 
 class RPNRError(Exception):
@@ -27,7 +26,7 @@ class CheckpointError(RPNRError, RuntimeError):
 
 
 class DamagedCheckpointError(CheckpointError):
-    """A checkpoint file is empty, truncated, corrupted or not a PyTorch file at all."""
+    """A checkpoint file is empty, truncated, corrupted or not a PyTorch file."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -43,7 +42,7 @@ class PreparedDataError(RPNRError):
 
 
 class DamagedManifestError(PreparedDataError):
-    """A prepared folder's manifest.json is not a manifest this project could have written."""
+    """A prepared folder's manifest.json is not one this project could have written."""
 
 
 class DistributedError(RPNRError, RuntimeError):

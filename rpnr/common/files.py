@@ -1,9 +1,8 @@
-"""Writing outputs safely (DESIGN.md sections 10 and 14): every output path is checked before the work
-(:func:`check_outputs`), every file goes through :func:`atomic_write`, and every refusal of the operating system
-becomes one line (:func:`os_error_line`)."""
+"""Writing outputs safely: checked before the work, written atomically (DESIGN.md sections 10 and 14)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -20,7 +19,6 @@ RUN_FILES = (CHECKPOINT, BEST, "metrics.json", "log.txt", TEST_JSON, RUN_JSON, "
 _RUN_MARKERS = (RUN_JSON, CHECKPOINT, BEST, "metrics.json")  # a folder holding one of these is a run's
 MANIFEST = "manifest.json"  # a folder holding it is a prepared dataset
 
-# what to do about an operating-system refusal, by errno
 _ADVICE = {
     errno.ENOSPC: "no space left on the device: free some space", errno.EDQUOT: "disk quota exceeded: free some space",
     errno.EACCES: "permission denied: choose a folder you may write to", errno.ENOENT: "no such file or folder",
@@ -37,8 +35,7 @@ def os_error_line(exc: OSError, action: str = "write") -> str:
 
 
 def error_line(exc: Exception) -> str:
-    """The one line a command prints for an error it stops on: :func:`os_error_line` for an OS error, else the
-    message with its whitespace folded."""
+    """The one line a command prints for an error it stops on (whitespace folded)."""
     return os_error_line(exc) if isinstance(exc, OSError) and not isinstance(exc, RPNRError) else \
         " ".join(str(exc).split())
 
@@ -51,11 +48,7 @@ def is_run_folder(folder: str | os.PathLike) -> bool:
 def check_outputs(files: Iterable[tuple[str, str | os.PathLike]] = (),
                   folders: Iterable[tuple[str, str | os.PathLike]] = (),
                   inputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> None:
-    """The output rule (DESIGN.md section 14), before any work: each output file ``(label, path)`` (label: the flag
-    and the path as given, e.g. ``--csv out.csv``) and each output folder is writable (its folder exists or can be
-    made) and not a folder (a file), not a training run's file (folder), not one of the command's ``inputs`` nor
-    inside an input that is a prepared data folder, and no two outputs are one file. Else a :class:`UsageError`
-    naming the output as given."""
+    """The output rule (DESIGN.md section 14), before any work: a :class:`UsageError` naming the output as given."""
     inputs = list(inputs)
     read = {os.path.realpath(path): label for label, path in inputs if os.path.isfile(path)}
     data = [(label, os.path.realpath(path)) for label, path in inputs if os.path.isfile(Path(path) / MANIFEST)]
@@ -72,8 +65,7 @@ def check_outputs(files: Iterable[tuple[str, str | os.PathLike]] = (),
             raise UsageError(f"{label} is a training run's logs folder; choose another folder")
         if not folder and target.name in RUN_FILES and is_run_folder(target.parent):
             raise UsageError(f"{label} is the training run's own {target.name}; write elsewhere")
-        inside = next((what for what, root in data if real == root or real.startswith(root + os.sep)), None)
-        if inside:
+        if inside := next((what for what, root in data if real == root or real.startswith(root + os.sep)), None):
             raise UsageError(f"{label} lies inside {inside}, a prepared data folder this command reads; write "
                              f"elsewhere")
         if real in seen:
@@ -83,7 +75,6 @@ def check_outputs(files: Iterable[tuple[str, str | os.PathLike]] = (),
 
 
 def _check_writable(label: str, folder: Path) -> None:
-    """``folder`` exists, or its first existing ancestor is a folder where files can be created."""
     where = next(p for p in (folder, *folder.parents) if p.exists())  # "." and "/" exist
     if not where.is_dir():
         raise UsageError(f"cannot write {label}: {where} is a file, not a folder")
@@ -99,8 +90,7 @@ def _check_writable(label: str, folder: Path) -> None:
 
 
 def make_folder(path: str | os.PathLike) -> Path:
-    """Create ``path`` and its parents (``mkdir -p``); a regular file in the way is ``NotADirectoryError``
-    naming that file."""
+    """``mkdir -p path``; a regular file in the way is ``NotADirectoryError`` naming that file."""
     path = Path(path)
     for part in (path, *path.parents):
         if part.exists() and not part.is_dir():
@@ -110,9 +100,7 @@ def make_folder(path: str | os.PathLike) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> None:
-    """Write ``data`` to ``path`` atomically (its folder created when missing), as DESIGN.md section 10 says:
-    a process killed at any moment leaves the previous file or the new one; on any error (a full disk
-    included) the temporary file is removed and the previous file is untouched."""
+    """Write ``data`` to ``path`` atomically, its folder created when missing (DESIGN.md section 10)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
@@ -135,15 +123,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | memoryview | str) -> Non
 
 
 def current_umask() -> int:
-    """The process's umask, read from ``/proc/self/status`` without changing it (setting and restoring it
-    races with other threads creating files); elsewhere by setting and restoring it."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
+    """The process's umask, from ``/proc/self/status`` where it can be (setting it races with other threads)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
     return umask

@@ -1,10 +1,5 @@
-"""Training augmentation, batched on the device: the steps and distributions of the release's per-image torchvision
-pipelines (DESIGN.md section 5), with ``ChannelRandomErasing`` on the normalised tensor, then
-``ChannelExchange(gray=2)`` for the second RGB view or ``ChannelAdapGray(0.5)`` for infrared images. Images stay uint8
-until they are on the device; every sample draws its own random parameters from the global torch generator (CPU), so
-runs are reproducible. The parameters of a whole batch are drawn first (:class:`ViewDraws`, :class:`IterationDraws`),
-then applied to any subset of its rows: a torchrun rank applies its slice of the global draws (DESIGN.md section 8).
-"""
+"""Training augmentation, batched on the device: the release's per-image pipelines (DESIGN.md section 5), each
+batch's parameters drawn first from the global torch generator, then applied to any subset of its rows (section 8)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -26,7 +21,7 @@ GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
 def _randint(low: int | Tensor, high: int | Tensor, size: int) -> Tensor:
-    """Uniform integers in [low, high] (inclusive, like ``random.randint``), per sample: [size] long."""
+    """Uniform integers in [low, high] (inclusive, like ``random.randint``): [size] long."""
     u = torch.rand(size, dtype=torch.float64)
     span = torch.as_tensor(high, dtype=torch.float64) - torch.as_tensor(low, dtype=torch.float64) + 1
     return (torch.as_tensor(low, dtype=torch.float64) + torch.floor(u * span)).long()
@@ -74,8 +69,7 @@ def _draw_erasing(b: int, h: int, w: int, prob: float) -> tuple[Tensor, ...]:
 
 
 def draw_view(batch: int, height: int, width: int, channel: str = "none") -> ViewDraws:
-    """Draw one view's parameters for ``batch`` images of ``height`` x ``width``, in the order of the steps: crop
-    and flip, erasing, channel choice (``channel``: "none" (RGB view 1), "exchange" (RGB view 2), "adaptive_grey")."""
+    """One view's parameters for ``batch`` images; ``channel``: "none" (RGB view 1), "exchange" (2), "adaptive_grey"."""
     draws = ViewDraws(*_draw_crop(batch, PAD, 0.5), *_draw_erasing(batch, height, width, ERASE_PROB))
     if channel == "exchange":
         draws.channel = torch.randint(0, 3, (batch,))  # [B]
@@ -169,8 +163,7 @@ class IterationDraws:
         rows :func:`rgb_rows` returns for ``positions`` (each once)."""
         n = self.rgb1.top.size(0)
         positions = np.asarray(positions)
-        rows = rgb_rows(positions, n)
-        local = torch.from_numpy(np.searchsorted(rows, positions % n))  # [P] row of ``images``
+        local = torch.from_numpy(np.searchsorted(rgb_rows(positions, n), positions % n))  # [P] row of ``images``
         first = torch.from_numpy(positions < n)  # [P] view 1 (positions are increasing: view 1 first)
         view1 = apply_view(images[local[first].to(images.device)], self.rgb1.rows(positions[positions < n]),
                            height, width)

@@ -1,11 +1,5 @@
-"""LLCM: the raw layout (training lists, test identities, the official query/gallery splits), what prepare
-writes, the synthetic tree, the published statistics and the registry entry. Raw layout, test protocol and the
-dataset's revision after publication (ZYK100/LLCM issue #28): DESIGN.md section 9.
-
-Published statistics (:data:`PUBLISHED`): Zhang and Wang, "Diverse Embedding Expansion Network and Low-Light
-Cross-Modality Benchmark for Visible-Infrared Person Re-identification", CVPR 2023; the release's DEEN/AGW code
-trains a 713-class classifier.
-"""
+"""LLCM (DESIGN.md section 9): the raw layout, the official query/gallery splits, what prepare writes, the test
+settings and the published figures (Zhang and Wang, CVPR 2023)."""
 
 from __future__ import annotations
 
@@ -46,8 +40,7 @@ def _check_modality(modality: str) -> None:
 
 
 def camera_of(file_name: str) -> int:
-    """The camera number of an LLCM training file name (the digits of ``_c<k>_``), e.g. 1 for
-    ``0001_c01_s185535_f7010_vis.jpg``; -1 when the name has no ``_c<k>_``."""
+    """The camera number of an LLCM training file name (the digits of ``_c<k>_``); -1 when it has none."""
     found = _CAMERA.search(file_name)
     return int(found.group(1)) if found else -1
 
@@ -59,8 +52,7 @@ def read_test_ids(root: str) -> list[str]:
 
 
 def train_split(root: str, modality: str) -> Split:
-    """Training images of ``modality`` ("visible"|"infrared") in the order of its ``idx`` list, with
-    relative paths, pid = the label column and camera = the ``_c<k>_`` number of the file name."""
+    """Training images of ``modality`` ("visible"|"infrared") in the order of its ``idx`` list (relative paths)."""
     _check_modality(modality)
     _check_root(root)
     list_path = os.path.join(root, TRAIN_LISTS[modality])
@@ -73,25 +65,19 @@ def train_split(root: str, modality: str) -> Split:
 
 
 def cluster_order(split: Split) -> Split:
-    """``split`` sorted by relative path: the order in which the RPNR release clusters training images. Its
-    framework extracts clustering features over ``sorted(dataset.train)`` (entries ``(root + path, pid, cam)``,
-    train_sysu.py / train_regdb.py), and the LLCM dataset classes it ships compiled
-    (``clustercontrast/datasets/__pycache__/llcm_{rgb,ir}.cpython-38.pyc``) fill ``dataset.train`` from
-    ``idx/train_{vis,nir}.txt``; sorting by path keeps the list's labels and cameras."""
+    """``split`` sorted by relative path: the release clusters ``sorted(dataset.train)`` (DESIGN.md section 1)."""
     order = sorted(range(len(split.paths)), key=split.paths.__getitem__)
     return Split([split.paths[i] for i in order], split.pids[order], split.cams[order])
 
 
 def query_split(root: str, modality: str) -> Split:
-    """Every test image of ``modality`` in the release's query order (:func:`folder_images`,
-    ``process_query_llcm``), with paths ``test_*/cam<k>/<pid>/<file>`` relative to ``root``."""
+    """Every test image of ``modality`` in the release's query order, with paths relative to ``root``."""
     _check_modality(modality)
     return cam_split(folder_images(root, TEST_FOLDERS[modality], read_test_ids(root)), root)
 
 
 def gallery_split(root: str, modality: str, trial: int = 0) -> Split:
-    """The gallery of ``trial`` in ``modality``: one image per sorted test id and camera folder of the modality
-    (:func:`sample_folder_images`, ``process_gallery_llcm`` after ``random.seed(trial)``); relative paths."""
+    """The release's gallery of ``trial`` in ``modality``, with paths relative to ``root``."""
     _check_modality(modality)
     return cam_split(sample_folder_images(root, TEST_FOLDERS[modality], read_test_ids(root), trial), root)
 
@@ -113,9 +99,7 @@ def check_layout(root: str) -> None:
 
 
 def plan_llcm(root: str) -> PreparePlan:
-    """What ``prepare_llcm.py`` writes: the training images of both modalities in the release's clustering
-    order (:func:`cluster_order`; bicubic), every test image of each modality in query order (Lanczos)
-    and the galleries of trials 0-9 as rows of those test sets."""
+    """What ``prepare_llcm.py`` writes: training sets (bicubic), test sets and gallery rows (Lanczos)."""
     root = os.fspath(root)
     check_layout(root)
     train = {m: cluster_order(train_split(root, m)) for m in LLCM_MODALITIES}
@@ -129,12 +113,10 @@ def plan_llcm(root: str) -> PreparePlan:
     views = [("train", m, train[m].pids, train[m].cams) for m in LLCM_MODALITIES]
     views += [("test (every image)", m, test[m].pids, test[m].cams) for m in LLCM_MODALITIES]
     views += [("gallery (trial 0)", m, galleries[m, 0].pids, galleries[m, 0].cams) for m in LLCM_MODALITIES]
-    info = {"gallery_trials": list(LLCM_TRIALS)}
-    return PreparePlan("llcm", root, sets, arrays, views, info, _figures(train, test))
+    return PreparePlan("llcm", root, sets, arrays, views, {"gallery_trials": list(LLCM_TRIALS)}, _figures(train, test))
 
 
 def _figures(train: dict[str, Split], test: dict[str, Split]) -> dict[str, list[int]]:
-    """The counts that :data:`PUBLISHED` lists."""
     figures = {}
     for split, splits in (("train", train), ("test", test)):
         figures[f"{split} identities"] = [len(np.unique(np.concatenate([s.pids for s in splits.values()])))]
@@ -143,9 +125,7 @@ def _figures(train: dict[str, Split], test: dict[str, Split]) -> dict[str, list[
 
 
 def _direction(query: str, gallery: str, sampled_queries: bool = False) -> Setting:
-    """Every test image of ``query`` against the sampled gallery of trial {trial} in ``gallery`` (gallery images
-    of the query's identity and camera skipped, ``eval_llcm``); ``sampled_queries``: the LLCM release's
-    ``test_mode = [2, 1]``, the sampled images of the other modality as the queries against every image."""
+    """Every ``query`` test image against the sampled ``gallery`` of trial {trial}; ``sampled_queries``: reversed."""
     sampled = Side(f"test_{gallery}", gallery, index=f"gallery_index_{gallery}_{{trial}}")
     every = Side(f"test_{query}", query)
     label = f"{query.title()} to {gallery.title()}" + (" (sampled infrared queries)" if sampled_queries else "")

@@ -1,6 +1,5 @@
-"""Preparing a dataset (DESIGN.md sections 1 and 10): a dataset's plan written into a new folder (uint8 arrays and
-a manifest), never over anything this project did not prepare, nothing half-written; the command of the
-``prepare_<dataset>.py`` scripts."""
+"""Preparing a dataset (DESIGN.md sections 1 and 10): a plan written into a new folder of arrays and a manifest, and
+the command of the ``prepare_<dataset>.py`` scripts."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _recover_killed_runs(out: Path) -> None:
-    """Remove the ``OUT.tmp-<pid>`` and ``OUT.old-<pid>`` folders of killed runs; an ``OUT.old-<pid>`` goes back to
-    ``OUT`` when a kill between the two renames left no ``OUT``."""
+    """Remove the ``OUT.tmp-<pid>``/``OUT.old-<pid>`` of killed runs (an ``OUT.old-<pid>`` back to missing ``OUT``)."""
     for leftover in sorted(out.parent.glob(f"{out.name}.tmp-*")) + sorted(out.parent.glob(f"{out.name}.old-*")):
         suffix = leftover.name.rsplit("-", 1)[-1]
         if not suffix.isdigit() or int(suffix) == os.getpid() or _pid_alive(int(suffix)):
@@ -47,8 +45,6 @@ def _recover_killed_runs(out: Path) -> None:
 
 
 def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
-    """Refuse the raw folder or one holding it, a non-empty folder this project did not prepare (even with
-    ``overwrite``), and a prepared one without ``overwrite``."""
     if out.resolve() == raw.resolve() or out.resolve() in raw.resolve().parents:
         raise PreparedDataError(f"--output-dir {out} is the raw dataset folder or holds it ({raw}); nothing was "
                                 f"touched: choose an output folder outside the raw dataset")
@@ -64,8 +60,7 @@ def _check_output_dir(out: Path, raw: Path, overwrite: bool) -> None:
 
 
 def _prepared_here(out: Path) -> bool:
-    """Whether this project prepared ``out``: its manifest records a format and a dataset, or it is damaged in a
-    folder holding nothing but it and the ``.npy`` arrays prepare writes, image arrays among them."""
+    """Whether this project prepared ``out``: a manifest of ours, or a damaged one among nothing but our arrays."""
     path = out / MANIFEST
     try:
         manifest = json.loads(path.read_text())
@@ -90,8 +85,7 @@ def _check_free_space(plan: PreparePlan, folder: Path, height: int, width: int) 
 
 def write_prepared(plan: PreparePlan, output_dir: str | os.PathLike, height: int, width: int, overwrite: bool = False,
                    workers: int | None = None, published: PublishedStats | None = None) -> dict:
-    """Read, resize and write every set of ``plan`` into ``OUT.tmp-<pid>``, renamed to ``output_dir`` at the end;
-    the manifest, its counts compared with ``published``."""
+    """Write every set of ``plan`` into ``OUT.tmp-<pid>``, renamed to ``output_dir`` at the end; the manifest."""
     if height <= 0 or width <= 0:
         raise PreparedDataError(f"image size must be positive, got {height}x{width}")
     out = Path(output_dir).absolute()
@@ -157,8 +151,7 @@ def format_stats(manifest: dict) -> str:
 
 
 def prepare_main(dataset: str, argv: list[str] | None = None, description: str | None = None) -> int:
-    """The command ``prepare_<dataset>.py``: the prepared arrays, the statistics table and its comparison with the
-    published statistics (a warning line per difference)."""
+    """The command ``prepare_<dataset>.py``: the prepared arrays, the statistics table and the published check."""
     ds = get_dataset(dataset)
     parser = Parser(prog=ds.prepare_script, description=description or f"Prepare {ds.display}.",
                     formatter_class=argparse.RawDescriptionHelpFormatter)

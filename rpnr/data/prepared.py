@@ -1,5 +1,5 @@
-"""Prepared folders, read (DESIGN.md sections 1 and 10): uint8 image arrays at a fixed size with identity, camera
-and source path, checked against their manifest; the sides of a test setting name the rows each trial reads."""
+"""Prepared folders (DESIGN.md sections 1 and 10): what prepare writes, and the arrays read back, checked against
+their manifest; the sides of a test setting name the rows each trial reads."""
 
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ class Side:
 @dataclass(frozen=True)
 class Setting:
     """A test setting: queries against a gallery, scored by ``metric(distmat, q_pids, g_pids, q_cams, g_cams) ->
-    (cmc, mAP, mINP)``; ``ignored(q_pids, q_cams, g_pids, g_cams) -> bool`` is the metric's rule for the gallery
-    images it skips (None: none)."""
+    (cmc, mAP, mINP)``; ``ignored(q_pids, q_cams, g_pids, g_cams) -> bool``: the gallery images it skips."""
 
     name: str  # key in results, e.g. "all", "visible_to_thermal"
     title: str  # e.g. "SYSU-MM01 all-search"
@@ -179,8 +178,7 @@ def read_manifest(root: str | os.PathLike, script: str = "prepare_<dataset>.py")
 
 def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = None,
                    width: int | None = None) -> dict:
-    """The manifest of ``root``, a complete prepared ``dataset`` of that size: every array it names of the recorded
-    shape and dtype, every array but the images of the recorded SHA-256 (format 1: a note line instead)."""
+    """The manifest of ``root``, checked to be a complete prepared ``dataset`` of that size (DESIGN.md section 10)."""
     script = f"prepare_{dataset}.py"
     manifest = read_manifest(root, script)
     if manifest["dataset"] != dataset:
@@ -206,8 +204,6 @@ def check_prepared(root: str | os.PathLike, dataset: str, height: int | None = N
 
 
 def _expected_arrays(manifest: dict) -> list[tuple[str, tuple, str]]:
-    """(file, shape, dtype kind) of every array: images uint8 [n, H, W, 3], pids and cams int64 [n], paths str
-    [n], index arrays int64 [N]."""
     size, expected = (manifest["height"], manifest["width"], 3), []
     for name, info in manifest["sets"].items():
         n = info["count"]
@@ -217,7 +213,6 @@ def _expected_arrays(manifest: dict) -> list[tuple[str, tuple, str]]:
 
 
 def _check_array(path: Path, shape: tuple, kind: str) -> None:
-    """One line naming ``path`` unless it is a complete ``.npy`` of ``shape`` (None: any length) and ``kind``."""
     if not path.is_file():
         raise PreparedDataError(f"{path.parent} is incomplete: missing {path.name} (prepare it again)")
     try:
@@ -254,8 +249,7 @@ def load_set(root: str | os.PathLike, name: str) -> ImageSet:
 
 
 def load_side(root: str | os.PathLike, side: Side, trial: int) -> ImageSet:
-    """The images of ``side`` in ``trial``: the whole set, or the rows of its index array (read into memory),
-    labelled by its label array when it has one."""
+    """The images of ``side`` in ``trial``: the whole set, or the rows of its index array, with its labels if any."""
     base = load_set(root, side.set)
     index, labels = side.arrays(trial)
     if index is None:

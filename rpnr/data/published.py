@@ -1,6 +1,5 @@
-"""Published figures of the datasets (their statistics, and the release's results that report.py shows), and the
-comparison of a prepared folder's counts with the statistics: a differing figure is a warning, not an error (a
-subset is legitimate for a quick experiment)."""
+"""Published figures of the datasets (statistics, the release's results for report.py) and the comparison of a
+prepared folder's counts with them (a difference is a warning: DESIGN.md section 1, "Preparation")."""
 
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ class PublishedStats:
 
 @dataclass(frozen=True)
 class PublishedResults:
-    """The release's stage-2 results (best model, selected on the test set): setting -> metric -> (mean, sample sd
-    over the release's ten trials), percent."""
+    """The release's stage-2 results: setting -> metric -> (mean, sample sd over its ten trials), percent."""
 
     source: str
     results: Mapping[str, Mapping[str, tuple[float, float]]]
@@ -34,9 +32,8 @@ def published_results(source: str, table: Mapping[str, tuple[tuple[float, float]
 
 
 def compare_published(stats: PublishedStats, found: Mapping[str, Sequence[int]]) -> dict:
-    """Counted figures (figure -> every value observed: one per trial or identity for "per ..." figures) against
-    ``stats``: ``{"name", "source", "expected", "found": figure -> [fewest, most], "differences": one
-    sentence per differing figure, "matches"}``."""
+    """Counted figures (figure -> every value observed) against ``stats``: ``{"name", "source", "expected",
+    "found": figure -> [fewest, most], "differences": one sentence per differing figure, "matches"}``."""
     counted = {name: [int(min(values)), int(max(values))] for name, values in found.items() if len(values)}
     differences = []
     for figure, expected in stats.figures.items():

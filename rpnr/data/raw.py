@@ -1,6 +1,5 @@
-"""Raw images and layouts: image files read and resized as the official loaders do (DESIGN.md section 1), your own
-images (section 14: 16-bit, Pillow's size limit), and the pieces the raw layouts share (id files, label lists, the
-camera folders of the official test protocol)."""
+"""Raw images read and resized as the official loaders do (DESIGN.md sections 1 and 14), and the pieces the raw
+layouts share: id files, label lists, the camera folders of the official test protocol."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import os
 import random
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -19,8 +18,7 @@ from tqdm import tqdm
 
 from rpnr.common.errors import RawDataError, UsageError
 
-# the release's loaders: training and clustering images T.Resize(interpolation=3) = bicubic, test images
-# Image.ANTIALIAS = Lanczos
+# the release's loaders: training/clustering images T.Resize(interpolation=3), test images Image.ANTIALIAS
 RESAMPLE = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 _CHUNK = 256
 _OPENING = threading.Lock()
@@ -70,8 +68,7 @@ def load_image(image, height: int, width: int) -> np.ndarray:
 
 def write_image_array(path: str | os.PathLike, paths: Sequence[str], height: int, width: int, resample: str,
                       desc: str = "images", workers: int | None = None) -> None:
-    """Decode ``paths`` into the ``.npy`` file ``path`` (uint8 [N, height, width, 3]) on ``workers`` threads, written
-    sequentially: a full disk is ENOSPC, never a bus error."""
+    """Decode ``paths`` into the ``.npy`` file ``path`` (uint8 [N, height, width, 3]), written sequentially."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
               "shape": (len(paths), height, width, 3)}
     with open(path, "wb") as fh, ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool, \
@@ -119,12 +116,9 @@ def sorted_files(img_dir: str) -> list[str]:
     return sorted([img_dir + "/" + name for name in os.listdir(img_dir)])
 
 
-def _id_folders(root: str, folders: Sequence[str], ids: Sequence[str]) -> Iterator[str]:
-    for pid in sorted(ids):  # the release's visiting order: ids sorted, then the folders in order
-        for folder in folders:
-            img_dir = os.path.join(root, folder, pid)
-            if os.path.isdir(img_dir):
-                yield img_dir
+def _id_folders(root: str, folders: Sequence[str], ids: Sequence[str]) -> list[str]:
+    dirs = [os.path.join(root, folder, pid) for pid in sorted(ids) for folder in folders]  # the release's order
+    return [img_dir for img_dir in dirs if os.path.isdir(img_dir)]
 
 
 def folder_images(root: str, folders: Sequence[str], ids: Sequence[str]) -> list[str]:

@@ -1,10 +1,5 @@
-"""RegDB: the raw layout, what prepare writes, the release's training order, the synthetic tree, the
-published statistics and the registry entry; raw layout, trials, camera ids and prepared sets: DESIGN.md section 1.
-
-Published statistics: Nguyen et al., "Person Recognition System Based on a Combination of Body Images from
-Visible Light and Thermal Cameras", Sensors 2017 (412 persons, 10 visible + 10 thermal images each); the
-ten-trial protocol (Ye et al., 2018) splits them into 206 training and 206 test ids.
-"""
+"""RegDB (DESIGN.md section 1): the raw layout, what prepare writes, the release's training order, the test settings
+and the published figures (Nguyen et al., Sensors 2017; the ten trials of Ye et al., 2018)."""
 
 from __future__ import annotations
 
@@ -34,8 +29,7 @@ def read_idx(root: str, split: str, modality: str, trial: int) -> tuple[list[str
 
 
 def plan_regdb(root: str) -> PreparePlan:
-    """What ``prepare_regdb.py`` writes: each image listed by a train file once (bicubic) and each
-    image listed by a test file once (Lanczos), with per-trial index and label arrays."""
+    """What ``prepare_regdb.py`` writes: each listed train (bicubic) and test (Lanczos) image once, trial indexes."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise RawDataError(f"RegDB folder not found: {root}")
@@ -50,8 +44,7 @@ def plan_regdb(root: str) -> PreparePlan:
             union = sorted({p for t in REGDB_TRIALS for p in lists[split, modality, t][0]})
             row = {p: i for i, p in enumerate(union)}
             cams = np.full(len(union), CAMERA[modality], dtype=np.int64)
-            # identity labels differ per trial (idx files number ids 0..n-1); the set keeps -1
-            pids = np.full(len(union), -1, dtype=np.int64)
+            pids = np.full(len(union), -1, dtype=np.int64)  # labels differ per trial (idx files number ids 0..n-1)
             sets.append(SetSpec(f"{modality}_{split}", union, pids, cams, SPLIT_RESAMPLE[split]))
             for t in REGDB_TRIALS:
                 paths, labels = lists[split, modality, t]
@@ -66,8 +59,7 @@ def plan_regdb(root: str) -> PreparePlan:
 
 
 def _figures(lists: dict[tuple[str, str, int], tuple[list[str], np.ndarray]]) -> dict[str, list[int]]:
-    """The counts that :data:`PUBLISHED` lists; an identity is an image
-    folder (``Visible/<id>/``, ``Thermal/<id>/``), its images those listed by any idx file."""
+    """The counts that :data:`PUBLISHED` lists; an identity is an image folder, its images those any idx file lists."""
     figures: dict[str, list[int]] = {}
     folders: set[str] = set()
     for modality in MODALITIES:
@@ -92,7 +84,6 @@ def release_train_order(pids: np.ndarray, paths: np.ndarray) -> np.ndarray:
 
 
 def _side(split: str, modality: str) -> Side:
-    """The ``split`` images of ``modality`` listed for trial {trial}, labelled as in its idx file."""
     arrays = f"trial{{trial}}_{split}_{modality}"
     return Side(f"{modality}_{split}", STEM[modality], index=f"{arrays}_index", labels=f"{arrays}_labels")
 
@@ -112,8 +103,7 @@ PUBLISHED = PublishedStats("RegDB", "Nguyen et al. Sensors 2017; Ye et al. 2018 
     "train visible images per trial": 2060, "train thermal images per trial": 2060,
     "test visible images per trial": 2060, "test thermal images per trial": 2060})
 
-# the RPNR release's README, "Performance on RegDB": its Average row, and the sd (ddof 1) of its ten per-trial rows
-# (ten separately trained trials)
+# the README's Average row, and the sd (ddof 1) of its ten per-trial rows (ten separately trained trials)
 RESULTS = published_results("RPNR release README (XiangboYin/RPNR), RegDB table: mean of its 10 trials (one model "
                             "each), sd over those trials", {
     "visible_to_thermal": ((90.31, 1.87), (94.66, 1.42), (96.39, 1.24), (97.88, 0.84), (83.35, 1.81), (69.96, 2.30)),

@@ -1,7 +1,5 @@
-"""The dataset registry (DESIGN.md section 7, "Extension points"): one :class:`Dataset` entry per dataset holds
-everything that differs between datasets, so the rest of the package asks the registry instead of naming datasets.
-The built-in entries are made here from their modules (``rpnr/data/<name>.py``: raw layout, plan, test settings,
-published figures); :func:`register` adds another."""
+"""The dataset registry (DESIGN.md section 7, "Extension points"): one :class:`Dataset` per dataset, the built-in
+ones made here from ``rpnr/data/<name>.py``; :func:`register` adds another."""
 
 from __future__ import annotations
 
@@ -95,8 +93,7 @@ SYSU = register(Dataset(
 REGDB = register(Dataset(
     name="regdb", display="RegDB", layout="raw RegDB folder (Visible/, Thermal/, idx/)", plan=regdb.plan_regdb,
     published=regdb.PUBLISHED, published_results=regdb.RESULTS, train=regdb.TRAIN, settings=regdb.SETTINGS,
-    trials=regdb.REGDB_TRIALS, eps=0.3, iters=100,
-    top_k=5,  # the release's train_regdb.py keeps heapq.nlargest(5, ...) NPC members
+    trials=regdb.REGDB_TRIALS, eps=0.3, iters=100, top_k=5,  # the release's train_regdb.py: heapq.nlargest(5, ...)
     full_rgb_batch_in_stage2=False, model_per_trial=True, epoch_setting="visible_to_thermal",
     train_order=regdb.release_train_order))
 LLCM = register(Dataset(  # no release recipe: SYSU-MM01's settings (DESIGN.md section 9)

@@ -1,7 +1,5 @@
-"""Identity-balanced batches over pseudo-labelled samples (DESIGN.md section 5): the release's sampler (from
-ClusterContrast) and its ``IterLoader`` over a ``drop_last`` DataLoader. They draw from the global ``random``,
-``numpy`` and ``torch`` generators, as the release does, so a run is reproducible from their saved states.
-"""
+"""Identity-balanced batches over pseudo-labelled samples (DESIGN.md section 5): the release's sampler and its
+``IterLoader``, drawing from the global ``random``, ``numpy`` and ``torch`` generators as the release does."""
 
 from __future__ import annotations
 
@@ -12,9 +10,7 @@ import torch
 
 
 class RandomMultipleGallerySampler:
-    """Positions into a data source of (pseudo label, camera) pairs (``labels``, ``cams`` in its order; negative
-    labels, outliers, never sampled), grouped by identity as DESIGN.md section 5 ("Sampler") says: per pass, the
-    identities in a random order, each as an anchor plus ``num_instances - 1`` samples, preferably of other cameras."""
+    """Positions into a source of (pseudo label, camera) pairs by identity (DESIGN.md section 5); labels < 0 never."""
 
     def __init__(self, labels, cams, num_instances: int = 4):
         labels, cams = np.asarray(labels), np.asarray(cams)
@@ -45,9 +41,8 @@ class RandomMultipleGallerySampler:
         return len(self.pids) * self.num_instances
 
     def __iter__(self):
-        order = torch.randperm(len(self.pids)).tolist()
         ret: list[int] = []
-        for kid in order:
+        for kid in torch.randperm(len(self.pids)).tolist():
             pid = self.pids[kid]
             index = self.pid_index[pid]
             anchor = random.choice(index)
@@ -65,9 +60,7 @@ class RandomMultipleGallerySampler:
 
 
 class BatchStream:
-    """Endless fixed-size batches of sampler positions, as a ``drop_last`` DataLoader wrapped in the release's
-    ``IterLoader``: a pass's incomplete tail is dropped, a new pass starts when one is used up (one stream per
-    epoch stands for the release's ``new_epoch()``)."""
+    """Endless fixed-size batches of sampler positions: the release's ``IterLoader`` over a ``drop_last`` DataLoader."""
 
     def __init__(self, sampler: RandomMultipleGallerySampler, batch_size: int):
         if sampler.pass_length() < batch_size:

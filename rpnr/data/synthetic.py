@@ -1,13 +1,5 @@
-"""Small synthetic raw dataset trees with real image files, in the raw layouts of SYSU-MM01, RegDB and LLCM (tests,
-benchmarks and the demo).
-
-Each identity is a drawn pedestrian with its own shape and torso/leg textures (:class:`Identity`). Visible
-images show them in the identity's colours; infrared/thermal images show the same shape and texture as grey-ish
-intensities (3-channel, no colour), so identity is recognisable across modalities. Pose jitter, scale, flips,
-camera-specific backgrounds, lighting and noise vary per image. Output is deterministic given the seed.
-
-    python -m rpnr.data.synthetic --dataset <name> --out data/<name>_synth
-"""
+"""Small synthetic raw dataset trees of drawn pedestrians, in the raw layouts of SYSU-MM01, RegDB and LLCM (tests,
+benchmarks, the demo); deterministic given the seed: ``python -m rpnr.data.synthetic --dataset <name> --out <dir>``."""
 
 from __future__ import annotations
 
@@ -129,9 +121,7 @@ def new_folder(out: str | os.PathLike) -> Path:
 
 def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, test_ids: int = 12,
                per_camera: int = 5, height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}. Ids are 1..N assigned
-    to train/val/test at random; each id appears in at least two RGB and one IR camera, with ``per_camera`` +-1
-    images per camera."""
+    """Write a raw SYSU-MM01-layout tree (JPEG); returns {"ids", "rgb_images", "ir_images"}."""
     if min(train_ids, test_ids, per_camera) < 1 or val_ids < 0:
         raise UsageError("id and image counts must be positive")
     out = new_folder(out)
@@ -165,9 +155,7 @@ def write_sysu(out: str | os.PathLike, train_ids: int = 24, val_ids: int = 8, te
 
 def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, height: int = 128,
                 width: int = 64, seed: int = 0) -> dict:
-    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10; returns counts. Trial t splits the ids
-    in half at random (train/test, a different split per trial); labels in the idx files are 0..n-1 in id order
-    within each split, as in RegDB."""
+    """Write a raw RegDB-layout tree (BMP) with idx files for trials 1..10 (ids split in half per trial); counts."""
     if ids < 2 or per_modality < 1:
         raise UsageError("RegDB needs at least 2 ids and one image per modality")
     out = new_folder(out)
@@ -191,8 +179,7 @@ def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, h
     (out / "idx").mkdir(exist_ok=True)
     for trial in REGDB_TRIALS:
         perm = np.random.default_rng([seed, 1000 + trial]).permutation(np.arange(1, ids + 1))
-        half = ids // 2
-        for split, members in (("train", sorted(perm[:half])), ("test", sorted(perm[half:]))):
+        for split, members in (("train", sorted(perm[:ids // 2])), ("test", sorted(perm[ids // 2:]))):
             for modality in MODALITIES:
                 lines = [f"{rel} {label}" for label, pid in enumerate(members) for rel in files[pid][modality]]
                 (out / "idx" / f"{split}_{modality}_{trial}.txt").write_text("\n".join(lines) + "\n")
@@ -200,8 +187,7 @@ def write_regdb(out: str | os.PathLike, ids: int = 40, per_modality: int = 10, h
 
 
 def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """``(visible, infrared)`` cameras of one LLCM identity: 2-4 visible and 1-3 infrared cameras,
-    sharing a physical camera when one of the visible cameras also records infrared."""
+    """``(visible, infrared)`` cameras of one LLCM identity: 2-4 visible, 1-3 infrared, one shared when it can."""
     visible = sorted(int(c) for c in rng.choice(LLCM_VIS_CAMS, size=int(rng.integers(2, 5)), replace=False))
     drawn = {int(c) for c in rng.choice(LLCM_NIR_CAMS, size=int(rng.integers(1, 3)), replace=False)}
     shared = [c for c in visible if c in LLCM_NIR_CAMS][:1]
@@ -210,12 +196,7 @@ def _llcm_cameras(rng: np.random.Generator) -> tuple[list[int], list[int]]:
 
 def write_llcm(out: str | os.PathLike, train_ids: int = 16, test_ids: int = 8, per_camera: int = 3,
                height: int = 128, width: int = 64, seed: int = 0) -> dict:
-    """Write a raw LLCM-layout tree (JPEG); returns {"ids", "train_visible", "train_infrared", "test_visible",
-    "test_infrared"} image counts. Ids 1..N go to train and test at random; ``idx/test_id.txt`` lists the test ids in
-    that random order. Each id has ``per_camera`` +-1 images (at least 1) per camera of :func:`_llcm_cameras`, named as
-    LLCM names them: ``<pid>_c<cam:02d>_s<seq>_f<frame>_<vis|nir>.jpg``. Training images lie in ``{vis,nir}/<pid>/``,
-    listed camera by camera in ``idx/train_{vis,nir}.txt`` with label = the rank of the id among the training ids
-    (0-based); test images in ``test_{vis,nir}/cam<k>/<pid>/``; ``test_nir/cam3`` exists and is empty, as in LLCM."""
+    """Write a raw LLCM-layout tree (JPEG, file names as LLCM's, ``test_nir/cam3`` empty); returns image counts."""
     if train_ids < 1 or test_ids < 1 or per_camera < 1:
         raise UsageError("LLCM needs at least one training id, one test id and one image per camera")
     out = new_folder(out)
@@ -267,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         takes = ", ".join(f"{name} {named[size]}" for name, named in sizes.items() if size in named)
         parser.add_argument(f"--{size.replace('_', '-')}", type=int, default=None, help=f"(default: {takes})")
     args = parser.parse_args(argv)
-    given = {n: v for n, v in vars(args).items() if v is not None and n not in ("dataset", "out", "seed", "height",
-                                                                               "width")}
+    given = {n: v for n, v in vars(args).items() if v is not None and n in set().union(*sizes.values())}
 
     def write() -> None:
         if min(args.height, args.width) < 16:

@@ -1,12 +1,5 @@
-"""SYSU-MM01 (DESIGN.md section 1): the raw layout (identity files, the release's query and gallery splits, the
-training split), what prepare writes, the test settings and the published figures.
-
-Published statistics: Wu et al., "RGB-Infrared Cross-Modality Person Re-Identification", ICCV 2017, and the dataset's
-README (491 identities = 296 training + 99 validation + 96 test; training uses training + validation ids). The RPNR
-release's own log (``logs/sysu_s2_log.txt``) prints 395 ids with 22,258 RGB and 11,909 IR training images, and 384 +
-3,419 = 3,803 IR test images of 96 ids. All-search galleries (one image per test id and RGB camera 1, 2, 4, 5) hold 301
-images and indoor-search galleries (cameras 1, 2) 112, as the cross-modality literature reports.
-"""
+"""SYSU-MM01 (DESIGN.md section 1): the raw layout, the release's splits, what prepare writes, the test settings and
+the published figures (Wu et al., ICCV 2017 and the dataset's README; the RPNR release's ``logs/sysu_s2_log.txt``)."""
 
 from __future__ import annotations
 
@@ -49,8 +42,7 @@ def query_split(root: str, mode: str = "all") -> Split:
 
 
 def gallery_split(root: str, mode: str = "all", trial: int = 0) -> Split:
-    """RGB gallery of ``trial``: one random image per (test id, RGB camera), as the official code
-    (:func:`sample_folder_images`)."""
+    """RGB gallery of ``trial``: one random image per (test id, RGB camera), as the official code."""
     _check_mode(mode)
     return cam_split(sample_folder_images(root, GALLERY_CAMERAS[mode], read_ids(root, "test"), trial))
 
@@ -101,7 +93,6 @@ def plan_sysu(root: str) -> PreparePlan:
 
 
 def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int], Split]) -> dict[str, list[int]]:
-    """The counts that :data:`PUBLISHED` lists."""
     test_ids = np.unique(np.concatenate([query.pids] + [g.pids for g in galleries.values()]))
     return {
         "train identities": [len(np.unique(np.concatenate([rgb.pids, ir.pids])))],
@@ -113,14 +104,11 @@ def _figures(rgb: Split, ir: Split, query: Split, galleries: dict[tuple[str, int
 
 
 def _setting(mode: str) -> Setting:
-    """Infrared queries (cam3, cam6) against the visible gallery of ``mode``; gallery camera 2 skipped for
-    camera-3 queries (``eval_sysu``)."""
     return Setting(mode, f"SYSU-MM01 {mode}-search", f"({mode}-search)", Side("query", "infrared"),
                    Side("gallery", "visible", index=f"gallery_index_{mode}_{{trial}}"), eval_sysu, sysu_ignored)
 
 
-# the RPNR release's README, "Performance on SYSU-MM01": its Average row, and the sd (ddof 1) of its ten per-trial
-# rows (ten galleries of one model)
+# the README's Average row, and the sd (ddof 1) of its ten per-trial rows (ten galleries of one model)
 RESULTS = published_results("RPNR release README (XiangboYin/RPNR), SYSU-MM01 table: mean of its 10 gallery trials of "
                             "one model, sd over those trials", {
     "all": ((65.49, 1.13), (87.48, 0.96), (93.29, 1.02), (97.14, 0.68), (59.97, 1.27), (44.02, 1.76)),

@@ -2,8 +2,6 @@
 pseudo-labelled images, the same global batches on every rank with this rank's positions in each, and
 threads that read the images ahead."""
 
-from __future__ import annotations
-
 import hashlib
 from collections import deque
 from collections.abc import Iterator

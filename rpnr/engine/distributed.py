@@ -1,11 +1,5 @@
-"""The torchrun process group of a training run (DESIGN.md section 8): who am I, gather,
-broadcast, and "only rank 0 writes".
-
-One process (no torchrun) is the group of size 1: every operation is then the identity,
-so the trainer runs one code path for any number of processes.
-"""
-
-from __future__ import annotations
+"""The torchrun process group of a run (DESIGN.md section 8): rank, shards, gathers with gradients, broadcasts,
+rank-0-only work. One process is the group of size 1, where every operation is the identity."""
 
 import datetime
 import os
@@ -53,11 +47,8 @@ class _GatherWithGrad(autograd.Function):
 
 @dataclass(frozen=True)
 class ProcessGroup:
-    """This process's place in the run: rank ``rank`` of ``world_size`` (1 without torchrun).
-
-    ``joined``: a torch.distributed process group exists (torchrun, also with one process,
-    which runs the collective code path on one device).
-    """
+    """This process's place in the run: rank ``rank`` of ``world_size``; ``joined``: a torch.distributed group
+    exists (torchrun, also with one process)."""
 
     rank: int = 0
     world_size: int = 1
@@ -65,11 +56,10 @@ class ProcessGroup:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: computes the pseudo labels, evaluates, writes logs and checkpoints."""
         return self.rank == 0
 
     def broadcast_object(self, obj: T) -> T:
-        """Rank 0's ``obj`` on every rank (tensors inside should be on the CPU)."""
+        """Rank 0's ``obj`` on every rank (tensors inside on the CPU)."""
         if not self.joined:
             return obj
         box = [obj if self.is_main else None]
@@ -77,11 +67,11 @@ class ProcessGroup:
         return box[0]
 
     def progress(self, *args, **kwargs) -> tqdm:
-        """A progress bar on rank 0 (tqdm's own settings, e.g. TQDM_DISABLE, apply); none on the other ranks."""
+        """A progress bar on rank 0 (tqdm's settings apply), none on the others."""
         return tqdm(*args, **{**kwargs, "disable": True} if not self.is_main else kwargs)
 
     def gather_objects(self, obj: T) -> list[T]:
-        """Every rank's ``obj``, in rank order (picklable objects)."""
+        """Every rank's ``obj``, in rank order."""
         if not self.joined:
             return [obj]
         out: list = [None] * self.world_size
@@ -89,8 +79,7 @@ class ProcessGroup:
         return out
 
     def check_same(self, value: int, what: str) -> None:
-        """Raise :class:`DistributedError` (``what`` + which rank differs) unless every rank passed the same
-        ``value`` (e.g. a hash of the epoch's batches)."""
+        """A :class:`DistributedError` (``what``, the rank that differs) unless every rank passed ``value``."""
         values = self.gather_objects(value)
         differ = [rank for rank, v in enumerate(values) if v != values[0]]
         if differ:
@@ -98,10 +87,7 @@ class ProcessGroup:
                                    f"same code on the same data")
 
     def from_main(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run ``fn`` on rank 0 only and return its result on every rank.
-
-        An exception on rank 0 is raised again on every rank (so none waits forever).
-        """
+        """``fn`` run on rank 0, its result on every rank; its exception raised on every rank (none waits)."""
         if not self.joined:
             return fn(*args, **kwargs)
         outcome: tuple[bool, object] = (True, None)
@@ -122,14 +108,14 @@ class ProcessGroup:
         return range(start, start + base + (self.rank < extra))
 
     def batch_positions(self, size: int) -> np.ndarray:
-        """This rank's slice of a global batch of ``size`` (``size`` divisible by the world size)."""
+        """This rank's slice of a global batch of ``size``."""
         if size % self.world_size:
             raise DistributedError(f"a batch of {size} cannot be split over {self.world_size} processes")
         part = size // self.world_size
         return np.arange(self.rank * part, (self.rank + 1) * part)
 
     def gather_rows(self, local: Tensor) -> Tensor:
-        """Every rank's rows concatenated in rank order (row counts may differ; no gradient)."""
+        """Every rank's rows in rank order (counts may differ; no gradient)."""
         if not self.joined:
             return local
         counts = self.gather_objects(local.size(0))
@@ -140,8 +126,8 @@ class ProcessGroup:
         return torch.cat([p[:n] for p, n in zip(pieces, counts)], 0)
 
     def gather_with_grad(self, local: Tensor) -> Tensor:
-        """Every rank's rows (equal counts) concatenated, gradients flowing back as :class:`_GatherWithGrad` says:
-        after DDP's averaging the parameter gradient equals the one-process gradient (DESIGN.md section 8)."""
+        """Every rank's rows (equal counts), gradients flowing back: after DDP's averaging the parameter gradient
+        is the one-process gradient."""
         if not self.joined:
             return local
         return _GatherWithGrad.apply(local, self.rank, self.world_size)
@@ -160,8 +146,7 @@ class ProcessGroup:
             restore_rng_state(self.broadcast_object(state))
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
-        """``module`` in DistributedDataParallel (gradients averaged over ranks; its broadcast of rank 0's running
-        statistics at every training forward kept, as DataParallel starts from replica 0's); itself for one process."""
+        """``module`` in DistributedDataParallel (its broadcast of rank 0's buffers kept), itself for one process."""
         if not self.joined:
             return module
         ids = [device.index] if device.type == "cuda" else None
@@ -172,10 +157,8 @@ SINGLE = ProcessGroup()
 
 
 def start(device: str) -> tuple[ProcessGroup, str]:
-    """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and pick this process's device.
-
-    Without torchrun: the one-process group (no torch.distributed) and ``device`` unchanged.
-    """
+    """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) and pick this process's device; without
+    torchrun the one-process group and ``device`` as given."""
     world, rank, local_rank, local_world = launched_processes()
     if "LOCAL_RANK" not in os.environ or "MASTER_ADDR" not in os.environ:  # not started by torchrun
         return SINGLE, device
@@ -188,6 +171,6 @@ def start(device: str) -> tuple[ProcessGroup, str]:
 
 
 def stop(group: ProcessGroup) -> None:
-    """Leave the process group (if one was joined)."""
+    """Leave the process group, if one was joined."""
     if group.joined and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,8 +1,6 @@
 """One epoch's pseudo labels (DESIGN.md section 3): clustering features, DBSCAN on the Jaccard distance per
 modality, NPC calibration and OT matching (stage 2), and the epoch's cluster memories (section 4)."""
 
-from __future__ import annotations
-
 import dataclasses
 
 import numpy as np
@@ -52,7 +50,7 @@ class EpochLabels:
     r2i: np.ndarray | None  # [K_rgb] IR partner of each RGB cluster (stage 2)
     i2r: np.ndarray | None  # [K_ir] RGB partner of each IR cluster (stage 2)
 
-    def to(self, device: torch.device) -> EpochLabels:
+    def to(self, device: torch.device) -> "EpochLabels":
         """The same labels with the cluster centres on ``device``."""
         return EpochLabels(dataclasses.replace(self.rgb, centers=self.rgb.centers.to(device)),
                            dataclasses.replace(self.ir, centers=self.ir.centers.to(device)), self.r2i, self.i2r)

@@ -1,10 +1,6 @@
-"""The training loop of both stages and every registered dataset (DESIGN.md sections 3-5 and 10): open or
-resume a run in its locked logs folder, then per epoch pseudo labels, memories, training iterations,
-evaluation and checkpoints. Under torchrun (section 8) every rank runs this loop on its slice of each batch;
-rank 0 alone computes the pseudo labels, evaluates and writes. One process is the group of size 1.
-"""
-
-from __future__ import annotations
+"""The training loop of both stages (DESIGN.md sections 3-5, 8, 10): open or resume a run in its locked logs folder,
+then per epoch pseudo labels, memories, iterations, evaluation and checkpoints; under torchrun every rank runs it on
+its slice of each batch, rank 0 alone computes the labels, evaluates and writes."""
 
 import dataclasses
 import hashlib
@@ -57,11 +53,11 @@ class RunState:
     train_ir: ImageSet
     folder: RunFolder
     data_id: str  # identity of the prepared data (checked on resume)
-    start: dict | None  # stage 2's start: the stage-1 checkpoint's path, sha256 and recipe (None: resumed, stage 1)
+    start: dict | None  # stage 2's stage-1 checkpoint: path, sha256, recipe (None: resumed, stage 1)
     log: RunLog | None = None
-    resumed: dict | None = None  # the checkpoint a resumed run continues, until it is restored
-    notes: list[str] = dataclasses.field(default_factory=list)  # printed once the run has claimed its folder
-    best_note: str | None = None  # model_best is to be rewritten from the resumed checkpoint (reconcile_best)
+    resumed: dict | None = None  # the checkpoint a resumed run continues, until restored
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed once the folder is claimed
+    best_note: str | None = None  # model_best to rewrite from the resumed checkpoint (reconcile_best)
     start_epoch: int = 0
     best: dict = dataclasses.field(default_factory=lambda: {"epoch": 0, "rank1": -1.0, "mAP": 0.0})
 
@@ -74,10 +70,8 @@ class RunState:
         return dataclasses.asdict(self.cfg)
 
 
-
 def _stage1_model(cfg: TrainConfig) -> Trained:
-    """The model stage 2 starts from (:func:`rpnr.models.load_trained`): of this dataset and trial, not a stage-2
-    model; another image size is a warning."""
+    """The model stage 2 starts from: of this dataset and trial, not a stage-2 model (another size: a warning)."""
     ds = get_dataset(cfg.dataset)
     start = load_trained(cfg.baseline, "cpu", cfg.dataset, cfg.trial if ds.model_per_trial else None,
                          display=ds.display, stage1=True)
@@ -85,17 +79,8 @@ def _stage1_model(cfg: TrainConfig) -> Trained:
     return start
 
 
-def _init_model(cfg: TrainConfig, device: torch.device, start: nn.Module | None, initialise: bool) -> nn.Module:
-    """``start`` (stage 2's stage-1 model) or the ImageNet trunk of stage 1 (or random weights); ``initialise=False``
-    (resuming) builds the bare model."""
-    model = start if start is not None else build_model("agw", pretrained=cfg.imagenet if initialise else None)
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
-
-
 def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[ImageSet, ImageSet]:
-    """The training sets ``(visible, infrared)`` of ``trial`` in the release's clustering order (the dataset's
-    ``train_order``, when it has one)."""
+    """The training sets ``(visible, infrared)`` of ``trial`` in the release's clustering order."""
     ds = get_dataset(dataset)
     if ds.model_per_trial:
         check_trial(ds.trials, trial, ds.display)
@@ -104,8 +89,7 @@ def load_train(root: str | os.PathLike, dataset: str, trial: int = 1) -> tuple[I
 
 
 def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
-    """The prepared training sets, checked against the settings, and the data's identity (a fingerprint of its
-    manifest, where it lies and when it was written left out)."""
+    """The training sets, checked, and the data's identity (its manifest's hash without path and creation time)."""
     manifest = check_prepared(cfg.data_dir, cfg.dataset, cfg.height, cfg.width)
     train_rgb, train_ir = load_train(cfg.data_dir, cfg.dataset, cfg.trial)
     for name, images in (("visible", train_rgb), ("infrared", train_ir)):
@@ -117,8 +101,7 @@ def _load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, str]:
 
 
 def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list[str]) -> None:
-    """Rank 0, once every check passed and the lock is held: remove an earlier run's outputs (``--overwrite``) and
-    temporary files of killed writes, write run.json and print the notes."""
+    """Rank 0, the lock held: an earlier run's outputs removed (``--overwrite``), run.json written, notes printed."""
     if cfg.overwrite and not cfg.resume:
         folder.clear()
     remove_temporaries(folder.path, RUN_FILES)
@@ -128,9 +111,8 @@ def _claim_folder(folder: RunFolder, cfg: TrainConfig, record: dict, notes: list
 
 
 def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset()) -> RunState:
-    """Every check of a run that changes nothing on disk: the logs folder, the checkpoint and settings to resume,
-    the prepared data, the start weights; the run's state with its folder not yet created or locked (a refused
-    run leaves no trace). ``given``: :func:`rpnr.engine.settings.named_settings`."""
+    """Every check of a run, nothing written (a refused run leaves no trace): its state, the folder not yet locked.
+    ``given``: the settings the command line names (:func:`rpnr.engine.settings.named_settings`)."""
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device, group.world_size))
     folder = RunFolder(cfg.logs_dir)
     group.from_main(folder.check_usable, cfg.resume, cfg.overwrite, keep=cfg.baseline, data=cfg.data_dir)
@@ -161,7 +143,8 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
         notes += stage1.notes
         start = {"path": cfg.baseline, "sha256": sha256_file(cfg.baseline),
                  "recipe": recipe(stage1.record) if stage1.dataset else None}
-    net = _init_model(cfg, device, stage1.model if stage1 else None, ckpt is None)
+    net = stage1.model if stage1 else build_model("agw", pretrained=cfg.imagenet if ckpt is None else None)
+    net = net.to(device, memory_format=torch.channels_last) if device.type == "cuda" else net
     net.bn_splits = cfg.bn_splits // group.world_size  # this rank's slices of the global batch
     params = [p for p in net.parameters() if p.requires_grad]  # the frozen BN-neck bias is left out
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
@@ -173,7 +156,7 @@ def check_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = fro
 
 
 def check_line(s: RunState) -> str:
-    """What ``train.py --check`` prints for a run whose every check passed (after its notes)."""
+    """What ``train.py --check`` prints when every check passed: the notes, then one line."""
     cfg, start = s.cfg, s.cfg.baseline if s.cfg.stage == "rpnr" else s.cfg.imagenet or "random weights"
     removes = " (--overwrite removes the earlier outputs)" if s.folder.outputs() else ""
     what = f"resumes {s.folder.path / CHECKPOINT} after epoch {s.resumed['epoch']}" if s.resumed else \
@@ -184,8 +167,7 @@ def check_line(s: RunState) -> str:
 
 def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = frozenset(),
              command: list[str] | None = None) -> RunState:
-    """Check everything (:func:`check_run`), then lock the logs folder and start or resume the run: data, model,
-    optimizer, log. Nothing is created before every check has passed; the lock is released on any error."""
+    """:func:`check_run`, then the folder locked (released on any error) and the run started or resumed."""
     s = check_run(cfg, group, given)
     cfg, ckpt = s.cfg, s.resumed
     group.from_main(s.folder.lock)  # rank 0 holds the lock; the others share its verdict
@@ -213,7 +195,7 @@ def open_run(cfg: TrainConfig, group: ProcessGroup, given: frozenset[str] = froz
 
 
 def _restore(s: RunState, ckpt: dict) -> None:
-    """Model, optimizer, scheduler, best epoch, log and random streams of a resumed run."""
+    """A resumed run's model, optimizer, scheduler, best epoch, log and random streams."""
     load_weights(s.net, s.folder.path / CHECKPOINT, ckpt)  # the checkpoint open_run read
     s.optimizer.load_state_dict(ckpt["optimizer"])
     s.scheduler.load_state_dict(ckpt["scheduler"])
@@ -250,9 +232,8 @@ def epoch_labels(s: RunState, epoch: int, times: dict) -> tuple[EpochLabels, dic
 
 
 def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int, read_every: int = 10) -> dict:
-    """``cfg.iters`` iterations; returns the mean of each loss term (None for a term left out) and "total". The terms
-    stay on the device until read, every ``read_every`` iterations and at the end: a term that is not finite stops
-    the run there, naming its iteration (the optimizer may have stepped up to ``read_every`` - 1 more times)."""
+    """``cfg.iters`` iterations: the mean of each loss term (None for one left out) and "total". The terms are read
+    every ``read_every`` iterations (DESIGN.md section 10, "Non-finite")."""
     cfg = s.cfg
     batches = epoch_batches(labels, s.train_rgb, s.train_ir, cfg, epoch, s.group)
     pin = s.device.type == "cuda"
@@ -272,12 +253,11 @@ def train_epoch(s: RunState, labels: EpochLabels, memories: dict, epoch: int, re
             bar.set_postfix(loss=f"{rows[-1][-1]:.3f}")
     bar.close()
     means = {key: sum(row[j] for row in rows) / cfg.iters for j, key in enumerate(parts)}
-    # every term of the objective, None for one left out (metrics.json: null), then the total
     return {**{term.name: means.get(term.name) for term in TERMS}, "total": means["total"]}
 
 
 def check_finite_weights(net: nn.Module, epoch: int) -> None:
-    """Raise :class:`TrainingError` when a weight or running statistic is not finite (never saved)."""
+    """A weight or running statistic that is not finite stops the run (it is never saved)."""
     bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         kept = f"checkpoint of epoch {epoch - 1} intact" if epoch > 1 else "no checkpoint was written"
@@ -285,7 +265,7 @@ def check_finite_weights(net: nn.Module, epoch: int) -> None:
 
 
 def run_epoch(s: RunState, epoch: int) -> None:
-    """Pseudo labels, memories, ``cfg.iters`` iterations, evaluation, log and checkpoints of one epoch."""
+    """One epoch: pseudo labels, memories, iterations, evaluation, log and checkpoints."""
     cfg, times = s.cfg, {}
     try:
         labels, memories = epoch_labels(s, epoch, times)
@@ -323,8 +303,8 @@ def _epoch_lines(epoch: int, cfg: TrainConfig, labels: EpochLabels, losses: dict
 
 def finish_epoch(s: RunState, done: int, labels: EpochLabels, losses: dict, result: dict, lr: float,
                  times: dict) -> None:
-    """Log the epoch, add its metrics record, write the checkpoint, then model_best when the epoch improved
-    (rank 0; this order is what :func:`rpnr.engine.run_folder.reconcile_best` relies on)."""
+    """The epoch's log lines and metrics record, then (rank 0) the checkpoint and, when it improved, model_best: the
+    order :func:`rpnr.engine.run_folder.reconcile_best` relies on."""
     cfg = s.cfg
     improved = result["rank1"] > s.best["rank1"]
     if improved:

@@ -1,12 +1,7 @@
-"""The test protocol on prepared data for every registered dataset (DESIGN.md sections 5 and 6): each test setting
-of the registry compares its queries with its gallery, trial by trial, by its metric; the per-epoch test that
-selects model_best (the release's protocol, on the test set) and the final test of the best beside the last model.
-
-Result dicts (metrics are fractions in [0, 1]): ``{"cmc": [20], "mAP", "mINP", "rank1", "rank5", "rank10",
-"rank20"}`` plus ``"trial"`` for one trial, or ``"per_trial"`` (one-trial dicts) for a mean.
+"""The test protocol on prepared data (DESIGN.md sections 5 and 6): each test setting of the registry scores its
+queries against its gallery, trial by trial; the per-epoch test that selects model_best and the final test of a run.
+Result dicts hold fractions: ``{"cmc" [20], "mAP", "mINP", "rank1", ...}`` plus ``"trial"`` or ``"per_trial"``.
 """
-
-from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
@@ -33,7 +28,7 @@ RANKS = (1, 5, 10, 20)
 
 
 class _Rows:
-    """Rows ``index`` of an array, read lazily slice by slice (keeps a memory-mapped set on disk)."""
+    """Rows ``index`` of an array, read slice by slice (a memory-mapped set stays on disk)."""
 
     def __init__(self, base: np.ndarray, index: np.ndarray):
         self.base, self.index = base, np.asarray(index, dtype=np.int64)
@@ -46,15 +41,14 @@ class _Rows:
 
 
 def summarize(cmc: np.ndarray, m_ap: float, m_inp: float) -> dict:
-    """One result dict from a CMC curve, mAP and mINP; a curve shorter than 20 (a gallery of fewer than 20
-    images) is extended with its last value."""
+    """One result dict; a CMC curve shorter than 20 keeps its last value."""
     cmc = np.asarray(cmc, dtype=np.float64)
     cmc = np.concatenate([cmc, np.full(max(0, RANKS[-1] - len(cmc)), cmc[-1])])  # [>= 20]
     return {"cmc": cmc, "mAP": float(m_ap), "mINP": float(m_inp), **{f"rank{k}": float(cmc[k - 1]) for k in RANKS}}
 
 
 def mean_results(results: Sequence[dict]) -> dict:
-    """The mean of one-trial result dicts (CMC, mAP and mINP averaged), with ``"per_trial"``."""
+    """The mean of one-trial result dicts, with ``"per_trial"``."""
     if not results:
         raise ValueError("no results to average")
     return {**summarize(np.mean([r["cmc"] for r in results], axis=0), np.mean([r["mAP"] for r in results]),
@@ -62,8 +56,7 @@ def mean_results(results: Sequence[dict]) -> dict:
 
 
 def to_percent(result: dict) -> dict:
-    """``{"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}`` in percent (plain floats), and for a mean over
-    trials ``"per_trial"``: ``[{"trial", "rank1", ...}, ...]``, each trial's own, in percent too."""
+    """The metrics in percent (plain floats), and each trial's under ``"per_trial"``."""
     percent = {k: 100.0 * float(result[k]) for k in METRICS}
     if "per_trial" in result:
         percent["per_trial"] = [{"trial": t["trial"], **to_percent(t)} for t in result["per_trial"]]
@@ -78,7 +71,6 @@ def format_result(result: dict, label: str = "") -> str:
 
 
 def _rows(root: str | os.PathLike, side: Side, trial: int, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of the side's set ``images``, their identity labels: the side's own or the set's pids) in ``trial``."""
     index, labels = side.arrays(trial)
     rows = np.arange(len(images)) if index is None else load_array(root, index)
     return rows, images.pids[rows] if labels is None else load_array(root, labels)
@@ -87,9 +79,8 @@ def _rows(root: str | os.PathLike, side: Side, trial: int, images: ImageSet) -> 
 def evaluate(model: nn.Module, dataset: str, root: str | os.PathLike, settings: Iterable[str | Setting] | None = None,
              trials: Iterable[int] | None = None, device: str | torch.device | None = None, batch_size: int = 64,
              progress: bool = False) -> dict[str, dict]:
-    """The test of ``model`` on prepared ``dataset`` data: ``{setting: mean result dict with "per_trial"}`` over
-    ``trials`` (default: every trial of the dataset) for each of ``settings`` (default: the final test's), as
-    DESIGN.md section 6 says: distance = -(q @ g.T) on the test embeddings, each test image embedded once."""
+    """``{setting: mean result with "per_trial"}`` of ``model`` over ``trials`` (default: all) for ``settings``
+    (default: the final test's); each test image embedded once, distance -(q @ g.T) (DESIGN.md section 6)."""
     ds = get_dataset(dataset)
     check_prepared(root, dataset)
     if device is not None:
@@ -133,13 +124,12 @@ def evaluate(model: nn.Module, dataset: str, root: str | os.PathLike, settings: 
 
 
 def trial_checkpoint(template: str, trial: int) -> str:
-    """The checkpoint path of ``trial``: ``{trial}`` in ``template`` replaced by the trial number."""
+    """The checkpoint path of ``trial``: ``{trial}`` in ``template`` replaced."""
     return template.replace("{trial}", str(trial))
 
 
 def evaluate_epoch(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
-    """The per-epoch test: the dataset's per-epoch setting (e.g. SYSU-MM01 all-search against the gallery of
-    trial 0, RegDB visible to thermal of the run's trial); {"rank1", "mAP", "mINP"} in percent."""
+    """The per-epoch test (the dataset's per-epoch setting and trial): Rank-1, mAP and mINP in percent."""
     ds = get_dataset(cfg.dataset)
     result = evaluate(model, cfg.dataset, cfg.data_dir, [ds.epoch_setting], [ds.epoch_trial(cfg.trial)], device,
                       cfg.feature_batch_size)[ds.epoch_setting]
@@ -147,9 +137,7 @@ def evaluate_epoch(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 def final_test(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict:
-    """The full test of a model: every final setting, on the run's own trial (one model per trial) or over the
-    first ``cfg.test_trials`` trials; {setting: {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "per_trial":
-    [{"trial", "rank1", ...}, ...]}} in percent (the mean over trials beside each trial's own)."""
+    """The full test: every final setting on the run's trial or its first ``test_trials``, in percent."""
     ds = get_dataset(cfg.dataset)
     chosen = [cfg.trial] if ds.model_per_trial else list(ds.trials[:cfg.test_trials])
     return {name: to_percent(result) for name, result in
@@ -157,7 +145,7 @@ def final_test(model: nn.Module, cfg: TrainConfig, device: torch.device) -> dict
 
 
 def side_by_side(result: dict, title: str) -> list[str]:
-    """Lines of a table: one row per setting and metric, the best and the last model of a run in two columns."""
+    """A table: one row per setting and metric, the best and the last model in two columns."""
     heads = [f"{column} (epoch {result[column]['epoch']})" for column in ("best", "last")]
     rows = [(setting, metric.replace("rank", "Rank-"), *(f"{result[c][setting][metric]:.2f}" for c in ("best", "last")))
             for setting, value in result["best"].items() if isinstance(value, dict) and "rank1" in value
@@ -170,9 +158,8 @@ def side_by_side(result: dict, title: str) -> list[str]:
 
 
 def test_best_and_last(net: nn.Module, cfg: TrainConfig, log: RunLog, device: torch.device) -> dict:
-    """Rank 0: the full test of the last epoch's model (in memory) beside model_best (loaded; official quirk:
-    selected on the test set), test.json and ranks.png of the best. Returns ``{"best": {"epoch", "checkpoint",
-    settings...}, "last": {...}}``; "checkpoint" is ``{"path", "sha256"}`` of the file holding that model."""
+    """Rank 0: the final test of the last model (in memory) beside model_best (selected on the test set,
+    the release's quirk); test.json, ranks.png and the log lines; ``{"best": ..., "last": ...}``."""
     folder = Path(cfg.logs_dir)
     files = {name: {"path": str(folder / name), "sha256": sha256_file(folder / name)} for name in (CHECKPOINT, BEST)}
     tested = final_test(net, cfg, device)

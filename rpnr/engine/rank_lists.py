@@ -1,12 +1,5 @@
-"""Rank lists: a picture of the top gallery matches of a few queries, to look at what a model retrieves. One row
-per query (chosen deterministically, spread over identities): the query, then its top-k gallery images of the
-first test trial, framed green for the query's identity and red for another, with rank, similarity, identity;
-also search.py's, of your own images. The query and gallery images of a setting and trial (:func:`trial_sets`).
-
-    write_rank_list(model, dataset, "data/<dataset>", "logs/<dataset>_s2/ranks.png", device="cuda")
-"""
-
-from __future__ import annotations
+"""Rank lists (DESIGN.md section 6): the top gallery matches of a few queries spread over identities, framed
+green (same identity) or red; a run's ranks.png, test.py --ranks-png and search.py's picture of your own images."""
 
 import io
 import math
@@ -41,8 +34,7 @@ class TrialSets:
     title: str  # e.g. "SYSU-MM01 all-search, gallery of trial 0"
 
     def excluded(self, query: ImageSet) -> np.ndarray:
-        """bool [Q, G]: True where a gallery image is ignored for a query of ``query`` (e.g. some of
-        ``self.query``'s rows), by the rule its metric applies."""
+        """bool [Q, G]: the gallery images the setting's metric ignores for each query of ``query``."""
         shape = (len(query), len(self.gallery))
         if self.setting.ignored is None:
             return np.zeros(shape, dtype=bool)
@@ -53,8 +45,7 @@ class TrialSets:
 
 def trial_sets(dataset: str, root: str | os.PathLike, trial: int | None = None,
                setting: str | None = None) -> TrialSets:
-    """The query and gallery images of ``setting`` (default: the per-epoch one, e.g. SYSU-MM01 all-search)
-    in ``trial`` (default: the dataset's first)."""
+    """The query and gallery images of ``setting`` (default: the per-epoch one) in ``trial`` (default: the first)."""
     ds = get_dataset(dataset)
     check_prepared(root, dataset)
     trial = ds.trials[0] if trial is None else trial
@@ -88,8 +79,8 @@ class RankList:
 
 
 def spread_queries(pids: np.ndarray, num: int) -> np.ndarray:
-    """``num`` query rows (int64), deterministic: the first image of identities evenly spaced over the
-    sorted identities; more images (evenly spaced over the rest) when there are fewer identities."""
+    """``num`` query rows: the first image of identities evenly spaced over the sorted identities (more
+    images, evenly spaced, when there are fewer identities)."""
     if num < 1:
         raise ValueError(f"the number of queries must be positive, got {num}")
     pids = np.asarray(pids)
@@ -105,9 +96,8 @@ def spread_queries(pids: np.ndarray, num: int) -> np.ndarray:
 
 def top_matches(q_feat: np.ndarray, g_feat: np.ndarray, excluded: np.ndarray,
                 top_k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """``(index int64 [Q, top_k], similarity float32 [Q, top_k])`` of the most similar gallery images per
-    query, best first (ties: lower gallery row first), skipping ``excluded`` [Q, G] pairs; index -1 and
-    similarity nan where fewer than ``top_k`` images remain."""
+    """``(index [Q, top_k], similarity [Q, top_k])`` of each query's most similar gallery images, best first (ties:
+    lower row first), ``excluded`` [Q, G] skipped; -1 and nan where fewer remain."""
     sim = np.where(excluded, -np.inf, np.matmul(q_feat, g_feat.T).astype(np.float32))  # [Q, G]
     sim = np.concatenate([sim, np.full((len(sim), max(0, top_k - sim.shape[1])), -np.inf, np.float32)], 1)
     order = np.argsort(-sim, axis=1, kind="stable")[:, :top_k]  # [Q, top_k]
@@ -116,11 +106,10 @@ def top_matches(q_feat: np.ndarray, g_feat: np.ndarray, excluded: np.ndarray,
     return np.where(missing, -1, order).astype(np.int64), np.where(missing, np.nan, top).astype(np.float32)
 
 
-def rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial: int | None = None,
+def compute_rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, trial: int | None = None,
               num_queries: int = 8, top_k: int = 10, device: str | torch.device | None = None,
               batch_size: int = 64) -> RankList:
-    """The rank list of ``model`` on the per-epoch setting of ``dataset`` (e.g. SYSU-MM01 all-search, RegDB visible to
-    thermal) in ``trial`` (default: the first trial) with the test embedding (flip average, L2-normalised)."""
+    """The rank list of ``model`` on the dataset's per-epoch setting in ``trial`` (default: the first)."""
     sets = trial_sets(dataset, data_dir, trial)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
@@ -167,11 +156,11 @@ class Layout:
         return self.header + self.rows * (self.cell_size[0] + GAP) + GAP
 
     def cell_x(self, column: int) -> int:
-        """Left edge of ``column`` (0 = the query; a wider gap separates it from the matches)."""
+        """Left edge of ``column`` (0: the query, further apart from the matches)."""
         return GAP if column == 0 else GAP + self.cell_size[1] + 3 * GAP + (column - 1) * (self.cell_size[1] + GAP)
 
     def frame_box(self, row: int, column: int) -> tuple[int, int, int, int]:
-        """``(x0, y0, x1, y1)`` (inclusive) of the coloured frame around the image of ``row``/``column``."""
+        """``(x0, y0, x1, y1)`` (inclusive) of the frame around the image of ``row``, ``column``."""
         img_h, img_w = self.image_size
         x0 = self.cell_x(column) + (self.cell_size[1] - img_w - 2 * BORDER) // 2
         y0 = self.header + row * (self.cell_size[0] + GAP)
@@ -193,7 +182,7 @@ def layout(ranks: RankList, font: ImageFont.ImageFont | None = None) -> Layout:
 
 
 def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:
-    """Write ``ranks`` as a PNG (written under a temporary name, then renamed)."""
+    """``ranks`` as a PNG file, written atomically."""
     font = _font()
     grid = layout(ranks, font)
     img_h, img_w = grid.image_size
@@ -235,14 +224,14 @@ def draw_rank_list(ranks: RankList, path: str | os.PathLike) -> None:
 def write_rank_list(model: nn.Module, dataset: str, data_dir: str | os.PathLike, path: str | os.PathLike,
                     trial: int | None = None, num_queries: int = 8, top_k: int = 10,
                     device: str | torch.device | None = None, batch_size: int = 64) -> None:
-    """Compute (:func:`rank_list`) and draw (:func:`draw_rank_list`) the rank list of ``model`` into ``path``."""
-    draw_rank_list(rank_list(model, dataset, data_dir, trial, num_queries, top_k, device, batch_size), path)
+    """The rank list of ``model`` (:func:`compute_rank_list`) drawn into ``path``."""
+    draw_rank_list(compute_rank_list(model, dataset, data_dir, trial, num_queries, top_k, device, batch_size), path)
 
 
 def draw_search(path: str | os.PathLike, title: str, queries: list, gallery: list, index: np.ndarray,
                 sim: np.ndarray, ids_from_folders: bool, size: tuple[int, int]) -> None:
-    """The rank list of image files ``queries`` (rows) and their matches ``index`` [R, K] in ``gallery`` (search.py):
-    framed by identity (each image's folder name) with ``ids_from_folders``, else grey with file names."""
+    """search.py's picture: image files ``queries`` and their matches ``index`` [R, K] in ``gallery``, framed by
+    identity (an image's folder name) with ``ids_from_folders``, else grey with file names."""
     ids = {p: p.parent.name for p in [*queries, *gallery]} if ids_from_folders else None
     number = {name: n for n, name in enumerate(sorted(set(ids.values())))} if ids else {}
     pid = np.vectorize(lambda p: number[ids[p]] if ids else 0, otypes=[np.int64])

@@ -4,8 +4,6 @@ States are stored as tensors, lists, ints, floats and strings only, so that
 checkpoints holding them load with ``torch.load(weights_only=True)``.
 """
 
-from __future__ import annotations
-
 import random
 
 import numpy as np

@@ -1,8 +1,6 @@
 """One logs folder, one run (DESIGN.md section 10): the folder's lock and refusals, ``--overwrite``, ``run.json``
 (what produced a run), the checkpoints' format and the rules of a resume."""
 
-from __future__ import annotations
-
 import dataclasses
 import fcntl
 import json
@@ -35,16 +33,14 @@ VERSIONED = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "POT")
 
 
 class RunFolder:
-    """A run's logs folder. :meth:`lock` holds an exclusive ``fcntl.flock`` on ``<folder>/.lock`` until
-    :meth:`release` or the end of the process, so two runs never write into one folder."""
+    """A run's logs folder, locked (``fcntl.flock`` on ``.lock``) from :meth:`lock` until :meth:`release`."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._lock = None
 
     def lock(self) -> None:
-        """Create the folder and take its lock, or raise :class:`RunFolderError` naming the other run's pid. Called
-        once every read-only check has passed (:meth:`check_usable`), so a refused run creates nothing."""
+        """Create the folder and take its lock, or a :class:`RunFolderError` naming the other run's pid."""
         make_folder(self.path)
         handle = open(self.path / ".lock", "a+")  # noqa: SIM115 - held open for the run's lifetime
         if not self._try_lock(handle):
@@ -70,26 +66,24 @@ class RunFolder:
                               f"choose another --logs-dir")
 
     def in_use(self) -> bool:
-        """Whether a live run holds the folder's lock (probed read-only: nothing is created)."""
+        """Whether a live run holds the lock (probed read-only)."""
         if not (self.path / ".lock").is_file():
             return False
         with open(self.path / ".lock") as handle:
             return not self._try_lock(handle)  # the probe's lock goes with the handle
 
     def release(self) -> None:
-        """Let go of the lock (the ``.lock`` file stays: removing it would race with a run opening it)."""
+        """Let go of the lock (``.lock`` stays: removing it would race with a run opening it)."""
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
     def outputs(self) -> list[str]:
-        """The names of the run outputs present in the folder."""
         return [name for name in OUTPUTS if (self.path / name).exists()]
 
     def check_usable(self, resume: bool, overwrite: bool, keep: str | None = None, data: str | None = None) -> None:
-        """Every check of the folder that changes nothing (a refused run leaves no trace): not a prepared data
-        folder, not locked by a live run, and no earlier run's outputs unless ``resume`` or ``overwrite`` (which
-        may not remove ``keep``, stage 2's ``--baseline`` inside the folder)."""
+        """Every check of the folder, nothing written: not a file nor prepared data nor inside ``data``, not in use, no
+        earlier outputs unless ``resume`` or ``overwrite`` (which may not remove ``keep``, stage 2's start)."""
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"--logs-dir {self.path} is a file, not a folder; choose another --logs-dir")
         if (self.path / "manifest.json").is_file():
@@ -117,12 +111,12 @@ class RunFolder:
                                  f"choose another --logs-dir")
 
     def clear(self) -> None:
-        """Remove the outputs of an earlier run (only those)."""
+        """Remove an earlier run's outputs, only those."""
         for name in self.outputs():
             (self.path / name).unlink()
 
     def write_run_json(self, record: dict, resumed: bool) -> None:
-        """Write ``run.json`` for a fresh run, or append ``record`` under ``"resumed"`` for a resumed one."""
+        """``run.json`` of a fresh run, or ``record`` appended under ``"resumed"``."""
         path = self.path / RUN_JSON
         first = json.loads(path.read_text()) if resumed and path.is_file() else None
         if isinstance(first, dict):
@@ -131,15 +125,14 @@ class RunFolder:
 
 
 def best_state(model_state: dict, best: dict, args: dict) -> dict:
-    """The contents of model_best.pth.tar: the model of the best epoch (``best``: its epoch, Rank-1 and mAP)."""
+    """The contents of model_best.pth.tar (``best``: the epoch, Rank-1 and mAP)."""
     return {"model": model_state, "epoch": best["epoch"], "rank1": best["rank1"], "mAP": best["mAP"], "args": args,
             "stage": args["stage"], "dataset": args["dataset"]}
 
 
 def reconcile_best(folder: str | os.PathLike, ckpt: dict, write: bool = True) -> str | None:
-    """Make model_best agree with the checkpoint's best epoch after a kill between the two writes (DESIGN.md
-    section 10, "Checkpoints"): the note returned when model_best is rewritten (only checked, ``write=False``), a
-    :class:`RunFolderError` for any other disagreement."""
+    """model_best made to agree with the checkpoint's best epoch after a kill between the two writes: the note
+    (``write=False``: only checked); any other disagreement is a :class:`RunFolderError`."""
     best, path = ckpt.get("best"), Path(folder) / BEST
     held = int(load_checkpoint(path)["epoch"]) if best is not None and path.is_file() else None
     if best is None or held == best["epoch"]:  # no best: written before the best epoch was recorded
@@ -159,7 +152,7 @@ def _git(code_root: Path, *args: str) -> str:
 
 
 def git_state(code_root: Path) -> dict | None:
-    """``{"commit", "dirty"}`` of the checkout that holds ``code_root``; None outside a checkout."""
+    """``{"commit", "dirty"}`` of the checkout at ``code_root``; None outside one."""
     try:
         if Path(_git(code_root, "rev-parse", "--show-toplevel")).resolve() != code_root.resolve():
             return None
@@ -170,12 +163,11 @@ def git_state(code_root: Path) -> dict | None:
 
 
 def provenance(command: list[str], args: dict, device: torch.device, group: ProcessGroup) -> dict:
-    """What produced a run: command, settings, code, library versions, the devices of every rank, host and
-    start time."""
+    """What produced a run (run.json): command, settings, code, versions, devices, host, start time."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
-        "command": list(command), "args": args, "git": git_state(Path(__file__).resolve().parents[1]),
+        "command": list(command), "args": args, "git": git_state(Path(__file__).resolve().parents[2]),
         "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in VERSIONED},
                      "cuda": torch.version.cuda, "cudnn": cudnn},
         "device": {"type": device.type, "names": group.gather_objects(name), "world_size": group.world_size,
@@ -184,7 +176,7 @@ def provenance(command: list[str], args: dict, device: torch.device, group: Proc
 
 
 def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, data_id: str) -> None:
-    """The checkpoint belongs to this dataset, stage, process count and prepared data."""
+    """Refuse a checkpoint of another kind, dataset, stage, process count or prepared data."""
     if ckpt.get("format_version") not in (1, FORMAT_VERSION) or "optimizer" not in ckpt:
         raise TrainingError(f"{path} is not a training checkpoint of this project (cannot resume from it)")
     if (ckpt.get("stage"), ckpt.get("dataset")) != (cfg.stage, cfg.dataset):
@@ -203,15 +195,13 @@ def check_resumable(ckpt: dict, path: Path, cfg: TrainConfig, world_size: int, d
 
 
 def saved_settings(ckpt: dict) -> dict:
-    """The settings a training checkpoint was written with; a setting it does not record (added since, such as the
-    ablation switches) counts as its default, what that run computed with, whatever the checkpoint's format."""
+    """A checkpoint's settings; one it does not record (added since) counts as its default."""
     return {**setting_defaults(), **ckpt.get("args", {})}
 
 
 def resumed_config(cfg: TrainConfig, saved: dict, given: frozenset[str], path: Path) -> TrainConfig:
-    """The settings of a resumed run: the checkpoint's (:func:`saved_settings`), except :data:`CURRENT` and the other
-    flags the command gave (``given``); a given setting of :data:`COMPUTED` that differs from the saved one is a
-    :class:`UsageError` listing ``--flag saved -> given`` for each."""
+    """A resumed run's settings: the saved ones but :data:`CURRENT` and the flags given; a given setting of
+    :data:`COMPUTED` that differs is a :class:`UsageError` listing ``--flag saved -> given``."""
     show = {"amp": lambda v: not v}  # --no-amp: shown as the flag's value
     differ = [f"{flag_name(k)} {show.get(k, str)(saved[k])} -> {show.get(k, str)(getattr(cfg, k))}"
               for k in COMPUTED if k in given and k in saved and saved[k] != getattr(cfg, k)]

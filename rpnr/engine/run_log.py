@@ -2,8 +2,6 @@
 and ``curves.png`` (per epoch: Rank-1/mAP/mINP, every loss term, clusters and outliers per modality,
 pseudo-label purity, ARI and NMI, and the learning rate)."""
 
-from __future__ import annotations
-
 import io
 import json
 import os

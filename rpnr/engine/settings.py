@@ -20,11 +20,9 @@ PRECISIONS = ("fp32", "tf32", "bf16")  # rpnr.evaluation.feature_precision's ari
 
 
 def _f(default, help: str, group: str = "running", **meta):
-    """A setting: its default and metadata: the help text, the --help group, and ``flag``, ``short``,
-    ``choices``, ``check``, ``dataset`` (the registry attribute giving the default), ``default_text`` (a
-    default described in words), ``negation`` (a flag that sets the value "none"), ``recipe`` (DESIGN.md section
-    12: False for a run setting, where and how a run ran, not what it computed; a function for a setting of which
-    the recipe keeps a part; else the value is part of the recipe), ``stage`` (the one stage that uses it)."""
+    """A setting: default, help, --help group and ``flag``, ``short``, ``choices``, ``check``, ``dataset`` (the
+    registry attribute of its default), ``default_text``, ``negation`` (a flag setting "none"), ``recipe`` (False:
+    a run setting, DESIGN.md section 12; a function: the part kept), ``stage`` (the one stage that uses it)."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **meta})
 
 
@@ -34,9 +32,8 @@ _ABLATION, _REQUIRED = "the paper's ablations (stage 2; README: paper row -> fla
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
-    """Which of the paper's modules a run uses (its ablation table; docs/reproducing.md: paper row -> flags): in
-    stage 2 each unless its ``--no-*`` switch is given, none in stage 1. The labels, the objective's terms and the
-    logs read it; MHL needs OTPM's matching, so ``--no-otpm`` leaves out the hybrid memory too."""
+    """Which of the paper's modules a run uses: in stage 2 each unless its ``--no-*`` switch is given, none in stage 1;
+    MHL needs OTPM's matching, so ``--no-otpm`` leaves out the hybrid memory too."""
 
     npc: bool  # noisy pseudo-label calibration of the DBSCAN labels
     otpm: bool  # the clusters' cross-modality matching and the cross-modality term
@@ -101,41 +98,34 @@ class TrainConfig:
     no_npc: bool = _f(False, "without NPC: train on the DBSCAN labels", _ABLATION)
     no_nrl: bool = _f(False, "without NRL: no neighbour relation loss", _ABLATION)
     no_mhl: bool = _f(False, "without MHL: no hybrid memory (its term and memory)", _ABLATION)
-    no_otpm: bool = _f(False, "without OTPM: no cross-modality matching, so neither the cross-modality term nor "
-                              "the hybrid memory", _ABLATION)
-    imagenet: str | None = _f("torchvision", "ImageNet ResNet-50 weights that stage 1 starts from: 'torchvision' "
-                              "(torchvision's ResNet50_Weights.IMAGENET1K_V1 through its cache, $TORCH_HOME) or a "
-                              "local weight file", _INIT, negation="--no-imagenet",
-                              negation_help="stage 1 from random weights",
-                              recipe=lambda path: path is not None,  # ImageNet or random start, not the file
-                              stage="baseline")
+    no_otpm: bool = _f(False, "without OTPM: no matching, so neither the cross-modality term nor the hybrid memory",
+                       _ABLATION)
+    imagenet: str | None = _f("torchvision", "ImageNet ResNet-50 of stage 1: 'torchvision' (IMAGENET1K_V1 through "
+                              "torch's cache, $TORCH_HOME) or a weight file", _INIT, negation="--no-imagenet",
+                              negation_help="stage 1 from random weights", stage="baseline",
+                              recipe=lambda path: path is not None)  # ImageNet or random start, not the file
     baseline: str | None = _f(None, "stage-1 checkpoint that stage 2 starts from", _INIT,
                               default_text="model_best.pth.tar of stage 1's default --logs-dir", recipe=False,
                               stage="rpnr")
-    resume: bool = _f(False, "continue the run in --logs-dir from its checkpoint.pth.tar, with its saved settings",
-                      _INIT, recipe=False)
-    overwrite: bool = _f(False, "start afresh in a --logs-dir that holds an earlier run: its outputs are removed "
-                                "first", _INIT, recipe=False)
+    resume: bool = _f(False, "continue the run in --logs-dir with its saved settings", _INIT, recipe=False)
+    overwrite: bool = _f(False, "start afresh in a --logs-dir of an earlier run (its outputs removed)", _INIT,
+                         recipe=False)
     device: str | None = _f(None, "cpu, cuda or cuda:N", default_text="cuda when available", recipe=False)
     seed: int = _f(1, "seed of every random generator", recipe=False)
     workers: int = _f(4, "threads that read training batches ahead", check=">=0", recipe=False)
     feature_batch_size: int = _f(256, "batch size of feature extraction", check="int>=1", recipe=False)
-    test_trials: int = _f(10, "trials of the final test, for datasets with one model for every trial",
-                          recipe=False)
+    test_trials: int = _f(10, "trials of the final test (datasets with one model for every trial)", recipe=False)
     amp: bool = _f(True, "train in float32 on CUDA (default: bf16 autocast; the release trains in float32)",
                    flag="--no-amp")
-    bn_splits: int | None = _f(None, "batch norm normalises each of this many slices of the training batch on its "
-                               "own, as the release's nn.DataParallel on that many GPUs (1 = the whole batch)",
-                               default_text="2, the release's two GPUs; under torchrun the number of processes",
+    bn_splits: int | None = _f(None, "batch norm per slice of the batch, as the release's DataParallel on that many "
+                               "GPUs (1: the whole batch)", default_text="2; under torchrun the processes",
                                check="int>=1")
-    feature_precision: str = _f("tf32", "arithmetic of the clustering features on CUDA (tf32 = what the release's "
-                                "PyTorch 1.8 did on Ampere and later GPUs); test embeddings are always float32",
+    feature_precision: str = _f("tf32", "clustering features' arithmetic on CUDA (tf32: the release's PyTorch 1.8)",
                                 choices=lambda: PRECISIONS)
-    check: bool = _f(False, "check the settings, the prepared data, the start weights and the logs folder, print "
-                            "one line and exit, creating and writing nothing", recipe=False)
-    low_memory: bool = _f(False, "exact training in less memory: the batch-norm slices' features without a graph, "
-                                 "the objective's gradient, then each slice again with a graph (one slice of "
-                                 "activations at a time, one extra forward; DESIGN.md section 11)", recipe=False)
+    check: bool = _f(False, "check settings, data, start weights and logs folder, then exit; writes nothing",
+                     recipe=False)
+    low_memory: bool = _f(False, "exact training holding one batch-norm slice of activations (DESIGN.md section 11)",
+                          recipe=False)
     compile: bool = _f(False, "torch.compile the model (off by default until measured on a GPU)")
 
     @property
@@ -223,8 +213,8 @@ def _fill_defaults(cfg: TrainConfig, world: int) -> TrainConfig:
 
 
 def build_config(values: dict, world: int = 1) -> TrainConfig:
-    """The run's settings from the command line's ``values`` (field name -> value): defaults filled, every
-    value checked (:class:`UsageError`). ``world``: the processes torchrun started (1 without torchrun)."""
+    """The run's settings from the command line's ``values``: defaults filled, every value checked
+    (:class:`UsageError`); ``world``: the processes torchrun started."""
     cfg = _fill_defaults(TrainConfig(**values), world)
     ds = get_dataset(cfg.dataset)
     check_values(*((flag_name(f.name), getattr(cfg, f.name), f.metadata["check"]) for f in dataclasses.fields(cfg)
@@ -261,8 +251,7 @@ def _check_start(cfg: TrainConfig) -> TrainConfig:
 
 
 def settings_notes(cfg: TrainConfig, given: frozenset[str]) -> list[str]:
-    """Warnings about settings the command line gives (``given``) that this run does not use: those of the other
-    stage, and ``--compile`` on the CPU (it compiles for minutes before the first iteration)."""
+    """Warnings about given settings this run does not use (the other stage's), and ``--compile`` on the CPU."""
     stage = {"baseline": "stage 1 (--stage baseline)", "rpnr": "stage 2 (--stage rpnr)"}
     notes = [f"warning: {flag_name(f.name)} applies to {stage[f.metadata['stage']]} only; this run ignores it"
              for f in dataclasses.fields(TrainConfig) if f.name in given and
@@ -279,8 +268,7 @@ def flag_name(name: str) -> str:
 
 
 def recipe(args: dict) -> dict:
-    """What a run computed: its saved settings (run.json's "args") without the run settings, in field order; a
-    setting the args lack (an older run) counts as its default."""
+    """What a run computed: its saved settings without the run settings (an absent one counts as its default)."""
     args = {**setting_defaults(), **args}
     kept = {f.name: f.metadata.get("recipe", True) for f in dataclasses.fields(TrainConfig)}
     return {name: keep(args.get(name)) if callable(keep) else args.get(name) for name, keep in kept.items() if keep}
@@ -293,9 +281,8 @@ def setting_defaults() -> dict:
 
 def resolve_device(name: str | None, world: int = 1, local_rank: int = 0, local_world: int = 1,
                    torchrun: bool = False) -> str:
-    """The device this process computes on: ``name`` ("cpu", "cuda", "cuda:N"; None: CUDA when available)
-    checked against the machine; under torchrun process k of a machine takes ``cuda:k`` (one process may
-    name its GPU, several must pass ``cuda``). A device that cannot work is a :class:`DistributedError`."""
+    """The device this process computes on (None: CUDA when available), checked against the machine; under torchrun
+    process k of a machine takes ``cuda:k``. One that cannot work is a :class:`DistributedError`."""
     name = name or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)

@@ -2,8 +2,6 @@
 batch, the two-stream forward, the stage's objective on the gathered features, backward and the optimizer
 step; with ``low_memory`` the same gradients from one batch-norm slice of activations at a time."""
 
-from __future__ import annotations
-
 import contextlib
 import ctypes
 import math

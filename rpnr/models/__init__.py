@@ -1,5 +1,4 @@
-"""Model construction and weight loading (own checkpoints and the official release layout), and the one loader of a
-trained model that every command uses (:func:`load_trained`, DESIGN.md section 14)."""
+"""Model construction, weight loading and the one loader of a trained model (DESIGN.md sections 2, 7 and 14)."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ IMAGENET_HINT = ("pass --imagenet torchvision (torchvision's ResNet-50 ImageNet 
                  "--imagenet PATH (resnet50-0676ba61.pth or the release's resnet50-19c8e357.pth) or --no-imagenet "
                  "(random weights)")
 
-# official prefix -> our prefix. Keys of the official model that our model does not
-# hold (the unused layers/fc of the three ResNets, the classifier) are dropped.
+# official prefix -> ours; the official keys this model lacks (unused ResNet layers, the classifier) are dropped
 _OFFICIAL_PREFIXES = (
     ("visible_module.visible.conv1.", "visible_stem.conv1."), ("visible_module.visible.bn1.", "visible_stem.bn1."),
     ("thermal_module.thermal.conv1.", "infrared_stem.conv1."), ("thermal_module.thermal.bn1.", "infrared_stem.bn1."),
@@ -36,8 +34,7 @@ _OFFICIAL_UNUSED = ("visible_module.", "thermal_module.", "base_resnet.base.conv
 
 
 def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int = 1) -> nn.Module:
-    """Build the two-stream AGW ResNet-50; ``pretrained``: ImageNet weights (:func:`imagenet_file`); ``bn_splits``
-    G > 1: training batch norm per slice (DESIGN.md section 2), assignable later as ``model.bn_splits``."""
+    """The two-stream AGW ResNet-50; ``pretrained``: ImageNet weights (:func:`imagenet_file`), DESIGN.md section 2."""
     if arch != "agw":
         raise ValueError(f"unknown architecture {arch!r} (available: 'agw')")
     if int(bn_splits) < 1:
@@ -49,8 +46,7 @@ def build_model(arch: str = "agw", pretrained: str | None = None, bn_splits: int
 
 
 def imagenet_file(source: str) -> str:
-    """The ImageNet ResNet-50 weight file of ``source``: a local file, or "torchvision": torchvision's file in
-    torch's cache, downloaded there once when missing (DESIGN.md section 2); else :class:`MissingFileError`."""
+    """The ImageNet ResNet-50 file of ``source`` (a path, or "torchvision": torch's cache), else MissingFileError."""
     if source != "torchvision":
         if not os.path.isfile(source):
             raise MissingFileError(f"ImageNet weights not found at {source}: {IMAGENET_HINT}")
@@ -71,8 +67,7 @@ def imagenet_file(source: str) -> str:
 
 
 def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
-    """Initialise both stems and the shared layers from a torchvision ResNet-50 state dict (checked by
-    :func:`check_resnet50`)."""
+    """Initialise both stems and the shared layers from a torchvision ResNet-50 file."""
     state = load_checkpoint(imagenet_file(str(path)))
     state = state.get("state_dict", state)
     check_resnet50(state, path)
@@ -86,17 +81,13 @@ def load_imagenet(model: AGW, path: str | os.PathLike) -> None:
 
 
 def check_resnet50(state: Mapping, path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointError` naming the first problem unless ``state`` is a ResNet-50 state dict: every
-    trunk tensor (conv1 ... layer4) present with torchvision's shape and a floating dtype, no key of a deeper
-    or wider network; ``fc.*`` and ``num_batches_tracked`` are optional (DESIGN.md section 10)."""
+    """:class:`CheckpointError` naming the first problem unless ``state`` is torchvision's ResNet-50 state dict."""
     with torch.device("meta"):
         reference = {k: v for k, v in resnet50().state_dict().items() if not k.startswith("fc.")}
     problem = next((f"{key} is not in the file" for key in reference
                     if key not in state and not key.endswith("num_batches_tracked")), None)
     for key, value in state.items():
-        if problem:
-            break
-        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+        if problem or key.startswith("fc.") or key.endswith("num_batches_tracked"):
             continue
         if key not in reference:
             problem = f"it holds {key}, which a ResNet-50 does not have (a deeper network?)"
@@ -123,8 +114,7 @@ def convert_official_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, ckpt: Mapping | None = None) -> None:
-    """Load the weights of ``path`` (``ckpt``: that file, already loaded) into ``model``, strictly: own checkpoints,
-    a release checkpoint (DESIGN.md section 7), a bare state dict, ``{"state_dict": ...}`` or ``{"model": ...}``."""
+    """Load ``path``'s weights (``ckpt``: that file, loaded) into ``model`` strictly (layouts: DESIGN.md section 7)."""
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     state = ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -168,11 +158,8 @@ class Trained:
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu", dataset: str | None = None,
                  trial: int | None = None, size: tuple[int | None, int | None] = (None, None),
                  display: str = "", stage1: bool = False) -> Trained:
-    """The model of checkpoint ``path`` (ours or the release's) on ``device``, in eval mode, with what it records.
-    Refused: a checkpoint of another ``dataset``, or of another ``trial`` (given for datasets with one model per
-    trial: its training identities are this trial's test identities), a stage-2 model where a stage-1 model is
-    asked for (``stage1``), and ``size`` (height, width, as given on the command line) that contradicts a recorded
-    size; a checkpoint that records no size takes ``size``."""
+    """The model of checkpoint ``path`` on ``device``, in eval mode, with what it records; refused (DESIGN.md section
+    14): another ``dataset`` or ``trial``, a stage-2 model for ``stage1``, a ``size`` that contradicts the recorded."""
     ckpt = load_checkpoint(path)
     args = ckpt.get("args") if isinstance(ckpt.get("args"), Mapping) else {}
     recorded = "dataset" in ckpt

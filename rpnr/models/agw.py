@@ -1,5 +1,4 @@
-"""Two-stream AGW ResNet-50 (Ye et al., TPAMI 2021) as used by the RPNR release, DESIGN.md section 2: visible
-and infrared stems, shared layer1-4 (last stride 1) with non-local blocks, GeM pooling, a BatchNorm1d neck."""
+"""The two-stream AGW ResNet-50 (Ye et al., TPAMI 2021) of the RPNR release, DESIGN.md section 2."""
 
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ NL3_INDICES = (3, 4, 5)  # the last 3 blocks of layer3
 
 
 class NonLocalBlock(nn.Module):
-    """Non-local block of the AGW release with its quirks (DESIGN.md section 2): ONE inner channel, attention
-    ``theta . phi / N`` without softmax, output BatchNorm at zero (the identity at initialisation).
-    Submodule names (``g.0``, ``W.0``, ``W.1``, ``theta``, ``phi``) match the release."""
+    """Non-local block of the AGW release with its quirks (DESIGN.md section 2): ONE inner channel, ``theta . phi / N``
+    without softmax, output BatchNorm at zero; submodule names match the release."""
 
     def __init__(self, in_channels: int, reduc_ratio: int = 2):
         super().__init__()
@@ -35,10 +33,8 @@ class NonLocalBlock(nn.Module):
         g_x = self.g(x).view(b, self.inter_channels, -1).permute(0, 2, 1)  # [B, HW, c]
         theta_x = self.theta(x).view(b, self.inter_channels, -1).permute(0, 2, 1)  # [B, HW, c]
         phi_x = self.phi(x).view(b, self.inter_channels, -1)  # [B, c, HW]
-        f = torch.matmul(theta_x, phi_x)  # [B, HW, HW]
-        f = f / f.size(-1)
-        y = torch.matmul(f, g_x).permute(0, 2, 1).contiguous()  # [B, c, HW]
-        y = y.view(b, self.inter_channels, *x.shape[2:])
+        f = torch.matmul(theta_x, phi_x) / phi_x.size(-1)  # [B, HW, HW]
+        y = torch.matmul(f, g_x).permute(0, 2, 1).contiguous().view(b, self.inter_channels, *x.shape[2:])
         return self.W(y) + x
 
 
@@ -58,8 +54,7 @@ class Stem(nn.Module):
 
 def gem_pool(x: Tensor, p: float = 3.0) -> Tensor:
     """Generalised-mean pooling over the spatial map: ``(mean(x**p) + 1e-12) ** (1/p)``."""
-    b, c = x.shape[:2]
-    x = x.reshape(b, c, -1)  # [B, C, HW]
+    x = x.reshape(*x.shape[:2], -1)  # [B, C, HW]
     return (torch.mean(x**p, dim=-1) + 1e-12) ** (1.0 / p)  # [B, C]
 
 
@@ -69,11 +64,8 @@ def l2_normalize(x: Tensor) -> Tensor:
 
 
 class AGW(nn.Module):
-    """Two-stream AGW network: ``model(x_rgb, x_ir)`` runs both modalities as one joint batch through the shared
-    layers (so batch-norm statistics cover both) and returns ``(f_rgb, f_ir)``: BN-neck outputs in train mode,
-    L2-normalised in eval mode. ``model.embed(x, modal)`` runs one modality. ``bn_splits`` G (assignable, default 1)
-    reproduces the release's ``nn.DataParallel`` training on G GPUs: in train mode the joint forward runs once per
-    slice, as DESIGN.md section 2 ("Batch-norm slices") says."""
+    """Two-stream AGW: ``model(x_rgb, x_ir)`` -> ``(f_rgb, f_ir)`` of one joint batch (L2-normalised in eval mode);
+    ``bn_splits`` G (assignable) reproduces the release's ``nn.DataParallel`` on G GPUs (DESIGN.md section 2)."""
 
     def __init__(self, bn_splits: int = 1):
         super().__init__()
@@ -82,8 +74,7 @@ class AGW(nn.Module):
         self.visible_stem = Stem()
         self.infrared_stem = Stem()
         trunk = resnet50()
-        # last stride 1, as the release's resnet50(last_conv_stride=1)
-        trunk.layer4[0].conv2.stride = (1, 1)
+        trunk.layer4[0].conv2.stride = (1, 1)  # last stride 1, as the release's resnet50(last_conv_stride=1)
         trunk.layer4[0].downsample[0].stride = (1, 1)
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.nl2 = nn.ModuleList([NonLocalBlock(512) for _ in NL2_INDICES])
@@ -114,8 +105,8 @@ class AGW(nn.Module):
         return feat if self.training else l2_normalize(feat)
 
     def forward(self, x_rgb: Tensor, x_ir: Tensor, slice_index: int | None = None) -> tuple[Tensor, Tensor]:
-        """(f_rgb, f_ir) of the joint batch; in training mode with ``slice_index`` j, of slice j only, without
-        any running-statistics update (the exact low-memory step's recomputation, DESIGN.md section 11)."""
+        """(f_rgb, f_ir) of the joint batch; in training mode with ``slice_index`` j, of slice j only, without any
+        running-statistics update (the low-memory step's recomputation, DESIGN.md section 11)."""
         if not self.training or (self.bn_splits <= 1 and slice_index is None):
             return self._joint(x_rgb, x_ir)
         pieces_rgb, pieces_ir = x_rgb.chunk(self.bn_splits), x_ir.chunk(self.bn_splits)
@@ -132,18 +123,15 @@ class AGW(nn.Module):
         return tuple(torch.cat(f, 0) for f in zip(*outputs))  # [B_rgb, 2048], [B_ir, 2048], batch order restored
 
     def _joint(self, x_rgb: Tensor, x_ir: Tensor) -> tuple[Tensor, Tensor]:
-        """Both modalities as one batch through the shared layers: (f_rgb, f_ir)."""
         n_rgb = x_rgb.size(0)
-        x = torch.cat((self.visible_stem(x_rgb), self.infrared_stem(x_ir)), 0)  # RGB first, then IR
-        feat = self.shared(x)  # [B_rgb + B_ir, 2048]
+        feat = self.shared(torch.cat((self.visible_stem(x_rgb), self.infrared_stem(x_ir)), 0))  # [B_rgb + B_ir, 2048]
         feat = feat if self.training else l2_normalize(feat)
         return feat[:n_rgb], feat[n_rgb:]
 
 
 @contextlib.contextmanager
 def discarded_running_stats(module: nn.Module) -> Iterator[None]:
-    """Inside, every batch norm of ``module`` updates throwaway copies of its running statistics (swapped in, not
-    copied back, so the autograd graph of an earlier forward, which saved the originals, stays valid)."""
+    """Inside, ``module``'s batch norms update swapped-in copies of their running statistics (old graphs stay valid)."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in norms]
     for m, (mean, var, count) in zip(norms, kept):

@@ -1,9 +1,5 @@
-"""A trained model on your own images (DESIGN.md section 13): ``FeatureExtractor(checkpoint)(images, modality)``,
-the test embeddings of image files, PIL images or uint8 arrays of any size, each resized with Lanczos as prepare
-resizes test images; the image files of a folder or list file (:func:`image_files`), embedded with those that
-cannot be read named and skipped (:func:`embed_files`)."""
-
-from __future__ import annotations
+"""A trained model on your own images (DESIGN.md section 13): ``FeatureExtractor(checkpoint)(images, modality)``;
+the image files of a folder or list file, embedded with the unreadable ones named and skipped; the ONNX stream."""
 
 import os
 from collections.abc import Callable
@@ -35,10 +31,9 @@ def stem_of(modality: str) -> str:
 
 
 class FeatureExtractor:
-    """``FeatureExtractor(checkpoint)(images, modality)`` -> float32 [N, 2048] test embeddings (flip average,
-    L2-normalised, fp32) on the CPU. ``checkpoint``: any that test.py accepts; the image size is the one it was
-    trained at (``height`` and ``width`` that contradict it are refused), or ``height`` and ``width`` for a
-    checkpoint that records none (the release's)."""
+    """``FeatureExtractor(checkpoint)(images, modality)``: float32 [N, 2048] test embeddings on the CPU of image files,
+    PIL images or uint8 arrays of any size; the size is the checkpoint's (``height``/``width`` that contradict it
+    are refused) or, for one that records none (the release's), ``height`` and ``width``."""
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | None = None, batch_size: int = 64,
                  height: int | None = None, width: int | None = None):
@@ -75,8 +70,8 @@ class _Resized:
 
 
 def image_files(path: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """The image files of a folder (recursively, sorted; each other file named, anything under ``exclude`` left out)
-    or of a list file (one path a line, relative to its folder; UTF-8 with or without a BOM, any line ends)."""
+    """The image files of a folder (recursively, sorted; the other files named, anything under ``exclude`` left
+    out) or of a list file (one path a line, relative to it; UTF-8 with or without a BOM, any line ends)."""
     where = Path(path)
     if where.is_dir():
         skip = os.path.realpath(exclude) + os.sep if exclude is not None else None
@@ -119,7 +114,7 @@ def embed_files(extractor: FeatureExtractor, files: list[Path], stem: str, what:
 
 
 class Stream(nn.Module):
-    """One modality of ``model`` (in eval mode): uint8 [N, H, W, 3] -> the test embedding [N, 2048] (export.py)."""
+    """One modality of ``model`` (eval mode): uint8 [N, H, W, 3] -> the test embedding [N, 2048] (export.py)."""
 
     def __init__(self, model: nn.Module, stem: str):
         super().__init__()
@@ -131,8 +126,7 @@ class Stream(nn.Module):
 
 
 def onnx_bytes(extractor: FeatureExtractor, modality: str) -> bytes:
-    """The serialised ONNX model of ``modality``'s stream (torch.export-based exporter, dynamic batch size); the
-    extractor on the CPU."""
+    """The ONNX model of ``modality``'s stream (torch.export-based exporter, dynamic batch size)."""
     stream = Stream(extractor.model, stem_of(modality)).eval()
     example = torch.zeros(2, extractor.height, extractor.width, 3, dtype=torch.uint8)
     program = torch.onnx.export(stream, (example,), input_names=["images"], output_names=["embeddings"],

@@ -1,13 +1,6 @@
-"""From runs to a table (DESIGN.md section 12): the finished runs under some folders, grouped by dataset, stage,
-recipe (:func:`rpnr.engine.settings.recipe`), data and start, each final-test metric as mean and sample sd over a
-group's runs beside the spread over gallery trials and the release's published number.
-
-A run folder holds ``run.json``; it is finished when nothing runs in it and it holds a readable ``test.json``
-(``{"best": {...}, "last": {...}}``, each with the metrics of every test setting in percent and their
-``per_trial`` list) of its last epoch. A run reached twice (two paths, a symlink, a copy) counts once.
-"""
-
-from __future__ import annotations
+"""From runs to a table (DESIGN.md section 12): the finished runs under some folders, each counted once, grouped by
+dataset, stage, recipe, data and start; each final-test metric as mean ± sample sd over a group's runs, beside the
+sd over gallery trials and the release's published number."""
 
 import csv
 import dataclasses
@@ -36,7 +29,7 @@ QUALITY = ("purity", "ari", "nmi")  # pseudo-label quality of the last epoch (me
 
 @dataclasses.dataclass
 class Run:
-    """A finished run: its folder, run.json and test.json."""
+    """A finished run: its folder, run.json, test.json and metrics.json's last record ({} without one)."""
 
     path: Path
     record: dict
@@ -45,12 +38,12 @@ class Run:
 
     @property
     def args(self) -> dict:
-        """The run's settings as last given (a resumed run may have been given more epochs)."""
+        """The run's settings as last given (a resume may give more epochs)."""
         resumed = [r for r in self.record.get("resumed", []) if isinstance(r, dict) and isinstance(r.get("args"), dict)]
         return resumed[-1]["args"] if resumed else self.record["args"]
 
     def last_epoch_reached(self) -> int:
-        """The last epoch the run recorded (metrics.json) or was resumed to run (run.json)."""
+        """The last epoch the run recorded (metrics.json) or a resume asked for (run.json)."""
         resumed = self.args.get("epochs", 0) if self.args is not self.record["args"] else 0
         epoch = self.last_epoch.get("epoch", 0)
         return max(epoch if isinstance(epoch, int) else 0, resumed if isinstance(resumed, int) else 0)
@@ -64,13 +57,12 @@ class Run:
         return self.record["args"]["stage"]
 
     def identity(self) -> dict:
-        """What besides the recipe makes runs comparable (DESIGN.md section 12): the data (the prepared folder's
-        manifest checksum) and, for stage 2, the recipe of the stage-1 model it started from."""
+        """What besides the recipe makes runs comparable: the data and, for stage 2, the stage-1 recipe."""
         start = self.record.get("start")
         return {"data": self.record.get("data_id"), "start": start.get("recipe") if isinstance(start, dict) else None}
 
     def quality(self) -> dict:
-        """The last epoch's pseudo-label quality (``purity_rgb``, ``ari_ir``, ...) that metrics.json holds."""
+        """The last epoch's pseudo-label quality (``purity_rgb``, ``ari_ir``, ...)."""
         return {k: v for k, v in self.last_epoch.items()
                 if k.rsplit("_", 1)[0] in QUALITY and isinstance(v, (int, float))}
 
@@ -103,7 +95,6 @@ class Group:
 
 
 def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
-    """A JSON object holding an object under each of ``keys``; ValueError otherwise."""
     value = json.loads(path.read_text())
     if not isinstance(value, dict) or not all(isinstance(value.get(k), dict) for k in keys):
         raise ValueError(f"not a JSON object with {', '.join(keys)}")
@@ -111,8 +102,7 @@ def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
 
 
 def _metrics_problem(test: dict) -> str:
-    """What makes a test.json's metrics unusable ("" when each test setting of both models holds every metric, and
-    its trials', as a finite number): damaged, or a metric that is not a number (a diverged model)."""
+    """Why a test.json's metrics are unusable (damaged, or a metric that is not a number); "" when they are not."""
     for model in MODELS:
         for setting, result in test[model].items():
             if isinstance(result, dict) and "rank1" in result:
@@ -126,7 +116,6 @@ def _metrics_problem(test: dict) -> str:
 
 
 def _last_record(folder: Path) -> dict:
-    """metrics.json's last record ({} without a readable one)."""
     try:
         last = json.loads((folder / "metrics.json").read_text())[-1]
     except (OSError, ValueError, IndexError, KeyError, TypeError):
@@ -149,9 +138,8 @@ def _run_folders(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def find_runs(paths: list[str | os.PathLike]) -> tuple[list[Run], list[str]]:
-    """The finished runs in the run folders under ``paths`` (sorted by path), each counted once, and one line for
-    each run folder left out (unfinished, in progress, damaged, a copy). A missing path or no run folder at all is
-    a :class:`ReportError`."""
+    """The finished runs under ``paths`` (sorted by path), each counted once, and one line per run folder left
+    out (unfinished, in progress, damaged, a copy)."""
     runs, skipped, copies = [], [], {}
     for folder in _run_folders(paths):
         try:
@@ -192,7 +180,7 @@ def find_runs(paths: list[str | os.PathLike]) -> tuple[list[Run], list[str]]:
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Groups of one dataset, stage and recipe, in the order first met, each labelled by its differing settings."""
+    """Groups of one dataset, stage and recipe, in the order first met, labelled by their differing settings."""
     groups: dict[str, Group] = {}
     for run in runs:
         rec = {**recipe(run.args), **{f"{k}": v for k, v in run.identity().items()}}
@@ -207,8 +195,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 
 def _setting_text(key: str, value, values: list) -> str:
-    """How a group's differing recipe entry is shown: its value, a short data checksum, or the entries in which a
-    stage-1 recipe (the start of stage 2) differs from the others'."""
+    """A differing entry as shown: its value, the data's short checksum, or the stage-1 recipe entries that differ."""
     if key == "data":
         return str(value)[:8] if value else "unrecorded"
     if key == "start":
@@ -226,14 +213,12 @@ def _mean_sd(values: list[float]) -> tuple[float, float | None]:
 
 
 def _setting_names(group: Group) -> list[str]:
-    """The test settings the group's runs hold, in stored order."""
     names = [k for k, v in group.runs[0].test["best"].items() if isinstance(v, dict) and "rank1" in v]
     return [n for n in names if all(n in r.test[m] for r in group.runs for m in MODELS)]
 
 
 def group_rows(group: Group) -> list[dict]:
-    """One row per test setting, model and metric (the CSV's :data:`COLUMNS`); published numbers for the best
-    model of stage 2 where the dataset's registry entry holds them."""
+    """One row per test setting, model and metric (:data:`COLUMNS`); the published numbers beside stage 2's best."""
     ds = all_datasets().get(group.dataset)
     published = ds.published_results if ds is not None and group.stage == "rpnr" else None
     rows = []
@@ -260,7 +245,7 @@ def _pm(mean: float | None, sd: float | None) -> str:
 
 
 def quality_line(group: Group) -> str:
-    """The mean over the group's runs of the last epoch's pseudo-label quality, visible/infrared ("" without it)."""
+    """The group's mean last-epoch pseudo-label quality, visible/infrared ("" without it)."""
     values: dict[str, list[float]] = {}
     for run in group.runs:
         for key, value in run.quality().items():
@@ -279,8 +264,8 @@ def _title(group: Group) -> str:
 
 
 def text_table(groups: list[Group]) -> list[str]:
-    """The terminal table (at most 100 columns): per group, each test setting and metric with the best and the
-    last model's mean ± sd over runs, the sd over gallery trials and the published number."""
+    """The terminal table (at most 100 columns): per group, setting and metric the best and the last model's
+    mean ± sd, the sd over gallery trials and the published number."""
     lines = []
     head = f"  {'test setting':<20} {'metric':<7} {'best':>15} {'trial sd':>8} {'last':>15} {'published':>16}"
     for group in groups:
@@ -303,8 +288,7 @@ def text_table(groups: list[Group]) -> list[str]:
 
 
 def markdown_table(groups: list[Group]) -> list[str]:
-    """A Markdown table for a paper draft: one row per group, test setting and model, metrics as mean ± sd, and a
-    row of the release's numbers where the registry holds them."""
+    """A Markdown table: one row per group, setting and model (and the release's numbers where known)."""
     head = ["dataset", "stage", "settings", "runs", "test setting", "model", *(METRIC_LABEL[m] for m in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group in groups:

@@ -1,11 +1,9 @@
-"""t-SNE picture of a trained model's test embeddings: the query and gallery images of one trial of a prepared
-dataset's first test setting, colour = identity (the first ``--ids`` identities), marker = modality.
+"""``python -m rpnr.tsne``: a t-SNE picture of a trained model's test embeddings, the query and gallery images of
+one trial of a prepared dataset's first test setting (colour: identity, the first ``--ids``; marker: modality).
 
-    python -m rpnr.tools.tsne --checkpoint logs/sysu_s2/model_best.pth.tar --dataset sysu --data-dir data/sysu_288x144 \
+    python -m rpnr.tsne --checkpoint logs/sysu_s2/model_best.pth.tar --dataset sysu --data-dir data/sysu_288x144 \
         --out tsne.png
 """
-
-from __future__ import annotations
 
 import argparse
 import io
