@@ -1,7 +1,5 @@
 """Test features (flip-averaged eval embeddings); re-exports :mod:`rpnr.metrics` (DESIGN.md sections 6 and 7)."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Callable, Iterator
 

@@ -1,7 +1,5 @@
 """Neighbour Relation Learning loss (RPNR, section 3.4; the release's RCLoss)."""
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor
 

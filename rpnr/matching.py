@@ -1,7 +1,5 @@
 """Cross-modality cluster matching (DESIGN.md section 3.6): OTPM, the matchers by name, the hybrid centres."""
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 import torch.nn.functional as F

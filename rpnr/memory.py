@@ -1,7 +1,5 @@
 """Cluster memories (ClusterContrast CM, ADCA/RPNR's hard/mean CMhcl) updated inside backward (DESIGN.md section 4)."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, autograd, nn
@@ -59,7 +57,7 @@ class ClusterMemory(nn.Module):
 
     @classmethod
     def from_centers(cls, centers: Tensor, temp: float = 0.05, momentum: float = 0.2,
-                     mode: str = "CMhcl") -> ClusterMemory:
+                     mode: str = "CMhcl") -> "ClusterMemory":
         """A memory initialised with the L2-normalised centres (repeated twice for CMhcl)."""
         k, d = centers.shape
         mem = cls(d, k, temp=temp, momentum=momentum, mode=mode)

@@ -1,7 +1,5 @@
 """The re-ID metrics of the AGW/RPNR and LLCM releases, vectorised over queries (DESIGN.md sections 6 and 7)."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import numpy as np

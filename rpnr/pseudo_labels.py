@@ -1,7 +1,5 @@
 """Pseudo labels (DESIGN.md section 3): the release's k-reciprocal Jaccard distance, DBSCAN, centres and NPC."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 
 import numpy as np

@@ -1,7 +1,5 @@
 """The per-iteration objective of both stages as one table of terms (DESIGN.md section 5, docs/extending.md)."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace

@@ -126,11 +126,11 @@ def test_two_processes_equal_one_process_with_two_bn_splits(tiny_sysu, tmp_path,
 
 def test_torchrun_errors_are_one_line(tiny_sysu, tmp_path):
     res = _train(tiny_sysu, tmp_path / "logs", "--stage", "baseline", "--no-imagenet", "--epochs", "1", "--eps",
-                 "0.001", nproc=2)
+                 "1e-6", nproc=2)
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and ours[0].startswith(
-        "error: epoch 1: infrared pseudo labels have 1 clusters (63 outliers, eps 0.001)"), res.stderr[-2000:]
+        "error: epoch 1: infrared pseudo labels have 0 clusters (69 outliers, eps 1e-06)"), res.stderr[-2000:]
     assert "train.py\", line" not in res.stderr and "rpnr/" not in res.stderr  # no traceback of ours (torchrun
     # itself reports the failed worker after our line)
     assert not (tmp_path / "logs" / "checkpoint.pth.tar").exists()

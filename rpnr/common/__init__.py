@@ -1,2 +1,1 @@
-"""What every room shares: the package's errors, atomic files and the output rule, checkpoint files, and the
-commands' entry point. It imports nothing else of the package."""
+"""What every room shares (errors, files, checkpoint files, the entry point); imports nothing else."""

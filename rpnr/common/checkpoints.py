@@ -1,7 +1,5 @@
 """Checkpoint I/O: atomic writes and loading that never runs pickled code."""
 
-from __future__ import annotations
-
 import io
 import os
 import pickle

@@ -1,7 +1,5 @@
 """What every command shares (DESIGN.md section 14): its parser, its value checks and its entry point."""
 
-from __future__ import annotations
-
 import argparse
 import os
 import signal

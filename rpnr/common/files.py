@@ -1,7 +1,5 @@
 """Writing outputs safely: checked before the work, written atomically (DESIGN.md sections 10 and 14)."""
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import hashlib

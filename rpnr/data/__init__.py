@@ -1,2 +1,1 @@
-"""The datasets: the registry, raw layouts (``sysu``, ``regdb``, ``llcm``, shared pieces in ``raw``), preparing and
-reading prepared folders, the published figures, the training sampler and augmentation, and synthetic trees."""
+"""The datasets: registry, raw layouts, prepared folders, published figures, sampler, augmentation."""

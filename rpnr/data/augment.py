@@ -1,7 +1,4 @@
-"""Training augmentation, batched on the device: the release's per-image pipelines (DESIGN.md section 5), each
-batch's parameters drawn first from the global torch generator, then applied to any subset of its rows (section 8)."""
-from __future__ import annotations
-
+"""Training augmentation batched on the device: the release's pipelines (DESIGN.md sections 5, 8)."""
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -42,7 +39,7 @@ class ViewDraws:
     channel: Tensor | None = None  # long: channel copied into all three (exchange 0..2; adaptive grey 0..3)
     grey: Tensor | None = None  # bool: adaptive grey converts (when channel == 3)
 
-    def rows(self, index) -> ViewDraws:
+    def rows(self, index) -> "ViewDraws":
         """The draws of the rows ``index`` (slice, int array or bool mask)."""
         index = torch.as_tensor(index) if isinstance(index, np.ndarray) else index
         return ViewDraws(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
@@ -149,7 +146,7 @@ class IterationDraws:
     rgb2: ViewDraws
 
     @classmethod
-    def draw(cls, n_ir: int, n_rgb: int, height: int, width: int) -> IterationDraws:
+    def draw(cls, n_ir: int, n_rgb: int, height: int, width: int) -> "IterationDraws":
         """Draw in the trainer's order: infrared, then RGB view 1, then RGB view 2."""
         return cls(draw_view(n_ir, height, width, "adaptive_grey"), draw_view(n_rgb, height, width, "none"),
                    draw_view(n_rgb, height, width, "exchange"))

@@ -1,7 +1,4 @@
-"""LLCM (DESIGN.md section 9): the raw layout, the official query/gallery splits, what prepare writes, the test
-settings and the published figures (Zhang and Wang, CVPR 2023)."""
-
-from __future__ import annotations
+"""LLCM (DESIGN.md section 9; Zhang and Wang, CVPR 2023): raw layout, splits, test settings, figures."""
 
 import os
 import re

@@ -1,7 +1,4 @@
-"""Preparing a dataset (DESIGN.md sections 1 and 10): a plan written into a new folder of arrays and a manifest, and
-the command of the ``prepare_<dataset>.py`` scripts."""
-
-from __future__ import annotations
+"""Preparing a dataset (DESIGN.md sections 1, 10): a plan written as arrays and a manifest."""
 
 import argparse
 import json

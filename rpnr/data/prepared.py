@@ -1,7 +1,4 @@
-"""Prepared folders (DESIGN.md sections 1 and 10): what prepare writes, and the arrays read back, checked against
-their manifest; the sides of a test setting name the rows each trial reads."""
-
-from __future__ import annotations
+"""Prepared folders (DESIGN.md sections 1, 10): their specification, read back against the manifest."""
 
 import json
 import os
@@ -33,7 +30,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.pids)
 
-    def subset(self, index: np.ndarray, pids: np.ndarray | None = None) -> ImageSet:
+    def subset(self, index: np.ndarray, pids: np.ndarray | None = None) -> "ImageSet":
         """The rows ``index`` (images read into memory); ``pids`` replaces the identity labels."""
         index = np.asarray(index, dtype=np.int64)
         return ImageSet(np.ascontiguousarray(self.images[index]),

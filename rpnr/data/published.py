@@ -1,7 +1,4 @@
-"""Published figures of the datasets (statistics, the release's results for report.py) and the comparison of a
-prepared folder's counts with them (a difference is a warning: DESIGN.md section 1, "Preparation")."""
-
-from __future__ import annotations
+"""Published figures of the datasets and their comparison with a prepared folder (DESIGN.md sec. 1)."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

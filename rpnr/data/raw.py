@@ -1,7 +1,4 @@
-"""Raw images read and resized as the official loaders do (DESIGN.md sections 1 and 14), and the pieces the raw
-layouts share: id files, label lists, the camera folders of the official test protocol."""
-
-from __future__ import annotations
+"""Raw images read and resized as the official loaders do, and what the raw layouts share (DESIGN 1)."""
 
 import os
 import random

@@ -1,7 +1,4 @@
-"""RegDB (DESIGN.md section 1): the raw layout, what prepare writes, the release's training order, the test settings
-and the published figures (Nguyen et al., Sensors 2017; the ten trials of Ye et al., 2018)."""
-
-from __future__ import annotations
+"""RegDB (DESIGN.md section 1; Nguyen et al., Sensors 2017): raw layout, order, settings, figures."""
 
 import os
 from collections import Counter

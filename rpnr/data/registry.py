@@ -1,7 +1,4 @@
-"""The dataset registry (DESIGN.md section 7, "Extension points"): one :class:`Dataset` per dataset, the built-in
-ones made here from ``rpnr/data/<name>.py``; :func:`register` adds another."""
-
-from __future__ import annotations
+"""The dataset registry (DESIGN.md section 7): one :class:`Dataset` per dataset; :func:`register`."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field

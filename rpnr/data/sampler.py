@@ -1,7 +1,4 @@
-"""Identity-balanced batches over pseudo-labelled samples (DESIGN.md section 5): the release's sampler and its
-``IterLoader``, drawing from the global ``random``, ``numpy`` and ``torch`` generators as the release does."""
-
-from __future__ import annotations
+"""Identity-balanced batches over pseudo-labelled samples: the release's sampler (DESIGN.md sec. 5)."""
 
 import random
 

@@ -1,7 +1,4 @@
-"""SYSU-MM01 (DESIGN.md section 1): the raw layout, the release's splits, what prepare writes, the test settings and
-the published figures (Wu et al., ICCV 2017 and the dataset's README; the RPNR release's ``logs/sysu_s2_log.txt``)."""
-
-from __future__ import annotations
+"""SYSU-MM01 (DESIGN.md section 1; Wu et al., ICCV 2017): raw layout, splits, settings, figures."""
 
 import os
 

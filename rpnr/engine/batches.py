@@ -1,6 +1,4 @@
-"""The batches of an epoch (DESIGN.md sections 5 and 8): identity-balanced sampler streams over the
-pseudo-labelled images, the same global batches on every rank with this rank's positions in each, and
-threads that read the images ahead."""
+"""The batches of an epoch, the same on every rank, read ahead by threads (DESIGN.md sections 5, 8)."""
 
 import hashlib
 from collections import deque

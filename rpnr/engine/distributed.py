@@ -1,5 +1,4 @@
-"""The torchrun process group of a run (DESIGN.md section 8): rank, shards, gathers with gradients, broadcasts,
-rank-0-only work. One process is the group of size 1, where every operation is the identity."""
+"""The torchrun process group of a run (DESIGN.md section 8); one process is the group of size 1."""
 
 import datetime
 import os

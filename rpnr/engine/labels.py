@@ -1,5 +1,4 @@
-"""One epoch's pseudo labels (DESIGN.md section 3): clustering features, DBSCAN on the Jaccard distance per
-modality, NPC calibration and OT matching (stage 2), and the epoch's cluster memories (section 4)."""
+"""One epoch's pseudo labels and cluster memories (DESIGN.md sections 3 and 4)."""
 
 import dataclasses
 

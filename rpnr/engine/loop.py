@@ -1,6 +1,4 @@
-"""The training loop of both stages (DESIGN.md sections 3-5, 8, 10): open or resume a run in its locked logs folder,
-then per epoch pseudo labels, memories, iterations, evaluation and checkpoints; under torchrun every rank runs it on
-its slice of each batch, rank 0 alone computes the labels, evaluates and writes."""
+"""The training loop of both stages (DESIGN.md sections 3-5, 8, 10)."""
 
 import dataclasses
 import hashlib

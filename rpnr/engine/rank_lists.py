@@ -1,5 +1,4 @@
-"""Rank lists (DESIGN.md section 6): the top gallery matches of a few queries spread over identities, framed
-green (same identity) or red; a run's ranks.png, test.py --ranks-png and search.py's picture of your own images."""
+"""Rank lists: top gallery matches framed green (same identity) or red (DESIGN.md section 6)."""
 
 import io
 import math

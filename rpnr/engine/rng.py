@@ -1,8 +1,4 @@
-"""Seeding and checkpointable states of the global random generators (python, numpy, torch).
-
-States are stored as tensors, lists, ints, floats and strings only, so that
-checkpoints holding them load with ``torch.load(weights_only=True)``.
-"""
+"""Seeding, and states of the global generators that load with ``weights_only=True``."""
 
 import random
 

@@ -1,5 +1,4 @@
-"""One logs folder, one run (DESIGN.md section 10): the folder's lock and refusals, ``--overwrite``, ``run.json``
-(what produced a run), the checkpoints' format and the rules of a resume."""
+"""One logs folder, one run (DESIGN.md section 10): lock, run.json, checkpoint format, resume."""
 
 import dataclasses
 import fcntl

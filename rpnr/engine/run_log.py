@@ -1,6 +1,4 @@
-"""Run outputs in the logs folder: ``log.txt`` (every printed line), ``metrics.json`` (one record per epoch)
-and ``curves.png`` (per epoch: Rank-1/mAP/mINP, every loss term, clusters and outliers per modality,
-pseudo-label purity, ARI and NMI, and the learning rate)."""
+"""A run's log.txt, metrics.json (one record per epoch) and curves.png."""
 
 import io
 import json
@@ -111,7 +109,7 @@ def plot_curves(records: list[dict], path: str | os.PathLike, loss_weights: dict
         if len(ax.lines) > 1:
             ax.legend(fontsize="small")
     axes.flat[-1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.07, top=0.95, wspace=0.22, hspace=0.32)  # tight_layout: 1 s
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=80)

@@ -1,6 +1,4 @@
-"""Every setting of a training run, defined once (DESIGN.md sections 5 and 10): the :class:`TrainConfig` fields are
-``train.py``'s command line (:func:`build_parser`), their checks (:func:`build_config`), the run's saved "args" and
-its recipe (section 12); the registry gives the dataset-dependent defaults. Nothing here touches the network."""
+"""Every setting of a training run, defined once (DESIGN.md sections 5, 10 and 12)."""
 
 from __future__ import annotations
 

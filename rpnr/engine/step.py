@@ -1,6 +1,4 @@
-"""One training iteration (DESIGN.md sections 2, 5, 8 and 11): augmentation of this rank's slice of the global
-batch, the two-stream forward, the stage's objective on the gathered features, backward and the optimizer
-step; with ``low_memory`` the same gradients from one batch-norm slice of activations at a time."""
+"""One training iteration (DESIGN.md sections 2, 5, 8 and 11)."""
 
 import contextlib
 import ctypes

@@ -1,7 +1,5 @@
 """Model construction, weight loading and the one loader of a trained model (DESIGN.md sections 2, 7 and 14)."""
 
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field

@@ -1,7 +1,5 @@
 """The two-stream AGW ResNet-50 (Ye et al., TPAMI 2021) of the RPNR release, DESIGN.md section 2."""
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Iterator
 

@@ -1,2 +1,1 @@
-"""Tools around trained models and runs: the FeatureExtractor of your own images (search.py, export.py), the report
-from runs to a table (report.py) and the t-SNE picture (``python -m rpnr.tsne``)."""
+"""Tools around trained models and runs: FeatureExtractor, report, t-SNE, the stand-in start."""

@@ -1,5 +1,4 @@
-"""A trained model on your own images (DESIGN.md section 13): ``FeatureExtractor(checkpoint)(images, modality)``;
-the image files of a folder or list file, embedded with the unreadable ones named and skipped; the ONNX stream."""
+"""A trained model on your own images (DESIGN.md section 13): FeatureExtractor, image files, ONNX."""
 
 import os
 from collections.abc import Callable

@@ -1,6 +1,4 @@
-"""From runs to a table (DESIGN.md section 12): the finished runs under some folders, each counted once, grouped by
-dataset, stage, recipe, data and start; each final-test metric as mean ± sample sd over a group's runs, beside the
-sd over gallery trials and the release's published number."""
+"""From runs to a table (DESIGN.md section 12)."""
 
 import csv
 import dataclasses
