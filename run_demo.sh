@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# RPNR learning, offline on the CPU in under six minutes, on synthetic stand-ins (no claim about real data):
+# RPNR learning, offline on the CPU in 5 to 6 minutes on 2 cores, on synthetic stand-ins (no claim about real data):
 # 1. a synthetic RegDB-layout tree of colour-grid identities (thermal: each grid's luminance raised to a gamma of its
 #    own), prepared at HEIGHTxWIDTH; 2. a stand-in start in place of ImageNet weights (a ResNet-50 taught to tell
 #    other synthetic identities apart: python -m rpnr.tools.stand_in); 3. stage 1 from it; 4. stage 2 from stage 1's
