@@ -3,6 +3,7 @@ to tell synthetic colour-grid identities apart, saved in torchvision's layout fo
 nothing of real images; it only lets the demo and the learning check start from something better than chance offline.
 ``python -m rpnr.tools.stand_in --out FILE``."""
 
+import inspect
 import math
 import os
 import time
@@ -80,15 +81,14 @@ def _train_step(net, optimizer, schedule, x: torch.Tensor, labels: np.ndarray, l
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m rpnr.tools.stand_in", description="Train the synthetic stand-in start.")
     parser.add_argument("--out", required=True, help="weights file to write (give it to train.py --imagenet)")
-    for name, default in (("classes", 400), ("steps", 150), ("batch-size", 64), ("height", 32), ("width", 16),
-                          ("seed", 0)):
-        parser.add_argument(f"--{name}", type=int, default=default, help=f"(default: {default})")
+    sizes = {n: p.default for n, p in inspect.signature(train_stand_in).parameters.items() if n not in ("out", "log")}
+    for name, default in sizes.items():  # train_stand_in's defaults, written once
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=f"(default: {default})")
     args = parser.parse_args(argv)
 
     def work() -> None:
         check_outputs(files=[("--out", args.out)])
-        result = train_stand_in(args.out, args.classes, args.steps, args.batch_size, args.height, args.width,
-                                args.seed)
+        result = train_stand_in(args.out, **{name: getattr(args, name) for name in sizes})
         print(f"stand-in start written to {args.out} (synthetic identities only; loss {result['first_loss']:.2f} -> "
               f"{result['last_loss']:.2f})")
 
